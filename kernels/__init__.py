@@ -1,0 +1,1 @@
+"""Array-level kernels: NumPy references, Numba CPU and Numba CUDA versions."""

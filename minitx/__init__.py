@@ -1,0 +1,1 @@
+"""minitx: an educational, from-scratch Transformer library."""
