@@ -1,0 +1,213 @@
+"""What users call: ``import minitx.functional as F``.
+
+Thin, documented wrappers over the ops in :mod:`minitx.ops`, plus *composite* functions written from
+them (``linear``, ``scaled_dot_product_attention``, ``feed_forward``): those read like the equations and get
+their gradients for free from the primitives they are made of.
+"""
+
+from __future__ import annotations
+
+import math
+
+from . import ops
+from .tensor import Tensor
+
+# ------------------------------------------------------------------------------------------ elementwise
+
+
+def exp(x):
+    return ops.Exp.apply(x)
+
+
+def log(x):
+    return ops.Log.apply(x)
+
+
+def sqrt(x):
+    return ops.Sqrt.apply(x)
+
+
+def tanh(x):
+    return ops.Tanh.apply(x)
+
+
+def sigmoid(x):
+    return ops.Sigmoid.apply(x)
+
+
+def relu(x):
+    return ops.ReLU.apply(x)
+
+
+def gelu(x, approximate: str = "none"):
+    """GELU(x) = x·Φ(x): the exact erf form (``approximate="none"``) or the tanh approximation."""
+    return ops.GELU.apply(x, approximate=approximate)
+
+
+def matmul(a, b):
+    return ops.MatMul.apply(a, b)
+
+
+# -------------------------------------------------------------------------------------- shape and select
+
+
+def concat(tensors, axis: int = 0):
+    return ops.Concat.apply(*tensors, axis=axis)
+
+
+def stack(tensors, axis: int = 0):
+    return ops.Stack.apply(*tensors, axis=axis)
+
+
+def split(x: Tensor, size_or_sections, axis: int = 0) -> list[Tensor]:
+    """Split ``x`` along ``axis`` into pieces of ``size_or_sections`` (an int: equal pieces of that size,
+    the last one possibly shorter, as in ``torch.split``; a list: the size of each piece)."""
+    n = x.shape[axis]
+    sizes = size_or_sections
+    if isinstance(sizes, int):
+        sizes = [sizes] * (n // sizes) + ([n % sizes] if n % sizes else [])
+    if sum(sizes) != n:
+        raise ValueError(f"split: sizes {list(sizes)} add up to {sum(sizes)}, but axis {axis} of shape {x.shape} has {n}")
+    pieces, start = [], 0
+    lead = (slice(None),) * (axis % x.ndim)
+    for size in sizes:
+        pieces.append(x[lead + (slice(start, start + size),)])
+        start += size
+    return pieces
+
+
+def where(cond, a, b):
+    return ops.Where.apply(cond, a, b)
+
+
+def masked_fill(x, mask, value: float):
+    return ops.MaskedFill.apply(x, mask, value=value)
+
+
+# ---------------------------------------------------------------------------------------- neural network
+
+
+def softmax(x, axis: int = -1):
+    return ops.Softmax.apply(x, axis=axis)
+
+
+def log_softmax(x, axis: int = -1):
+    return ops.LogSoftmax.apply(x, axis=axis)
+
+
+def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """y = x Wᵀ + b, with W of shape (out, in) as in PyTorch; x (…, in) -> y (…, out).
+
+    The leading axes are flattened first so the product is one large matrix multiply.
+    """
+    lead = x.shape[:-1]
+    y = x.reshape(-1, x.shape[-1]) @ weight.T  # (N, out)
+    if bias is not None:
+        y = y + bias
+    return y.reshape(*lead, weight.shape[0])
+
+
+def embedding(ids, weight: Tensor) -> Tensor:
+    """Rows of ``weight`` (V, D) picked by the integer ``ids`` (…) -> (…, D)."""
+    return ops.Embedding.apply(weight, ids)
+
+
+def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
+               eps: float = 1e-5) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` axes, then scale by γ and shift by β."""
+    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if x.shape[-len(normalized_shape):] != normalized_shape:
+        raise ValueError(f"layer_norm: input shape {x.shape} does not end with normalized_shape {normalized_shape}")
+    xp = x.xp
+    weight = weight if weight is not None else Tensor(xp.ones(normalized_shape, dtype=x.dtype))
+    bias = bias if bias is not None else Tensor(xp.zeros(normalized_shape, dtype=x.dtype))
+    return ops.LayerNorm.apply(x, weight, bias, normalized_ndim=len(normalized_shape), eps=eps)
+
+
+def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
+    """Zero each element with probability ``p`` and scale the rest by 1/(1-p); identity when not training."""
+    if not 0 <= p <= 1:
+        raise ValueError(f"dropout: p must be in [0, 1], got {p}")
+    if not training or p == 0:
+        return x
+    return ops.Dropout.apply(x, p=p)
+
+
+def cross_entropy(logits: Tensor, target, ignore_index: int = -100, label_smoothing: float = 0.0,
+                  reduction: str = "mean") -> Tensor:
+    """Cross-entropy of ``logits`` (…, C) against integer ``target`` (…).
+
+    Classes are on the LAST axis (so (B, T, V) language-model logits go in as they are, with (B, T)
+    targets); PyTorch puts them on axis 1.
+    """
+    target = target if isinstance(target, Tensor) else Tensor(target)
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"cross_entropy: target must hold integer class indices, got dtype {target.dtype}")
+    if target.shape != logits.shape[:-1]:
+        raise ValueError(f"cross_entropy: target shape {target.shape} must equal logits shape without its class "
+                         f"axis, {logits.shape[:-1]} (logits {logits.shape})")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return ops.CrossEntropy.apply(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                  reduction=reduction)
+
+
+def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, key_padding_mask=None,
+                                 is_causal: bool = False, dropout_p: float = 0.0, training: bool = True,
+                                 scale: float | None = None, return_weights: bool = False):
+    """Attention(Q, K, V) = softmax(Q Kᵀ / √d_k + M) V, composed from primitive ops.
+
+    Shapes: q (…, Tq, d_k), k (…, Tk, d_k), v (…, Tk, d_v) -> (…, Tq, d_v); with heads, … = (B, H).
+    Masks say where a query may NOT look (True = masked out, as in ``torch.nn.MultiheadAttention``):
+    ``attn_mask`` bool broadcastable to (…, Tq, Tk), or a float mask added to the scores;
+    ``key_padding_mask`` bool (B, Tk) marks padded keys; ``is_causal`` hides keys after the query.
+    A query whose keys are all masked gets all-zero weights and a zero output (see ``softmax``).
+    With ``return_weights=True`` the attention weights (…, Tq, Tk) are returned as well.
+    """
+    d_k = q.shape[-1]
+    scale = 1.0 / math.sqrt(d_k) if scale is None else scale
+    scores = (q @ k.transpose(-2, -1)) * scale  # (…, Tq, Tk)
+    mask = combine_masks(scores.shape, attn_mask, key_padding_mask, is_causal, scores.xp)
+    if mask is not None:
+        if mask.dtype == bool:
+            scores = scores.masked_fill(Tensor(mask), -math.inf)
+        else:
+            scores = scores + Tensor(mask.astype(scores.dtype))
+    weights = softmax(scores, axis=-1)  # (…, Tq, Tk)
+    out = dropout(weights, dropout_p, training) @ v  # (…, Tq, d_v)
+    return (out, weights) if return_weights else out
+
+
+def combine_masks(scores_shape: tuple, attn_mask, key_padding_mask, is_causal: bool, xp):
+    """One mask broadcastable to the scores (…, Tq, Tk) from the three ways of masking, or None.
+
+    Boolean masks are OR-ed (True = masked out); a float ``attn_mask`` is returned with -inf added where the
+    boolean masks hide a key.
+    """
+    tq, tk = scores_shape[-2:]
+    masks = []
+    if is_causal:
+        masks.append(xp.triu(xp.ones((tq, tk), dtype=bool), k=1 + tk - tq))  # key j > query i (end-aligned)
+    if key_padding_mask is not None:
+        kpm = key_padding_mask.data if isinstance(key_padding_mask, Tensor) else xp.asarray(key_padding_mask)
+        if kpm.dtype != bool or kpm.ndim != 2 or kpm.shape[-1] != tk:
+            raise ValueError(f"key_padding_mask must be a boolean (B, Tk={tk}) array, got dtype {kpm.dtype} "
+                             f"and shape {tuple(kpm.shape)}")
+        masks.append(kpm.reshape(kpm.shape[0], *([1] * (len(scores_shape) - 2)), tk))  # (B, 1, …, 1, Tk)
+    float_mask = None
+    if attn_mask is not None:
+        am = attn_mask.data if isinstance(attn_mask, Tensor) else xp.asarray(attn_mask)
+        if am.shape[-2:] != (tq, tk) and am.shape[-2:] != (1, tk):
+            raise ValueError(f"attn_mask's last two axes must be (Tq, Tk) = ({tq}, {tk}), got shape {tuple(am.shape)}")
+        if am.dtype == bool:
+            masks.append(am)
+        else:
+            float_mask = am
+    if not masks:
+        return float_mask
+    combined = masks[0]
+    for m in masks[1:]:
+        combined = combined | m
+    if float_mask is None:
+        return combined
+    return xp.where(combined, -xp.inf, float_mask)

@@ -1,0 +1,209 @@
+"""Elementwise ops: arithmetic with NumPy broadcasting, and the usual nonlinearities.
+
+For a binary op ``z = f(x, y)`` the inputs may have different shapes that broadcast together; the gradient
+reaching each input is summed back to that input's own shape (:func:`unbroadcast`).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .. import backend
+from ..backend import get_array_module
+from ..tensor import Function
+from ._util import match_dtypes, unbroadcast
+
+
+class _Binary(Function):
+    """Shared bookkeeping of binary ops: dtype check and the input shapes for unbroadcasting."""
+
+    def prepare(self, a, b):
+        a, b = match_dtypes(type(self).__name__, a, b)
+        self.a_shape, self.b_shape = a.shape, b.shape
+        return a, b
+
+
+class Add(_Binary):
+    """z = a + b;  dz/da = 1, dz/db = 1."""
+
+    def forward(self, a, b):
+        a, b = self.prepare(a, b)
+        return a + b
+
+    def backward(self, grad):
+        return unbroadcast(grad, self.a_shape), unbroadcast(grad, self.b_shape)
+
+
+class Sub(_Binary):
+    """z = a - b;  dz/da = 1, dz/db = -1."""
+
+    def forward(self, a, b):
+        a, b = self.prepare(a, b)
+        return a - b
+
+    def backward(self, grad):
+        return unbroadcast(grad, self.a_shape), unbroadcast(-grad, self.b_shape)
+
+
+class Mul(_Binary):
+    """z = a * b;  dz/da = b, dz/db = a."""
+
+    def forward(self, a, b):
+        a, b = self.prepare(a, b)
+        self.a, self.b = a, b
+        return a * b
+
+    def backward(self, grad):
+        da = unbroadcast(grad * self.b, self.a_shape) if self.needs_grad[0] else None
+        db = unbroadcast(grad * self.a, self.b_shape) if self.needs_grad[1] else None
+        return da, db
+
+
+class Div(_Binary):
+    """z = a / b;  dz/da = 1/b, dz/db = -a/b² = -z/b."""
+
+    def forward(self, a, b):
+        a, b = self.prepare(a, b)
+        self.b = b
+        self.z = a / b
+        return self.z
+
+    def backward(self, grad):
+        da = unbroadcast(grad / self.b, self.a_shape) if self.needs_grad[0] else None
+        db = unbroadcast(-grad * self.z / self.b, self.b_shape) if self.needs_grad[1] else None
+        return da, db
+
+
+class Pow(_Binary):
+    """z = a ** b;  dz/da = b·a^(b-1), dz/db = z·ln(a) (defined for a > 0)."""
+
+    def forward(self, a, b):
+        a, b = self.prepare(a, b)
+        self.a, self.b = a, b
+        self.z = a**b
+        return self.z
+
+    def backward(self, grad):
+        xp = get_array_module(grad)
+        da = unbroadcast(grad * self.b * self.a ** (self.b - 1), self.a_shape) if self.needs_grad[0] else None
+        db = unbroadcast(grad * self.z * xp.log(self.a), self.b_shape) if self.needs_grad[1] else None
+        return da, db
+
+
+class Neg(Function):
+    """z = -a;  dz/da = -1."""
+
+    def forward(self, a):
+        return -a
+
+    def backward(self, grad):
+        return -grad
+
+
+class Exp(Function):
+    """z = eˣ;  dz/dx = eˣ = z."""
+
+    def forward(self, x):
+        self.z = get_array_module(x).exp(x)
+        return self.z
+
+    def backward(self, grad):
+        return grad * self.z
+
+
+class Log(Function):
+    """z = ln x;  dz/dx = 1/x."""
+
+    def forward(self, x):
+        self.x = x
+        return get_array_module(x).log(x)
+
+    def backward(self, grad):
+        return grad / self.x
+
+
+class Sqrt(Function):
+    """z = √x;  dz/dx = 1/(2√x) = 1/(2z)."""
+
+    def forward(self, x):
+        self.z = get_array_module(x).sqrt(x)
+        return self.z
+
+    def backward(self, grad):
+        return grad / (2 * self.z)
+
+
+class Abs(Function):
+    """z = |x|;  dz/dx = sign(x) (0 at x = 0, as in PyTorch)."""
+
+    def forward(self, x):
+        self.x = x
+        return abs(x)
+
+    def backward(self, grad):
+        return grad * get_array_module(grad).sign(self.x)
+
+
+class Tanh(Function):
+    """z = tanh x;  dz/dx = 1 - z²."""
+
+    def forward(self, x):
+        self.z = get_array_module(x).tanh(x)
+        return self.z
+
+    def backward(self, grad):
+        return grad * (1 - self.z * self.z)
+
+
+class Sigmoid(Function):
+    """z = σ(x) = 1/(1+e⁻ˣ), computed as exp(-log(1+e⁻ˣ)) so no exp overflows;  dz/dx = z(1-z)."""
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.z = xp.exp(-xp.logaddexp(x.dtype.type(0), -x))
+        return self.z
+
+    def backward(self, grad):
+        return grad * self.z * (1 - self.z)
+
+
+class ReLU(Function):
+    """z = max(0, x);  dz/dx = 1 where x > 0, else 0."""
+
+    def forward(self, x):
+        self.positive = x > 0
+        return x * self.positive
+
+    def backward(self, grad):
+        return grad * self.positive
+
+
+class GELU(Function):
+    """Gaussian Error Linear Unit, z = x·Φ(x) with Φ the standard normal CDF.
+
+    ``approximate="none"``: Φ(x) = ½(1 + erf(x/√2)), so dz/dx = Φ(x) + x·φ(x), φ(x) = e^(-x²/2)/√(2π).
+    ``approximate="tanh"``: z = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³), so
+    dz/dx = ½(1 + tanh u) + ½x(1 - tanh²u)·√(2/π)(1 + 3·0.044715x²).
+    """
+
+    def forward(self, x, approximate: str = "none"):
+        xp = get_array_module(x)
+        self.x, self.approximate = x, approximate
+        if approximate == "none":
+            self.cdf = 0.5 * (1 + backend.erf(x * x.dtype.type(1 / math.sqrt(2))))
+            return x * self.cdf
+        if approximate == "tanh":
+            k = x.dtype.type(math.sqrt(2 / math.pi))
+            self.t = xp.tanh(k * (x + x.dtype.type(0.044715) * x**3))
+            return 0.5 * x * (1 + self.t)
+        raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
+
+    def backward(self, grad):
+        xp = get_array_module(grad)
+        x = self.x
+        if self.approximate == "none":
+            pdf = xp.exp(-0.5 * x * x) * x.dtype.type(1 / math.sqrt(2 * math.pi))
+            return grad * (self.cdf + x * pdf)
+        k = x.dtype.type(math.sqrt(2 / math.pi))
+        du = k * (1 + x.dtype.type(3 * 0.044715) * x * x)
+        return grad * (0.5 * (1 + self.t) + 0.5 * x * (1 - self.t * self.t) * du)

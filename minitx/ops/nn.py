@@ -1,0 +1,190 @@
+"""Neural-network ops with hand-derived backward passes: softmax, log-softmax, layer norm, dropout,
+cross-entropy and the embedding lookup.
+
+Each of these could be composed from the primitive ops, but a fused op saves memory (one saved array
+instead of a chain of them) and its backward formula is worth reading on its own.
+"""
+
+from __future__ import annotations
+
+from .. import backend
+from ..backend import get_array_module
+from ..tensor import Function
+
+
+def _stable_softmax(x, axis: int):
+    """softmax(x) = exp(x - max x) / Σ exp(x - max x): subtracting the max changes nothing mathematically
+    (it cancels) but keeps exp from overflowing.
+
+    A row whose entries are all -inf (an attention row with every key masked) has no distribution; we
+    define its softmax as all zeros, so masked attention gives a zero output and zero gradients, never NaN.
+    """
+    xp = get_array_module(x)
+    m = x.max(axis=axis, keepdims=True)
+    e = xp.exp(x - xp.where(m == -xp.inf, x.dtype.type(0), m))  # all -inf row: exp(-inf) = 0 everywhere
+    total = e.sum(axis=axis, keepdims=True)
+    return e / xp.where(total == 0, x.dtype.type(1), total)
+
+
+def _log_softmax(x, axis: int):
+    """log softmax(x) = x - logsumexp(x), with logsumexp(x) = m + log Σ exp(x - m), m = max x."""
+    xp = get_array_module(x)
+    shifted = x - x.max(axis=axis, keepdims=True)
+    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+
+
+class Softmax(Function):
+    """y_i = exp(x_i - max x) / Σ_j exp(x_j - max x) along ``axis``.
+
+    Jacobian dy_i/dx_j = y_i(δ_ij - y_j), so  dL/dx = y ⊙ (dL/dy - Σ_j dL/dy_j · y_j).
+    """
+
+    def forward(self, x, axis: int = -1):
+        self.axis = axis
+        self.y = _stable_softmax(x, axis)
+        return self.y
+
+    def backward(self, grad):
+        y = self.y
+        return y * (grad - (grad * y).sum(axis=self.axis, keepdims=True))
+
+
+class LogSoftmax(Function):
+    """y_i = x_i - log Σ_j exp(x_j)  (computed stably).
+
+    dy_i/dx_j = δ_ij - softmax(x)_j, so  dL/dx = dL/dy - softmax(x) · Σ_i dL/dy_i.
+    """
+
+    def forward(self, x, axis: int = -1):
+        self.axis = axis
+        self.y = _log_softmax(x, axis)
+        return self.y
+
+    def backward(self, grad):
+        xp = get_array_module(grad)
+        return grad - xp.exp(self.y) * grad.sum(axis=self.axis, keepdims=True)
+
+
+class LayerNorm(Function):
+    """y = (x - μ) / √(σ² + ε) · γ + β, with μ, σ² the mean and (biased) variance over the last
+    ``normalized_ndim`` axes (N elements each).
+
+    With x̂ = (x - μ)·r, r = 1/√(σ² + ε) and g = dL/dy · γ, the hand-derived backward is
+        dL/dx = r/N · (N·g - Σ g - x̂ · Σ(g ⊙ x̂)),   dL/dγ = Σ_rows dL/dy ⊙ x̂,   dL/dβ = Σ_rows dL/dy,
+    where Σ without subscript sums over the normalised axes of one row. (The two subtracted terms are the
+    paths through μ and through σ².)
+    """
+
+    def forward(self, x, weight, bias, normalized_ndim: int = 1, eps: float = 1e-5):
+        xp = get_array_module(x)
+        self.axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
+        self.n = x.dtype.type(weight.size)  # elements per normalised row
+        mean = x.mean(axis=self.axes, keepdims=True)
+        centered = x - mean
+        var = (centered * centered).mean(axis=self.axes, keepdims=True)
+        self.rstd = 1 / xp.sqrt(var + x.dtype.type(eps))  # (…, 1)
+        self.xhat = centered * self.rstd  # (…, N)
+        self.weight = weight
+        return self.xhat * weight + bias
+
+    def backward(self, grad):
+        batch_axes = tuple(range(grad.ndim - self.weight.ndim))
+        dweight = (grad * self.xhat).sum(axis=batch_axes) if self.needs_grad[1] else None
+        dbias = grad.sum(axis=batch_axes) if self.needs_grad[2] else None
+        dx = None
+        if self.needs_grad[0]:
+            g = grad * self.weight
+            dx = self.rstd / self.n * (
+                self.n * g
+                - g.sum(axis=self.axes, keepdims=True)
+                - self.xhat * (g * self.xhat).sum(axis=self.axes, keepdims=True)
+            )
+        return dx, dweight, dbias
+
+
+class Dropout(Function):
+    """Training: y = x ⊙ m / (1 - p) with m_i ~ Bernoulli(1 - p), so E[y] = x;  dL/dx = dL/dy ⊙ m / (1 - p).
+
+    (Evaluation mode skips the op entirely: see ``functional.dropout``.)
+    """
+
+    def forward(self, x, p: float):
+        xp = get_array_module(x)
+        keep = backend.rng(backend.device_of(x)).random(x.shape, dtype=x.dtype) >= p
+        self.scaled_mask = keep * x.dtype.type(1 / (1 - p)) if p < 1 else xp.zeros_like(x)
+        return x * self.scaled_mask
+
+    def backward(self, grad):
+        return grad * self.scaled_mask
+
+
+class CrossEntropy(Function):
+    """Cross-entropy between logits (…, C) and integer class targets (…).
+
+    Per position, with log-probabilities ℓ = log_softmax(logits) and smoothing ε:
+        loss = -(1 - ε)·ℓ[target] - ε · (1/C) Σ_c ℓ_c
+    (the cross-entropy against the target distribution q = (1 - ε)·onehot + ε/C). Positions whose target is
+    ``ignore_index`` contribute nothing; ``reduction="mean"`` divides by the number of the others
+    (as PyTorch does, this is NaN when every target is ignored).
+
+    Gradient: dloss/dlogits = softmax(logits) - q, per counted position (times 1/n for "mean").
+    """
+
+    def forward(self, logits, target, ignore_index: int = -100, label_smoothing: float = 0.0,
+                reduction: str = "mean"):
+        xp = get_array_module(logits)
+        num_classes = logits.shape[-1]
+        self.valid = target != ignore_index  # (…)
+        safe_target = xp.where(self.valid, target, 0)
+        if bool(((safe_target < 0) | (safe_target >= num_classes)).any()):
+            bad = target[self.valid & ((target < 0) | (target >= num_classes))]
+            raise IndexError(f"cross_entropy: target values must lie in [0, {num_classes}) or equal "
+                             f"ignore_index={ignore_index}; found {bad[:5].tolist()}")
+        logp = _log_softmax(logits, -1)  # (…, C)
+        nll = -xp.take_along_axis(logp, safe_target[..., None], axis=-1)[..., 0]  # (…)
+        eps = logits.dtype.type(label_smoothing)
+        loss = (1 - eps) * nll - eps * logp.mean(axis=-1) if label_smoothing else nll
+        loss = xp.where(self.valid, loss, logits.dtype.type(0))
+        self.logp, self.target, self.eps, self.reduction = logp, safe_target, eps, reduction
+        if reduction == "none":
+            return loss
+        if reduction == "sum":
+            return loss.sum()
+        self.count = self.valid.sum()
+        return loss.sum() / self.count.astype(logits.dtype)
+
+    def backward(self, grad):
+        xp = get_array_module(grad)
+        num_classes = self.logp.shape[-1]
+        dlogits = xp.exp(self.logp)  # softmax, (…, C)
+        if self.eps:
+            dlogits -= self.eps / num_classes  # q's share on every class
+        rows = dlogits.reshape(-1, num_classes)  # a view: writing to it writes dlogits
+        rows[xp.arange(rows.shape[0]), self.target.reshape(-1)] -= 1 - self.eps  # q's extra mass on the target
+        if self.reduction == "mean":
+            grad = grad / self.count.astype(grad.dtype)
+        return dlogits * (self.valid * grad)[..., None], None
+
+
+class Embedding(Function):
+    """z[…] = weight[ids[…]]: each id picks one row of the (V, D) table.
+
+    Backward: dL/dweight[v] = Σ over the positions where ids == v of dL/dz (a scatter-add, since one id
+    can appear many times); ids are integers and get no gradient.
+    """
+
+    def forward(self, weight, ids):
+        if ids.dtype.kind not in "iu":
+            raise TypeError(f"embedding: ids must be an integer tensor, got dtype {ids.dtype} (shape {tuple(ids.shape)})")
+        vocab = weight.shape[0]
+        if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
+            raise IndexError(f"embedding: ids must lie in [0, {vocab}) for a table of shape {tuple(weight.shape)}, "
+                             f"got values in [{int(ids.min())}, {int(ids.max())}]")
+        self.ids, self.weight_shape, self.dtype = ids, weight.shape, weight.dtype
+        return weight[ids]  # (…, D)
+
+    def backward(self, grad):
+        xp = get_array_module(grad)
+        dweight = xp.zeros(self.weight_shape, dtype=self.dtype)
+        backend.scatter_add(dweight, self.ids.reshape(-1), grad.reshape(-1, self.weight_shape[-1]))
+        return dweight, None
