@@ -1,0 +1,327 @@
+"""Numba CPU kernels: fused softmax, tiled (flash-style) attention, fused FFN.
+
+Same signatures and conventions as ``kernels.reference`` (see its docstring);
+the attention functions take two extra tuning knobs, ``block_q`` and
+``block_k``, the query / key tile sizes.
+
+Design
+------
+* Softmax: one parallel task per row; scale and mask are applied while the
+  row is read, so no masked copy of the input is ever built.
+* Attention forward: one task per (batch, head, query tile). The task walks
+  over key tiles keeping a running max m, running sum l and an unnormalised
+  output acc (the "online softmax"):
+
+      m' = max(m, max_j S_ij),  alpha = exp(m - m'),  P_ij = exp(S_ij - m')
+      l' = alpha l + sum_j P_ij,  acc' = alpha acc + P V_tile
+
+  and finishes with O = acc / l, lse = m + log l. Extra memory per task is
+  O(block_q * (block_k + D)); the (Tq, Tk) score matrix never exists.
+* Attention backward: one task per (batch, head). For each key tile it loops
+  over query tiles, rebuilds P = exp(S - lse), accumulates dK, dV of the key
+  tile locally and adds the dQ contribution into the task's own rows of dq.
+  Extra memory per task is O(T * D) (the scaled queries and D_i).
+* Block products (Q K^T, P V, ...) are BLAS calls (``np.dot`` inside njit).
+* FFN: the matmuls are NumPy/BLAS calls; bias + activation (forward) and
+  activation + activation-derivative (backward) are fused into one pass each.
+
+``fastmath`` is limited to flags that keep -inf meaningful: masked scores are
+-inf, so "nnan"/"ninf" are never enabled.
+"""
+import math
+
+import numba
+import numpy as np
+
+from kernels.reference import ACTIVATIONS
+
+FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
+
+
+def _check_float(*arrays):
+    """All arrays share one float dtype (float32 or float64); return it."""
+    dtype = arrays[0].dtype
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"expected float32 or float64, got {dtype}")
+    for a in arrays:
+        if a.dtype != dtype:
+            raise TypeError(f"mixed dtypes {dtype} and {a.dtype}")
+    return dtype
+
+
+# ---------------------------------------------------------------- softmax
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _softmax_rows(x, scale, mask, out):
+    """out[r] = softmax(scale * x[r] with mask[r] = True set to -inf); all-masked row -> 0."""
+    rows, n = x.shape
+    for r in numba.prange(rows):
+        row = out[r]
+        for j in range(n):
+            row[j] = -np.inf if mask[r, j] else x[r, j] * scale
+        m = row.max()
+        if m == -np.inf:
+            row[:] = 0.0
+        else:
+            z = 0.0
+            for j in range(n):
+                e = np.exp(row[j] - m)
+                row[j] = e
+                z += e
+            row *= 1.0 / z
+
+
+def softmax(x, scale=1.0, mask=None):
+    """Fused scale + mask + row softmax along the last axis (see reference.softmax).
+
+    y_ij = exp(s_ij - m_i) / sum_j' exp(s_ij' - m_i),  s = scale * x (masked -> -inf)
+
+    ``mask`` is bool, broadcastable to x, True = masked out. A fully masked
+    row gives zeros.
+    """
+    dtype = _check_float(x)
+    n = x.shape[-1]
+    x2 = np.ascontiguousarray(x).reshape(-1, n)                    # (R, N)
+    if mask is None:
+        mask2 = np.broadcast_to(np.zeros((1, 1), dtype=bool), x2.shape)  # (R, N), no copy
+    else:
+        mask2 = np.broadcast_to(np.asarray(mask, dtype=bool), x.shape).reshape(-1, n)
+    out = np.empty_like(x2)
+    _softmax_rows(x2, dtype.type(scale), mask2, out)
+    return out.reshape(x.shape)
+
+
+# -------------------------------------------------------------- attention
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _attention_forward(q, k, v, pad, causal, scale, block_q, block_k, o, lse):
+    """Flash-style forward. q (B, H, Tq, D), k/v (B, H, Tk, D), pad (B, Tk); writes o, lse."""
+    n_batch, n_head, tq, d = q.shape
+    tk = k.shape[2]
+    shift = tk - tq                                   # causal: key j visible to query i iff j <= i + shift
+    n_qtiles = (tq + block_q - 1) // block_q
+    for task in numba.prange(n_batch * n_head * n_qtiles):
+        b = task // (n_head * n_qtiles)
+        h = (task // n_qtiles) % n_head
+        i0 = (task % n_qtiles) * block_q
+        i1 = min(i0 + block_q, tq)
+        nq = i1 - i0
+        qs = q[b, h, i0:i1] * scale                   # (nq, D)
+        m = np.full(nq, -np.inf, dtype=q.dtype)       # running max      (nq,)
+        l = np.zeros(nq, dtype=q.dtype)               # running sum      (nq,)
+        acc = np.zeros((nq, d), dtype=q.dtype)        # unnormalised O   (nq, D)
+        k_end = min(tk, i1 + shift) if causal else tk
+        for j0 in range(0, k_end, block_k):
+            j1 = min(j0 + block_k, k_end)
+            s = np.dot(qs, k[b, h, j0:j1].T)          # (nq, nk)
+            for i in range(nq):
+                for j in range(j0, j1):
+                    if pad[b, j] or (causal and j > i0 + i + shift):
+                        s[i, j - j0] = -np.inf
+            for i in range(nq):
+                row = s[i]
+                m_new = max(m[i], row.max())
+                if m_new == -np.inf:                  # every key so far masked: P = 0
+                    row[:] = 0.0
+                else:
+                    alpha = np.exp(m[i] - m_new)      # exp(-inf) = 0 on the first visible tile
+                    total = 0.0
+                    for j in range(j1 - j0):
+                        e = np.exp(row[j] - m_new)
+                        row[j] = e
+                        total += e
+                    l[i] = alpha * l[i] + total
+                    acc[i] *= alpha
+                    m[i] = m_new
+            acc += np.dot(s, v[b, h, j0:j1])          # (nq, D)
+        for i in range(nq):
+            if l[i] == 0.0:                           # fully masked row
+                o[b, h, i0 + i] = 0.0
+                lse[b, h, i0 + i] = -np.inf
+            else:
+                o[b, h, i0 + i] = acc[i] / l[i]
+                lse[b, h, i0 + i] = m[i] + np.log(l[i])
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _attention_backward(q, k, v, o, lse, do, pad, causal, scale, block_q, block_k, dq, dk, dv):
+    """Flash-style backward, one task per (batch, head); writes dq, dk, dv."""
+    n_batch, n_head, tq, d = q.shape
+    tk = k.shape[2]
+    shift = tk - tq
+    for bh in numba.prange(n_batch * n_head):
+        b = bh // n_head
+        h = bh % n_head
+        qs = q[b, h] * scale                                       # (Tq, D)
+        di = np.empty(tq, dtype=q.dtype)                           # D_i = sum_d dO_id O_id  (Tq,)
+        for i in range(tq):
+            di[i] = np.dot(do[b, h, i], o[b, h, i])
+        dq[b, h] = 0.0
+        for j0 in range(0, tk, block_k):
+            j1 = min(j0 + block_k, tk)
+            kt = k[b, h, j0:j1]                                    # (nk, D)
+            vt = v[b, h, j0:j1]                                    # (nk, D)
+            dk_t = np.zeros((j1 - j0, d), dtype=q.dtype)           # (nk, D)
+            dv_t = np.zeros((j1 - j0, d), dtype=q.dtype)           # (nk, D)
+            i_start = max(0, j0 - shift) if causal else 0          # earlier queries cannot see this tile
+            for i0 in range(i_start, tq, block_q):
+                i1 = min(i0 + block_q, tq)
+                p = np.dot(qs[i0:i1], kt.T)                        # S, then P   (nq, nk)
+                for i in range(i1 - i0):
+                    row_lse = lse[b, h, i0 + i]
+                    for j in range(j1 - j0):
+                        hidden = pad[b, j0 + j] or (causal and j0 + j > i0 + i + shift)
+                        if hidden or row_lse == -np.inf:
+                            p[i, j] = 0.0
+                        else:
+                            p[i, j] = np.exp(p[i, j] - row_lse)
+                dv_t += np.dot(p.T, do[b, h, i0:i1])               # (nk, D)
+                ds = np.dot(do[b, h, i0:i1], vt.T)                 # dP, then dS (nq, nk)
+                for i in range(i1 - i0):
+                    for j in range(j1 - j0):
+                        ds[i, j] = p[i, j] * (ds[i, j] - di[i0 + i])
+                dq[b, h, i0:i1] += np.dot(ds, kt)                  # (nq, D), scaled below
+                dk_t += np.dot(ds.T, qs[i0:i1])                    # (nk, D), scale is inside qs
+            dk[b, h, j0:j1] = dk_t
+            dv[b, h, j0:j1] = dv_t
+        dq[b, h] *= scale
+
+
+def _padding(key_padding_mask, batch, tk):
+    """(B, Tk) bool array, all False when no mask is given."""
+    if key_padding_mask is None:
+        return np.zeros((batch, tk), dtype=bool)
+    return np.ascontiguousarray(key_padding_mask, dtype=bool).reshape(batch, tk)
+
+
+def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, block_q=64, block_k=64):
+    """Tiled attention forward with online softmax (see reference.attention_forward).
+
+    O = softmax(scale * Q K^T, masked) V,   lse_i = log sum_j exp(S_ij)
+
+    Returns (o, lse) with o (B, H, Tq, D) and lse (B, H, Tq). A fully masked
+    row gives o = 0, lse = -inf. Extra memory: O(block_q * (block_k + D)) per
+    task, i.e. O(B * H * T) in total, never O(T^2).
+    """
+    dtype = _check_float(q, k, v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    batch, heads, tq, d = q.shape
+    o = np.empty((batch, heads, tq, d), dtype=dtype)
+    lse = np.empty((batch, heads, tq), dtype=dtype)
+    _attention_forward(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v),
+                       _padding(key_padding_mask, batch, k.shape[2]), bool(causal), dtype.type(scale),
+                       block_q, block_k, o, lse)
+    return o, lse
+
+
+def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False, scale=None,
+                       block_q=64, block_k=64):
+    """Tiled attention backward recomputing P = exp(S - lse) (see reference.attention_backward).
+
+    dV = P^T dO,  dS = P * (dO V^T - D_i),  D_i = sum_d dO_id O_id,
+    dQ = scale dS K,  dK = scale dS^T Q
+
+    Returns (dq, dk, dv). Fully masked rows get zero gradients.
+    """
+    dtype = _check_float(q, k, v, o, lse, do)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    batch = q.shape[0]
+    dq = np.empty(q.shape, dtype=dtype)
+    dk = np.empty(k.shape, dtype=dtype)
+    dv = np.empty(v.shape, dtype=dtype)
+    c = np.ascontiguousarray
+    _attention_backward(c(q), c(k), c(v), c(o), c(lse), c(do), _padding(key_padding_mask, batch, k.shape[2]),
+                        bool(causal), dtype.type(scale), block_q, block_k, dq, dk, dv)
+    return dq, dk, dv
+
+
+# -------------------------------------------------------------------- FFN
+
+_RELU, _GELU, _GELU_TANH = 0, 1, 2
+_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
+_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _activation_code(activation):
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    return ACTIVATIONS.index(activation)
+
+
+@numba.njit(fastmath=FASTMATH, cache=True)
+def _act_and_grad(z, code):
+    """(act(z), act'(z)); formulas in reference.activation_forward / activation_backward."""
+    if code == _RELU:
+        return (z, 1.0) if z > 0 else (0.0 * z, 0.0)
+    if code == _GELU:
+        cdf = 0.5 * (1.0 + math.erf(z * _INV_SQRT_2))
+        return z * cdf, cdf + z * math.exp(-0.5 * z * z) * _INV_SQRT_2PI
+    t = math.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z * z * z))
+    grad = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * z * z)
+    return 0.5 * z * (1.0 + t), grad
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _bias_act(h_pre, b1, code, h):
+    """In one pass: h_pre += b1 (in place) and h = act(h_pre).  h_pre, h: (N, F)."""
+    n, f = h_pre.shape
+    for r in numba.prange(n):
+        for c in range(f):
+            z = h_pre[r, c] + b1[c]
+            h_pre[r, c] = z
+            h[r, c] = _act_and_grad(z, code)[0]
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _act_backward(h_pre, code, h, dh):
+    """In one pass: h = act(h_pre) and dh *= act'(h_pre) (in place, dh becomes dh_pre)."""
+    n, f = h_pre.shape
+    for r in numba.prange(n):
+        for c in range(f):
+            a, g = _act_and_grad(h_pre[r, c], code)
+            h[r, c] = a
+            dh[r, c] *= g
+
+
+def ffn_forward(x, w1, b1, w2, b2, activation="relu"):
+    """Feed-forward network with bias + activation fused (see reference.ffn_forward).
+
+    h_pre = x W1^T + b1,  h = act(h_pre),  y = h W2^T + b2
+
+    Returns (y, h_pre); the backward pass rebuilds h and act'(h_pre) from h_pre.
+    """
+    _check_float(x, w1, b1, w2, b2)
+    code = _activation_code(activation)
+    h_pre = x @ w1.T                  # (N, F), BLAS
+    h = np.empty_like(h_pre)          # (N, F)
+    _bias_act(h_pre, b1, code, h)
+    y = h @ w2.T                      # (N, D), BLAS
+    y += b2
+    return y, h_pre
+
+
+def ffn_backward(x, w1, b1, w2, b2, h_pre, dy, activation="relu"):
+    """Gradients of the FFN with the activation and its derivative fused (see reference.ffn_backward).
+
+    dW2 = dy^T h,  db2 = sum_n dy,  dh_pre = (dy W2) * act'(h_pre),
+    dW1 = dh_pre^T x,  db1 = sum_n dh_pre,  dx = dh_pre W1
+
+    b1 and b2 are unused (h_pre already contains b1); they keep the signature
+    the same as the forward's. Returns (dx, dw1, db1, dw2, db2).
+    """
+    _check_float(x, w1, b1, w2, b2, h_pre, dy)
+    code = _activation_code(activation)
+    dh = dy @ w2                      # (N, F), becomes dh_pre in place
+    h = np.empty_like(h_pre)          # (N, F)
+    _act_backward(h_pre, code, h, dh)
+    dw2 = dy.T @ h                    # (D, F)
+    db2 = dy.sum(axis=0)              # (D,)
+    dw1 = dh.T @ x                    # (F, D)
+    db1 = dh.sum(axis=0)              # (F,)
+    dx = dh @ w1                      # (N, D)
+    return dx, dw1, db1, dw2, db2

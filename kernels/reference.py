@@ -1,0 +1,199 @@
+"""NumPy reference kernels: the math stated plainly, one equation per line.
+
+Every other backend (Numba CPU, Numba CUDA) is tested against these functions.
+They favour clarity over speed and memory: attention materialises the full
+(B, H, Tq, Tk) score matrix.
+
+Conventions shared by all backends
+----------------------------------
+* Attention: q (B, H, Tq, D), k and v (B, H, Tk, D), float32 or float64; the
+  result has the input dtype. ``scale`` defaults to 1/sqrt(D).
+* ``key_padding_mask``: optional bool (B, Tk), True = padded key, ignored.
+* ``causal``: query i sees key j only if j <= i + (Tk - Tq) (queries aligned to
+  the end of the keys; j <= i when Tq == Tk).
+* A fully masked row (every key masked) is defined to have attention weights
+  of all zeros, output 0, lse = -inf and zero gradients -- never NaN.
+* FFN weights use PyTorch's Linear layout: w1 (F, D), b1 (F,), w2 (D, F),
+  b2 (D,); x (N, D).
+"""
+import math
+
+import numpy as np
+from scipy.special import erf
+
+ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
+def softmax(x, scale=1.0, mask=None):
+    """Row softmax along the last axis of ``scale * x``.
+
+    y_ij = exp(s_ij - m_i) / sum_j' exp(s_ij' - m_i),  s = scale * x,  m_i = max_j s_ij
+
+    ``mask`` (bool, broadcastable to x, True = masked out) sets s_ij = -inf.
+    A row whose entries are all masked gives y = 0 (not NaN).
+    """
+    s = x * scale
+    if mask is not None:
+        s = np.where(mask, -np.inf, s)
+    m = s.max(axis=-1, keepdims=True)
+    m = np.where(np.isneginf(m), 0.0, m)  # fully masked row: exp(-inf - 0) = 0
+    e = np.exp(s - m)
+    z = e.sum(axis=-1, keepdims=True)
+    return e / np.where(z == 0.0, 1.0, z)
+
+
+def logsumexp(s):
+    """lse_i = log sum_j exp(s_ij) along the last axis, computed as m_i + log sum_j exp(s_ij - m_i).
+
+    A row of all -inf gives -inf.
+    """
+    m = s.max(axis=-1)
+    m = np.where(np.isneginf(m), 0.0, m)
+    with np.errstate(divide="ignore"):  # log(0) = -inf is the intended answer
+        return m + np.log(np.exp(s - m[..., None]).sum(axis=-1))
+
+
+def attention_mask(batch, tq, tk, key_padding_mask=None, causal=False):
+    """Bool mask broadcastable to (B, H, Tq, Tk), True = key hidden from the query.
+
+    Returns None when nothing is masked. Shape (B or 1, 1, Tq or 1, Tk).
+    """
+    mask = None
+    if key_padding_mask is not None:
+        mask = np.asarray(key_padding_mask, dtype=bool).reshape(batch, 1, 1, tk)
+    if causal:
+        i = np.arange(tq)[:, None]
+        j = np.arange(tk)[None, :]
+        future = (j > i + (tk - tq))[None, None]  # (1, 1, Tq, Tk)
+        mask = future if mask is None else mask | future
+    return mask
+
+
+def _masked_scores(q, k, key_padding_mask, causal, scale):
+    """S = scale * q @ k^T with masked entries set to -inf.  # (B, H, Tq, Tk)"""
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    s = (q @ np.swapaxes(k, -1, -2)) * scale  # (B, H, Tq, Tk)
+    mask = attention_mask(q.shape[0], q.shape[2], k.shape[2], key_padding_mask, causal)
+    if mask is not None:
+        s = np.where(mask, -np.inf, s)
+    return s, scale
+
+
+def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None):
+    """Scaled dot-product attention.
+
+    S = scale * Q K^T (masked entries -inf),  P = softmax(S),  O = P V,
+    lse_i = log sum_j exp(S_ij)
+
+    Returns (o, lse): o (B, H, Tq, D) and lse (B, H, Tq). lse is what the
+    backward pass needs to rebuild P = exp(S - lse) without storing P.
+    A fully masked row gives o = 0 and lse = -inf.
+    """
+    s, _ = _masked_scores(q, k, key_padding_mask, causal, scale)  # (B, H, Tq, Tk)
+    p = softmax(s)                                                # (B, H, Tq, Tk)
+    o = p @ v                                                     # (B, H, Tq, D)
+    return o, logsumexp(s)                                        # lse: (B, H, Tq)
+
+
+def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False, scale=None):
+    """Gradients of attention, recomputing P from the saved lse.
+
+    P = exp(S - lse)           (0 where masked and on fully masked rows)
+    dV = P^T dO
+    dP = dO V^T
+    D_i = sum_d dO_id O_id      (= sum_j P_ij dP_ij)
+    dS = P * (dP - D_i)
+    dQ = scale * dS K,   dK = scale * dS^T Q
+
+    Returns (dq, dk, dv) shaped like (q, k, v). Fully masked rows contribute
+    nothing (P = 0 there), so their dq is 0.
+    """
+    s, scale = _masked_scores(q, k, key_padding_mask, causal, scale)  # (B, H, Tq, Tk)
+    lse_safe = np.where(np.isneginf(lse), 0.0, lse)                    # s = -inf there too
+    p = np.exp(s - lse_safe[..., None])                                # (B, H, Tq, Tk)
+    dv = np.swapaxes(p, -1, -2) @ do                                   # (B, H, Tk, D)
+    dp = do @ np.swapaxes(v, -1, -2)                                   # (B, H, Tq, Tk)
+    d = (do * o).sum(axis=-1, keepdims=True)                           # (B, H, Tq, 1)
+    ds = p * (dp - d)                                                  # (B, H, Tq, Tk)
+    dq = (ds @ k) * scale                              # (B, H, Tq, D)
+    dk = (np.swapaxes(ds, -1, -2) @ q) * scale         # (B, H, Tk, D)
+    return dq, dk, dv
+
+
+def activation_forward(h, activation):
+    """act(h) for activation in ACTIVATIONS.
+
+    relu(h)      = max(h, 0)
+    gelu(h)      = 0.5 h (1 + erf(h / sqrt 2))
+    gelu_tanh(h) = 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))
+    """
+    if activation == "relu":
+        return np.maximum(h, 0)
+    if activation == "gelu":
+        return 0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))
+    if activation == "gelu_tanh":
+        u = math.sqrt(2.0 / math.pi) * (h + 0.044715 * h**3)
+        return 0.5 * h * (1.0 + np.tanh(u))
+    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+
+
+def activation_backward(h, activation):
+    """act'(h), the elementwise derivative.
+
+    relu'(h)      = 1 if h > 0 else 0
+    gelu'(h)      = Phi(h) + h phi(h),  Phi(h) = 0.5 (1 + erf(h / sqrt 2)),  phi(h) = exp(-h^2 / 2) / sqrt(2 pi)
+    gelu_tanh'(h) = 0.5 (1 + t) + 0.5 h (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 h^2),  t = tanh(u)
+    """
+    if activation == "relu":
+        return (h > 0).astype(h.dtype)
+    if activation == "gelu":
+        cdf = 0.5 * (1.0 + erf(h / math.sqrt(2.0)))
+        pdf = np.exp(-0.5 * h * h) / math.sqrt(2.0 * math.pi)
+        return cdf + h * pdf
+    if activation == "gelu_tanh":
+        c = math.sqrt(2.0 / math.pi)
+        t = np.tanh(c * (h + 0.044715 * h**3))
+        return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * h * h)
+    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+
+
+def ffn_forward(x, w1, b1, w2, b2, activation="relu"):
+    """Position-wise feed-forward network.
+
+    h_pre = x W1^T + b1      # (N, F)
+    h = act(h_pre)           # (N, F)
+    y = h W2^T + b2          # (N, D)
+
+    Returns (y, h_pre). h_pre is what the backward pass needs: h = act(h_pre)
+    and act'(h_pre) are both recomputed from it.
+    """
+    h_pre = x @ w1.T + b1                       # (N, F)
+    h = activation_forward(h_pre, activation)   # (N, F)
+    y = h @ w2.T + b2                           # (N, D)
+    return y, h_pre
+
+
+def ffn_backward(x, w1, b1, w2, b2, h_pre, dy, activation="relu"):
+    """Gradients of ``ffn_forward`` given dy = dL/dy.
+
+    h = act(h_pre)
+    dW2 = dy^T h,        db2 = sum_n dy
+    dh = dy W2
+    dh_pre = dh * act'(h_pre)
+    dW1 = dh_pre^T x,    db1 = sum_n dh_pre
+    dx = dh_pre W1
+
+    b1 and b2 are not needed (h_pre already contains b1); they are accepted so
+    that forward and backward take the same parameters.
+    Returns (dx, dw1, db1, dw2, db2).
+    """
+    h = activation_forward(h_pre, activation)                 # (N, F)
+    dw2 = dy.T @ h                                            # (D, F)
+    db2 = dy.sum(axis=0)                                      # (D,)
+    dh = dy @ w2                                              # (N, F)
+    dh_pre = dh * activation_backward(h_pre, activation)      # (N, F)
+    dw1 = dh_pre.T @ x                                        # (F, D)
+    db1 = dh_pre.sum(axis=0)                                  # (F,)
+    dx = dh_pre @ w1                                          # (N, D)
+    return dx, dw1, db1, dw2, db2
