@@ -38,6 +38,11 @@ from kernels.reference import ACTIVATIONS
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
 
+def _empty(shape, dtype):
+    """Allocate an output. Every output goes through here so tests can poison it with NaN."""
+    return np.empty(shape, dtype=dtype)
+
+
 def _check_float(*arrays):
     """All arrays share one float dtype (float32 or float64); return it."""
     dtype = arrays[0].dtype
@@ -82,12 +87,11 @@ def softmax(x, scale=1.0, mask=None):
     """
     dtype = _check_float(x)
     n = x.shape[-1]
-    x2 = np.ascontiguousarray(x).reshape(-1, n)                    # (R, N)
-    if mask is None:
-        mask2 = np.broadcast_to(np.zeros((1, 1), dtype=bool), x2.shape)  # (R, N), no copy
-    else:
-        mask2 = np.broadcast_to(np.asarray(mask, dtype=bool), x.shape).reshape(-1, n)
-    out = np.empty_like(x2)
+    x2 = np.ascontiguousarray(x).reshape(-1, n)                             # (R, N)
+    mask2 = np.zeros(x2.shape, dtype=bool)                                  # (R, N), one byte per score
+    if mask is not None:
+        mask2[...] = np.broadcast_to(mask, x.shape).reshape(-1, n)
+    out = _empty(x2.shape, dtype)
     _softmax_rows(x2, dtype.type(scale), mask2, out)
     return out.reshape(x.shape)
 
@@ -209,8 +213,8 @@ def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, 
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     batch, heads, tq, d = q.shape
-    o = np.empty((batch, heads, tq, d), dtype=dtype)
-    lse = np.empty((batch, heads, tq), dtype=dtype)
+    o = _empty((batch, heads, tq, d), dtype)
+    lse = _empty((batch, heads, tq), dtype)
     _attention_forward(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v),
                        _padding(key_padding_mask, batch, k.shape[2]), bool(causal), dtype.type(scale),
                        block_q, block_k, o, lse)
@@ -230,9 +234,9 @@ def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False,
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     batch = q.shape[0]
-    dq = np.empty(q.shape, dtype=dtype)
-    dk = np.empty(k.shape, dtype=dtype)
-    dv = np.empty(v.shape, dtype=dtype)
+    dq = _empty(q.shape, dtype)
+    dk = _empty(k.shape, dtype)
+    dv = _empty(v.shape, dtype)
     c = np.ascontiguousarray
     _attention_backward(c(q), c(k), c(v), c(o), c(lse), c(do), _padding(key_padding_mask, batch, k.shape[2]),
                         bool(causal), dtype.type(scale), block_q, block_k, dq, dk, dv)
@@ -295,10 +299,10 @@ def ffn_forward(x, w1, b1, w2, b2, activation="relu"):
 
     Returns (y, h_pre); the backward pass rebuilds h and act'(h_pre) from h_pre.
     """
-    _check_float(x, w1, b1, w2, b2)
+    dtype = _check_float(x, w1, b1, w2, b2)
     code = _activation_code(activation)
     h_pre = x @ w1.T                  # (N, F), BLAS
-    h = np.empty_like(h_pre)          # (N, F)
+    h = _empty(h_pre.shape, dtype)    # (N, F)
     _bias_act(h_pre, b1, code, h)
     y = h @ w2.T                      # (N, D), BLAS
     y += b2
@@ -314,10 +318,10 @@ def ffn_backward(x, w1, b1, w2, b2, h_pre, dy, activation="relu"):
     b1 and b2 are unused (h_pre already contains b1); they keep the signature
     the same as the forward's. Returns (dx, dw1, db1, dw2, db2).
     """
-    _check_float(x, w1, b1, w2, b2, h_pre, dy)
+    dtype = _check_float(x, w1, b1, w2, b2, h_pre, dy)
     code = _activation_code(activation)
     dh = dy @ w2                      # (N, F), becomes dh_pre in place
-    h = np.empty_like(h_pre)          # (N, F)
+    h = _empty(h_pre.shape, dtype)    # (N, F)
     _act_backward(h_pre, code, h, dh)
     dw2 = dy.T @ h                    # (D, F)
     db2 = dy.sum(axis=0)              # (D,)

@@ -1,0 +1,93 @@
+"""Helpers shared by the kernel tests, the CUDA checks and ``kernels.compare``.
+
+* random inputs (never zeros) with padding, causal and fully masked rows,
+* the error measure and the tolerances every backend must meet.
+
+Error measure: ``relative_error(got, want) = max |got - want| / max |want|``
+over the finite entries; the positions of -inf (lse of fully masked rows)
+must agree exactly, and any NaN counts as an infinite error.
+"""
+import numpy as np
+
+TOLERANCE = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-12}
+
+
+def max_abs_error(got, want):
+    """max |got - want| over entries finite in ``want``; inf if any pattern of non-finite values differs."""
+    got, want = np.asarray(got), np.asarray(want)
+    if got.shape != want.shape:
+        raise ValueError(f"shape {got.shape} != {want.shape}")
+    finite = np.isfinite(want)
+    same_pattern = np.array_equal(np.isfinite(got), finite) and np.array_equal(got[~finite], want[~finite])
+    if not same_pattern:
+        return np.inf
+    if not finite.any():
+        return 0.0
+    return float(np.abs(got[finite].astype(np.float64) - want[finite]).max())
+
+
+def relative_error(got, want):
+    """max |got - want| / max |want| over the finite entries (see module docstring)."""
+    want = np.asarray(want)
+    finite = np.isfinite(want)
+    scale = float(np.abs(want[finite]).max()) if finite.any() else 0.0
+    err = max_abs_error(got, want)
+    return err / scale if scale > 0.0 else err
+
+
+def assert_close(name, got, want):
+    """Raise AssertionError unless got has want's shape and dtype and is within TOLERANCE[dtype]."""
+    want = np.asarray(want)
+    got = np.asarray(got)
+    assert got.dtype == want.dtype, f"{name}: dtype {got.dtype} != {want.dtype}"
+    err = relative_error(got, want)
+    tol = TOLERANCE[want.dtype]
+    assert err <= tol, f"{name}: relative error {err:.3g} > {tol:g}"
+
+
+def _normal(rng, shape, dtype):
+    return rng.standard_normal(shape).astype(dtype)
+
+
+def softmax_case(rng, shape, dtype, masked=True):
+    """x of ``shape`` and a mask broadcast over axis -2 with ~30% masked entries; row 0 fully masked."""
+    x = _normal(rng, shape, dtype)
+    if not masked:
+        return x, None
+    mask = rng.random(shape[:-2] + (1, shape[-1])) < 0.3
+    mask.reshape(-1, shape[-1])[0] = True
+    return x, mask
+
+
+def attention_case(rng, batch, heads, tq, tk, d, dtype, padding=True):
+    """Random q, k, v, dO and a key padding mask.
+
+    With ``padding``: ~25% of the keys of every sequence are padded and, when
+    batch > 1, the last sequence is padded entirely (fully masked rows).
+    Returns a dict with keys q, k, v, do, key_padding_mask.
+    """
+    case = {
+        "q": _normal(rng, (batch, heads, tq, d), dtype),
+        "k": _normal(rng, (batch, heads, tk, d), dtype),
+        "v": _normal(rng, (batch, heads, tk, d), dtype),
+        "do": _normal(rng, (batch, heads, tq, d), dtype),
+        "key_padding_mask": None,
+    }
+    if padding:
+        mask = rng.random((batch, tk)) < 0.25
+        if batch > 1:
+            mask[-1] = True
+        case["key_padding_mask"] = mask
+    return case
+
+
+def ffn_case(rng, n, d, f, dtype):
+    """Random x (N, D), w1 (F, D), b1 (F,), w2 (D, F), b2 (D,) and dy (N, D), weights ~ 1/sqrt(fan_in)."""
+    return {
+        "x": _normal(rng, (n, d), dtype),
+        "w1": (_normal(rng, (f, d), dtype) / np.sqrt(d)).astype(dtype),
+        "b1": _normal(rng, (f,), dtype),
+        "w2": (_normal(rng, (d, f), dtype) / np.sqrt(f)).astype(dtype),
+        "b2": _normal(rng, (d,), dtype),
+        "dy": _normal(rng, (n, d), dtype),
+    }

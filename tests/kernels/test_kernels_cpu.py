@@ -1,0 +1,77 @@
+"""Numba CPU kernels against the NumPy references (outputs poisoned with NaN first)."""
+import numpy as np
+import pytest
+
+from kernels import cpu, reference
+from kernels.testing import assert_close, attention_case, ffn_case, softmax_case
+
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    """Every output the kernels allocate starts as NaN, so an unwritten element fails the comparison."""
+    monkeypatch.setattr(cpu, "_empty", lambda shape, dtype: np.full(shape, np.nan, dtype=dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("masked", [False, True])
+def test_softmax(dtype, masked):
+    x, mask = softmax_case(np.random.default_rng(0), (2, 3, 5, 13), dtype, masked)
+    assert_close("softmax", cpu.softmax(x, 0.7, mask), reference.softmax(x, 0.7, mask))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("tq,tk,blocks", [(13, 13, (4, 5)), (5, 13, (4, 5)), (13, 7, (3, 4)), (13, 13, (64, 64))])
+def test_attention(dtype, causal, tq, tk, blocks):
+    c = attention_case(np.random.default_rng(tq * tk), 3, 2, tq, tk, 7, dtype)
+    args = (c["q"], c["k"], c["v"])
+    mask = c["key_padding_mask"]
+    block_q, block_k = blocks
+    o, lse = reference.attention_forward(*args, mask, causal)
+    got_o, got_lse = cpu.attention_forward(*args, mask, causal, block_q=block_q, block_k=block_k)
+    assert_close("o", got_o, o)
+    assert_close("lse", got_lse, lse)
+    want = reference.attention_backward(*args, o, lse, c["do"], mask, causal)
+    got = cpu.attention_backward(*args, o, lse, c["do"], mask, causal, block_q=block_q, block_k=block_k)
+    for name, g, w in zip(["dq", "dk", "dv"], got, want):
+        assert_close(name, g, w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_attention_without_mask_and_custom_scale(dtype):
+    c = attention_case(np.random.default_rng(5), 2, 2, 9, 11, 7, dtype, padding=False)
+    args = (c["q"], c["k"], c["v"])
+    o, lse = reference.attention_forward(*args, scale=0.3)
+    assert_close("o", cpu.attention_forward(*args, scale=0.3)[0], o)
+    want = reference.attention_backward(*args, o, lse, c["do"], scale=0.3)
+    got = cpu.attention_backward(*args, o, lse, c["do"], scale=0.3)
+    for name, g, w in zip(["dq", "dk", "dv"], got, want):
+        assert_close(name, g, w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("activation", reference.ACTIVATIONS)
+def test_ffn(dtype, activation):
+    c = ffn_case(np.random.default_rng(6), 13, 7, 11, dtype)
+    params = (c["x"], c["w1"], c["b1"], c["w2"], c["b2"])
+    y, h_pre = reference.ffn_forward(*params, activation)
+    got_y, got_h_pre = cpu.ffn_forward(*params, activation)
+    assert_close("y", got_y, y)
+    assert_close("h_pre", got_h_pre, h_pre)
+    want = reference.ffn_backward(*params, h_pre, c["dy"], activation)
+    got = cpu.ffn_backward(*params, h_pre, c["dy"], activation)
+    for name, g, w in zip(["dx", "dw1", "db1", "dw2", "db2"], got, want):
+        assert_close(name, g, w)
+
+
+def test_bad_inputs_are_rejected():
+    c = ffn_case(np.random.default_rng(7), 3, 2, 4, np.float32)
+    params = (c["x"], c["w1"], c["b1"], c["w2"], c["b2"])
+    with pytest.raises(ValueError):
+        cpu.ffn_forward(*params, "swish")
+    with pytest.raises(TypeError):
+        cpu.ffn_forward(c["x"].astype(np.float64), *params[1:])
+    with pytest.raises(TypeError):
+        cpu.softmax(np.arange(4))
