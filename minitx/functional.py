@@ -7,10 +7,45 @@ their gradients for free from the primitives they are made of.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 from . import ops
+from .ops.fused import FusedAttention, FusedFeedForward
 from .tensor import Tensor
+
+# ------------------------------------------------------------------------------------ fused-kernel switch
+_use_fused = False
+
+
+def set_fused_kernels(enabled: bool) -> None:
+    """Make attention and the FFN use the fused kernels (``kernels/``) by default, or the composed ops."""
+    global _use_fused
+    _use_fused = bool(enabled)
+
+
+@contextlib.contextmanager
+def fused_kernels(enabled: bool = True):
+    """``with fused_kernels():`` — the fused path inside the block, the previous setting after it."""
+    global _use_fused
+    previous, _use_fused = _use_fused, bool(enabled)
+    try:
+        yield
+    finally:
+        _use_fused = previous
+
+
+def _choose_fused(fused: bool | None, supported: bool, why_not: str, op: str) -> bool:
+    """Resolve a per-call ``fused`` argument (None = the global setting) against what the kernel supports.
+
+    The global setting quietly falls back to the composed ops for calls the kernel cannot do; asking for
+    ``fused=True`` explicitly on such a call is an error.
+    """
+    if fused is None:
+        return _use_fused and supported
+    if fused and not supported:
+        raise ValueError(f"{op}: the fused kernel does not support {why_not}; call it with fused=False")
+    return bool(fused)
 
 # ------------------------------------------------------------------------------------------ elementwise
 
@@ -154,7 +189,8 @@ def cross_entropy(logits: Tensor, target, ignore_index: int = -100, label_smooth
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, key_padding_mask=None,
                                  is_causal: bool = False, dropout_p: float = 0.0, training: bool = True,
-                                 scale: float | None = None, return_weights: bool = False):
+                                 scale: float | None = None, return_weights: bool = False,
+                                 fused: bool | None = None):
     """Attention(Q, K, V) = softmax(Q Kᵀ / √d_k + M) V, composed from primitive ops.
 
     Shapes: q (…, Tq, d_k), k (…, Tk, d_k), v (…, Tk, d_v) -> (…, Tq, d_v); with heads, … = (B, H).
@@ -163,7 +199,17 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     ``key_padding_mask`` bool (B, Tk) marks padded keys; ``is_causal`` hides keys after the query.
     A query whose keys are all masked gets all-zero weights and a zero output (see ``softmax``).
     With ``return_weights=True`` the attention weights (…, Tq, Tk) are returned as well.
+
+    ``fused`` picks the implementation: the composed ops below (False), the fused kernel of
+    ``kernels/`` (True: (B, H, T, d) inputs, boolean padding/causal masks only, no dropout, no weights), or
+    the global setting (None, see :func:`set_fused_kernels`).
     """
+    unsupported = [name for name, used in (("attn_mask", attn_mask is not None), ("return_weights", return_weights),
+                                           ("dropout", dropout_p > 0 and training),
+                                           ("inputs that are not (B, H, T, d)", q.ndim != 4)) if used]
+    if _choose_fused(fused, not unsupported, ", ".join(unsupported), "scaled_dot_product_attention"):
+        kpm = key_padding_mask.data if isinstance(key_padding_mask, Tensor) else key_padding_mask
+        return FusedAttention.apply(q, k, v, key_padding_mask=kpm, causal=is_causal, scale=scale)
     d_k = q.shape[-1]
     scale = 1.0 / math.sqrt(d_k) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (…, Tq, Tk)

@@ -1,0 +1,61 @@
+"""Fused ops: whole sub-layers computed by the array-level kernels in the top-level ``kernels`` package.
+
+The composed path (``functional.scaled_dot_product_attention`` built from matmul, masked_fill, softmax…)
+is the one to read; these ops compute the same function with the kernels of ``kernels.cpu`` (Numba) or
+``kernels.cuda`` (numba.cuda), chosen by the tensor's device. They are still ordinary :class:`Function`\\ s:
+forward saves what the kernel's backward needs, backward calls it.
+"""
+
+from __future__ import annotations
+
+from .. import backend
+from ..tensor import Function
+
+
+def kernel_module(array):
+    """The kernel implementation for ``array``'s device: ``kernels.cpu`` or ``kernels.cuda``."""
+    if backend.device_of(array) == "cuda":
+        from kernels import cuda
+
+        return cuda
+    from kernels import cpu
+
+    return cpu
+
+
+class FusedAttention(Function):
+    """O = softmax(scale · Q Kᵀ, masked) V in one kernel that never forms the (Tq, Tk) score matrix.
+
+    q (B, H, Tq, D), k and v (B, H, Tk, D). Forward keeps O and the per-row log-sum-exp
+    lse_i = log Σ_j exp(S_ij); backward recomputes P = exp(S - lse) tile by tile:
+        dV = Pᵀ dO,  dS = P ⊙ (dO Vᵀ - rowsum(dO ⊙ O)),  dQ = scale · dS K,  dK = scale · dSᵀ Q.
+    """
+
+    def forward(self, q, k, v, key_padding_mask=None, causal: bool = False, scale: float | None = None):
+        self.kernels = kernel_module(q)
+        self.q, self.k, self.v = q, k, v
+        self.options = dict(key_padding_mask=key_padding_mask, causal=causal, scale=scale)
+        self.o, self.lse = self.kernels.attention_forward(q, k, v, **self.options)
+        return self.o
+
+    def backward(self, grad):
+        return self.kernels.attention_backward(self.q, self.k, self.v, self.o, self.lse, grad, **self.options)
+
+
+class FusedFeedForward(Function):
+    """y = act(x W₁ᵀ + b₁) W₂ᵀ + b₂ with the bias and activation fused into one pass over (N, F).
+
+    x (N, D), w1 (F, D), b1 (F,), w2 (D, F), b2 (D,). Forward keeps the pre-activation h_pre; backward:
+        dW₂ = dyᵀ h,  db₂ = Σ_n dy,  dh_pre = (dy W₂) ⊙ act'(h_pre),  dW₁ = dh_preᵀ x,  db₁ = Σ_n dh_pre,
+        dx = dh_pre W₁.
+    """
+
+    def forward(self, x, w1, b1, w2, b2, activation: str = "relu"):
+        self.kernels = kernel_module(x)
+        self.saved = (x, w1, b1, w2, b2)
+        self.activation = activation
+        y, self.h_pre = self.kernels.ffn_forward(x, w1, b1, w2, b2, activation=activation)
+        return y
+
+    def backward(self, grad):
+        return self.kernels.ffn_backward(*self.saved, self.h_pre, grad, activation=self.activation)
