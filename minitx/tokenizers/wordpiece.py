@@ -3,9 +3,10 @@
 Encoding runs four steps.
 
 1. **Normalise** the text:
-   - *clean*: drop U+FFFD and every control/format character (Unicode
-     category ``C*``: NUL, vertical tab, U+0085 ...), except tab, newline
-     and carriage return; turn the remaining whitespace characters (Unicode
+   - *clean*: drop U+FFFD and every control, format, private-use or
+     surrogate character (Unicode categories ``Cc Cf Co Cs``: NUL, vertical
+     tab, U+0085, zero-width space ...), except tab, newline and carriage
+     return; turn the remaining whitespace characters (Unicode
      ``White_Space``) into plain spaces;
    - put spaces around CJK ideographs, so each becomes a word of its own;
    - when lower-casing: decompose (NFD) and drop combining accents
@@ -24,9 +25,11 @@ Encoding runs four steps.
 Special tokens written literally in the input (``"[MASK]"``) are recognised
 before normalisation.  The rules follow Hugging Face ``tokenizers``'
 ``BertNormalizer``/``BertPreTokenizer``, which match Google's original
-BERT code except in two corners: whitespace is the Unicode ``White_Space``
-property (so U+2028/U+2029 separate words), and the CJK table's Extension
-E block starts at U+2B920, as in ``tokenizers``, rather than U+2B820.
+BERT code except in three corners: whitespace is the Unicode ``White_Space``
+property (so U+2028/U+2029 separate words), unassigned code points (``Cn``)
+are kept rather than dropped (and usually become ``[UNK]``), and the CJK
+table's Extension E block starts at U+2B920, as in ``tokenizers``, rather
+than U+2B820.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONTINUATION = "##"
 _WHITESPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
                         + "".join(map(chr, range(0x2000, 0x200B))))
+_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs"})  # "other" characters, but not unassigned (Cn) ones
 _CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
                (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
 
@@ -61,7 +65,7 @@ def is_cjk(c: str) -> bool:
 
 def _clean_char(c: str) -> str:
     """Normalisation of one character before accent stripping (steps "clean" and CJK)."""
-    if c not in "\t\n\r" and (c == "\ufffd" or unicodedata.category(c)[0] == "C"):
+    if c not in "\t\n\r" and (c == "\ufffd" or unicodedata.category(c) in _DROPPED_CATEGORIES):
         return ""  # NUL is a control character too
     if c in _WHITESPACE:
         return " "
