@@ -108,7 +108,8 @@ class Tokenizer:
             rows = [r[:max_length] for r in rows]
         return self._pad_batch({"input_ids": rows}, max_length, padding)
 
-    def _pad_batch(self, columns: dict[str, list[list[int]]], max_length: int | None, padding: bool | str) -> dict[str, Any]:
+    def _pad_batch(self, columns: dict[str, list[list[int]]], max_length: int | None,
+                   padding: bool | str) -> dict[str, Any]:
         """Pad the ragged ``columns`` (``input_ids`` first) into ``(B, T)`` arrays.
 
         ``input_ids`` are padded with :attr:`pad_token_id` and every other
@@ -140,7 +141,8 @@ class Tokenizer:
             for i, row in enumerate(col):
                 array[i, : len(row)] = row
             out[name] = array
-        out["attention_mask"] = (np.arange(width)[None, :] < np.array(lengths, dtype=np.int64)[:, None]).astype(np.int64)
+        lengths = np.array(lengths, dtype=np.int64)
+        out["attention_mask"] = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
         return out
 
     # ------------------------------------------------------------------ JSON

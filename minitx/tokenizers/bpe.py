@@ -44,7 +44,8 @@ from .base import Tokenizer
 ENDOFTEXT = "<|endoftext|>"
 
 # Code points with the Unicode White_Space property: what \s means in GPT-2's pattern.
-_WHITESPACE = "\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000"
+_WHITESPACE = ("\t\n\x0b\x0c\r \x85\xa0\u1680" + "".join(map(chr, range(0x2000, 0x200B)))
+               + "\u2028\u2029\u202f\u205f\u3000")
 
 
 def _category_classes(major: str) -> dict[str, str]:

@@ -12,9 +12,9 @@ Encoding runs four steps.
    - when lower-casing: decompose (NFD) and drop combining accents
      (category ``Mn``), so "é" becomes "e"; then lower-case each character.
 2. **Pre-tokenise**: split on spaces, and make every punctuation character
-   its own word.  Punctuation means the ASCII symbol ranges ``!``-``/``,
-   ``:``-``@``, ``[``-`````, ``{``-``~`` (so ``$``, ``+``, ``^`` count) plus
-   every Unicode ``P*`` category.
+   its own word.  Punctuation means every ASCII symbol (code points 33-47,
+   58-64, 91-96 and 123-126, so ``$``, ``+`` and ``^`` count although Unicode
+   calls them symbols, not punctuation) plus every Unicode ``P*`` category.
 3. **WordPiece**: cut each word greedily into the longest vocabulary entry
    that starts where the previous one ended; pieces after the first carry
    the ``##`` prefix ("unaffable" -> "una", "##ffa", "##ble").  A word that
