@@ -159,6 +159,9 @@ class ByteLevelBPE(Tokenizer):
               min_frequency: int = 2) -> "ByteLevelBPE":
         """Learn merges from ``texts`` until there are ``vocab_size`` ids.
 
+        Training stops early, with a smaller vocabulary, once no adjacent pair
+        occurs ``min_frequency`` times.
+
         Special tokens inside the texts are cut out first and never merged
         with anything.  Merges are learned within pre-tokenised pieces (see
         :mod:`minitx.tokenizers._merges`); the 256 byte tokens get ids

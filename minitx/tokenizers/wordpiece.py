@@ -152,7 +152,8 @@ class WordPieceTokenizer(Tokenizer):
         characters becomes ``[UNK]``.  Then the most frequent adjacent pair of
         pieces is merged repeatedly ("un" + "##able" -> "unable") until the
         vocabulary (special tokens included) holds ``vocab_size`` tokens, as
-        in byte-pair encoding (see :mod:`minitx.tokenizers._merges`).
+        in byte-pair encoding (see :mod:`minitx.tokenizers._merges`), or
+        until no pair occurs ``min_frequency`` times.
         Encoding later uses WordPiece's greedy longest match over this vocabulary.
         """
         counts: Counter[str] = Counter()
