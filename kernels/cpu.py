@@ -173,14 +173,12 @@ def _attention_backward(q, k, v, o, lse, do, pad, causal, scale, block_q, block_
             for i0 in range(i_start, tq, block_q):
                 i1 = min(i0 + block_q, tq)
                 p = np.dot(qs[i0:i1], kt.T)                        # S, then P   (nq, nk)
-                for i in range(i1 - i0):
-                    row_lse = lse[b, h, i0 + i]
+                for i in range(i1 - i0):                           # a row with lse = -inf has no visible key
                     for j in range(j1 - j0):
-                        hidden = pad[b, j0 + j] or (causal and j0 + j > i0 + i + shift)
-                        if hidden or row_lse == -np.inf:
+                        if pad[b, j0 + j] or (causal and j0 + j > i0 + i + shift):
                             p[i, j] = 0.0
                         else:
-                            p[i, j] = np.exp(p[i, j] - row_lse)
+                            p[i, j] = np.exp(p[i, j] - lse[b, h, i0 + i])
                 dv_t += np.dot(p.T, do[b, h, i0:i1])               # (nk, D)
                 ds = np.dot(do[b, h, i0:i1], vt.T)                 # dP, then dS (nq, nk)
                 for i in range(i1 - i0):
