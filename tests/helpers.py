@@ -1,0 +1,475 @@
+"""Shared test helpers for the autograd engine: one registry of op cases, used twice.
+
+Each :class:`OpCase` knows how to draw inputs for one op (with Hypothesis: shapes with size-1 and broadcast
+axes, values kept away from the op's non-differentiable points), how to call the op in minitx, and how to
+call the same thing in PyTorch. ``test_gradcheck.py`` checks every case's backward against finite
+differences in float64; ``test_ops.py`` checks forward and backward against PyTorch in float32 and float64.
+
+Inputs are NumPy arrays: floating arrays are the differentiable inputs, integer and boolean arrays
+(ids, targets, masks) are constants.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import hypothesis.extra.numpy as hnp
+import hypothesis.strategies as st
+import numpy as np
+from hypothesis import HealthCheck, settings
+
+import minitx as mx
+import minitx.functional as F
+
+# Small and deterministic: every run draws the same examples, so the suite's runtime is stable.
+SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
+                    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+TOLERANCES = {  # (rtol, atol) for comparing with PyTorch
+    np.float32: (1e-5, 1e-5),
+    np.float64: (1e-10, 1e-12),
+}
+
+
+# ------------------------------------------------------------------------------------- drawing values
+def seed():
+    return st.integers(0, 2**32 - 1)
+
+
+def normal(rng, shape):
+    return rng.standard_normal(shape)
+
+
+def away_from_zero(rng, shape, low=0.25, high=2.0):
+    """|x| in [low, high] with a random sign: keeps relu, abs and 1/x away from 0."""
+    return rng.uniform(low, high, shape) * rng.choice([-1.0, 1.0], shape)
+
+
+def positive(rng, shape, low=0.5, high=2.0):
+    return rng.uniform(low, high, shape)
+
+
+def distinct(rng, shape):
+    """Values at least 0.2 apart, so a max has no ties and a small perturbation cannot reorder them."""
+    n = int(np.prod(shape, dtype=int))
+    return (rng.permutation(n) * 0.25 + rng.uniform(0, 0.05, n)).reshape(shape) - 0.125 * n
+
+
+def shapes(min_dims=0, max_dims=3, min_side=1, max_side=4):
+    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side, max_side=max_side)
+
+
+def broadcast_shapes(n=2, min_dims=0, max_dims=3, max_side=3):
+    """``n`` shapes that broadcast together (sizes of 1 and missing leading axes included)."""
+    return hnp.mutually_broadcastable_shapes(num_shapes=n, min_dims=min_dims, max_dims=max_dims,
+                                             min_side=1, max_side=max_side).map(lambda s: s.input_shapes)
+
+
+@st.composite
+def axis_args(draw, ndim):
+    """``axis`` (None, an int or a tuple, negatives included) and ``keepdims`` for a reduction."""
+    kind = draw(st.sampled_from(["none", "int", "tuple"] if ndim else ["none"]))
+    if kind == "none":
+        axis = None
+    elif kind == "int":
+        axis = draw(st.integers(-ndim, ndim - 1))
+    else:
+        axes = draw(st.lists(st.integers(0, ndim - 1), min_size=1, max_size=ndim, unique=True))
+        axis = tuple(a - ndim if draw(st.booleans()) else a for a in axes)
+    return axis, draw(st.booleans())
+
+
+def torch_dims(axis, ndim):
+    return tuple(range(ndim)) if axis is None else axis
+
+
+# ------------------------------------------------------------------------------------------ the cases
+@dataclass
+class OpCase:
+    """One op: ``draw(data) -> (arrays, kwargs)``, ``mx_fn(*tensors, **kwargs)``, ``torch_fn(*tensors, **kwargs)``."""
+
+    name: str
+    draw: object
+    mx_fn: object
+    torch_fn: object
+    tags: set = field(default_factory=set)
+
+    def __repr__(self):
+        return self.name
+
+
+CASES: list[OpCase] = []
+
+
+def case(name, mx_fn, torch_fn, tags=()):
+    """Decorator registering a drawing function as an op case."""
+
+    def register(draw):
+        CASES.append(OpCase(name, draw, mx_fn, torch_fn, set(tags)))
+        return draw
+
+    return register
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def _tF():
+    import torch.nn.functional as tF
+
+    return tF
+
+
+def _binary(name, mx_op, torch_op, values_a=normal, values_b=normal):
+    @case(name, mx_op, torch_op)
+    def draw(data):
+        shape_a, shape_b = data.draw(broadcast_shapes(2))
+        rng = np.random.default_rng(data.draw(seed()))
+        return [values_a(rng, shape_a), values_b(rng, shape_b)], {}
+
+
+_binary("add", lambda a, b: a + b, lambda a, b: a + b)
+_binary("sub", lambda a, b: a - b, lambda a, b: a - b)
+_binary("mul", lambda a, b: a * b, lambda a, b: a * b)
+_binary("div", lambda a, b: a / b, lambda a, b: a / b, values_b=away_from_zero)
+_binary("pow", lambda a, b: a**b, lambda a, b: a**b, values_a=positive, values_b=normal)
+
+
+def _unary(name, mx_op, torch_op, values=normal):
+    @case(name, mx_op, torch_op)
+    def draw(data):
+        rng = np.random.default_rng(data.draw(seed()))
+        return [values(rng, data.draw(shapes()))], {}
+
+
+_unary("neg", lambda x: -x, lambda x: -x)
+_unary("exp", lambda x: x.exp(), lambda x: x.exp())
+_unary("log", lambda x: x.log(), lambda x: x.log(), positive)
+_unary("sqrt", lambda x: x.sqrt(), lambda x: x.sqrt(), positive)
+_unary("tanh", lambda x: x.tanh(), lambda x: x.tanh())
+_unary("sigmoid", lambda x: x.sigmoid(), lambda x: x.sigmoid())
+_unary("relu", lambda x: x.relu(), lambda x: x.relu(), away_from_zero)
+_unary("abs", lambda x: x.abs(), lambda x: x.abs(), away_from_zero)
+_unary("gelu", lambda x: F.gelu(x), lambda x: _tF().gelu(x))
+_unary("gelu_tanh", lambda x: F.gelu(x, approximate="tanh"), lambda x: _tF().gelu(x, approximate="tanh"))
+_unary("pow_scalar", lambda x: x**3, lambda x: x**3)
+_unary("rpow_scalar", lambda x: 2.0**x, lambda x: 2.0**x)
+_unary("scalar_arith", lambda x: (3 - x) * 0.5 / (x * x + 1) + 1,
+       lambda x: (3 - x) * 0.5 / (x * x + 1) + 1)
+
+
+def _reduction(name, mx_op, torch_op, values=normal):
+    @case(name, mx_op, torch_op)
+    def draw(data):
+        shape = data.draw(shapes(min_dims=1))
+        axis, keepdims = data.draw(axis_args(len(shape)))
+        rng = np.random.default_rng(data.draw(seed()))
+        return [values(rng, shape)], {"axis": axis, "keepdims": keepdims}
+
+
+_reduction("sum", lambda x, axis, keepdims: x.sum(axis=axis, keepdims=keepdims),
+           lambda x, axis, keepdims: x.sum(dim=torch_dims(axis, x.ndim), keepdim=keepdims))
+_reduction("mean", lambda x, axis, keepdims: x.mean(axis=axis, keepdims=keepdims),
+           lambda x, axis, keepdims: x.mean(dim=torch_dims(axis, x.ndim), keepdim=keepdims))
+_reduction("max", lambda x, axis, keepdims: x.max(axis=axis, keepdims=keepdims),
+           lambda x, axis, keepdims: x.amax(dim=torch_dims(axis, x.ndim), keepdim=keepdims), distinct)
+
+
+@case("var", lambda x, axis, keepdims, correction: x.var(axis=axis, keepdims=keepdims, correction=correction),
+      lambda x, axis, keepdims, correction: x.var(dim=torch_dims(axis, x.ndim), keepdim=keepdims,
+                                                  correction=correction))
+def _draw_var(data):
+    shape = data.draw(shapes(min_dims=1, min_side=2))  # at least 2 elements per group: N - 1 > 0
+    axis, keepdims = data.draw(axis_args(len(shape)))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape)], {"axis": axis, "keepdims": keepdims, "correction": data.draw(st.sampled_from([0, 1]))}
+
+
+@case("matmul", lambda a, b: a @ b, lambda a, b: a @ b)
+def _draw_matmul(data):
+    """Batched with broadcasting batch axes; either operand may be a vector."""
+    batch_a, batch_b = data.draw(broadcast_shapes(2, max_dims=2))
+    m, k, n = data.draw(st.tuples(*[st.integers(1, 3)] * 3))
+    shape_a = (k,) if data.draw(st.booleans()) and not batch_a else batch_a + (m, k)
+    shape_b = (k,) if data.draw(st.booleans()) and not batch_b else batch_b + (k, n)
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape_a), normal(rng, shape_b)], {}
+
+
+@case("reshape", lambda x, shape: x.reshape(shape), lambda x, shape: x.reshape(shape))
+def _draw_reshape(data):
+    shape = data.draw(shapes(min_dims=1))
+    target = data.draw(st.sampled_from([(-1,), shape[::-1], (shape[0], -1), (1, -1, 1)]))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape)], {"shape": target}
+
+
+@case("permute", lambda x, axes: x.permute(*axes), lambda x, axes: x.permute(*axes))
+def _draw_permute(data):
+    shape = data.draw(shapes(min_dims=1))
+    axes = data.draw(st.permutations(range(len(shape))))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape)], {"axes": tuple(axes)}
+
+
+@case("transpose", lambda x, d0, d1: x.transpose(d0, d1), lambda x, d0, d1: x.transpose(d0, d1))
+def _draw_transpose(data):
+    shape = data.draw(shapes(min_dims=2))
+    d0, d1 = data.draw(st.tuples(*[st.integers(-len(shape), len(shape) - 1)] * 2))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape)], {"d0": d0, "d1": d1}
+
+
+def _mx_getitem(x, *consts, kind, spec):
+    index = tuple(mx.Tensor(c) for c in consts) if kind != "slices" else spec
+    return x[index[0] if kind == "mask" else index]
+
+
+def _torch_getitem(x, *consts, kind, spec):
+    torch = _torch()
+    index = tuple(torch.as_tensor(c) for c in consts) if kind != "slices" else spec
+    return x[index[0] if kind == "mask" else index]
+
+
+@case("getitem", lambda x, *c, kind, spec: _mx_getitem(x, *c, kind=kind, spec=spec),
+      lambda x, *c, kind, spec: _torch_getitem(x, *c, kind=kind, spec=spec))
+def _draw_getitem(data):
+    """Slices (positive steps, as PyTorch allows), integer arrays with repeats, or a boolean mask."""
+    shape = data.draw(shapes(min_dims=1))
+    rng = np.random.default_rng(data.draw(seed()))
+    kind = data.draw(st.sampled_from(["slices", "ints", "ints2", "mask"]))
+    x = normal(rng, shape)
+    if kind == "slices":
+        spec = tuple(slice(data.draw(st.integers(-n, n)), data.draw(st.none() | st.integers(-n, n)),
+                           data.draw(st.integers(1, 2))) for n in shape)
+        return [x], {"kind": kind, "spec": spec}
+    if kind == "ints":  # x[ids] along axis 0, repeats guaranteed, negative indices allowed
+        ids = rng.integers(-shape[0], shape[0], size=data.draw(st.integers(1, 5)))
+        return [x, np.concatenate([ids, ids[:1]])], {"kind": kind, "spec": None}
+    if kind == "ints2":  # x[rows, cols] pairs (advanced indexing on two axes at once), a repeated pair
+        if len(shape) < 2:
+            x = normal(rng, shape + (3,))
+        rows = rng.integers(0, x.shape[0], size=4)
+        cols = rng.integers(0, x.shape[1], size=4)
+        return [x, np.append(rows, rows[0]), np.append(cols, cols[0])], {"kind": kind, "spec": None}
+    mask_ndim = data.draw(st.integers(1, len(shape)))
+    mask = rng.random(shape[:mask_ndim]) < 0.5
+    return [x, mask], {"kind": kind, "spec": None}
+
+
+@case("concat", lambda *xs, axis: F.concat(xs, axis=axis), lambda *xs, axis: _torch().cat(xs, dim=axis))
+def _draw_concat(data):
+    shape = data.draw(shapes(min_dims=1))
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    rng = np.random.default_rng(data.draw(seed()))
+    xs = []
+    for _ in range(data.draw(st.integers(2, 3))):
+        s = list(shape)
+        s[axis] = data.draw(st.integers(1, 3))
+        xs.append(normal(rng, tuple(s)))
+    return xs, {"axis": axis}
+
+
+@case("stack", lambda *xs, axis: F.stack(xs, axis=axis), lambda *xs, axis: _torch().stack(xs, dim=axis))
+def _draw_stack(data):
+    shape = data.draw(shapes())
+    axis = data.draw(st.integers(-len(shape) - 1, len(shape)))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape) for _ in range(data.draw(st.integers(1, 3)))], {"axis": axis}
+
+
+def _weighted_concat(pieces, cat, axis):
+    """Join the pieces again, each times a different weight, so every piece's gradient is distinct."""
+    return cat([p * float(i + 1) for i, p in enumerate(pieces)], axis)
+
+
+@case("split", lambda x, sizes, axis: _weighted_concat(F.split(x, sizes, axis), lambda ps, a: F.concat(ps, a), axis),
+      lambda x, sizes, axis: _weighted_concat(_torch().split(x, sizes, axis), lambda ps, a: _torch().cat(ps, a), axis))
+def _draw_split(data):
+    shape = data.draw(shapes(min_dims=1))
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    n = shape[axis]
+    if data.draw(st.booleans()):
+        sizes = data.draw(st.integers(1, n))
+    else:
+        cut = sorted(data.draw(st.lists(st.integers(0, n), max_size=2)))
+        bounds = [0, *cut, n]
+        sizes = [b - a for a, b in zip(bounds, bounds[1:])]
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape)], {"sizes": sizes, "axis": axis}
+
+
+@case("where", lambda a, b, cond: F.where(mx.Tensor(cond), a, b), lambda a, b, cond: _torch().where(_torch().as_tensor(cond), a, b))
+def _draw_where(data):
+    shape_c, shape_a, shape_b = data.draw(broadcast_shapes(3))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape_a), normal(rng, shape_b), rng.random(shape_c) < 0.5], {}
+
+
+@case("masked_fill", lambda x, mask, value: x.masked_fill(mx.Tensor(mask), value),
+      lambda x, mask, value: x.masked_fill(_torch().as_tensor(mask), value))
+def _draw_masked_fill(data):
+    shape = data.draw(shapes())
+    # the mask: x's shape with some axes set to 1 and possibly fewer leading axes
+    mask_shape = tuple(1 if data.draw(st.booleans()) else n for n in shape)[data.draw(st.integers(0, len(shape))):]
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape), rng.random(mask_shape) < 0.5], {"value": data.draw(st.sampled_from([0.0, -1.5, 1e4]))}
+
+
+@case("embedding", lambda w, ids: F.embedding(mx.Tensor(ids), w),
+      lambda w, ids: _tF().embedding(_torch().as_tensor(ids), w))
+def _draw_embedding(data):
+    vocab, dim = data.draw(st.integers(1, 5)), data.draw(st.integers(1, 3))
+    ids_shape = data.draw(shapes(max_dims=2))
+    rng = np.random.default_rng(data.draw(seed()))
+    ids = rng.integers(0, vocab, ids_shape)
+    if ids.size:
+        ids.reshape(-1)[-1] = ids.reshape(-1)[0]  # at least one repeated id when there are two positions
+    return [normal(rng, (vocab, dim)), ids], {}
+
+
+def _along_axis(name, mx_op, torch_op):
+    @case(name, mx_op, torch_op)
+    def draw(data):
+        shape = data.draw(shapes(min_dims=1))
+        axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+        rng = np.random.default_rng(data.draw(seed()))
+        return [2 * normal(rng, shape)], {"axis": axis}
+
+
+_along_axis("softmax", lambda x, axis: F.softmax(x, axis), lambda x, axis: x.softmax(axis))
+_along_axis("log_softmax", lambda x, axis: F.log_softmax(x, axis), lambda x, axis: x.log_softmax(axis))
+
+
+@case("layer_norm", lambda x, *wb, ndim: F.layer_norm(x, x.shape[x.ndim - ndim:], *wb),
+      lambda x, *wb, ndim: _tF().layer_norm(x, x.shape[x.ndim - ndim:], *wb))
+def _draw_layer_norm(data):
+    """Normalised over 1 or 2 trailing axes, with or without an affine weight and bias."""
+    shape = data.draw(shapes(min_dims=1, min_side=2))
+    ndim = data.draw(st.integers(1, min(2, len(shape))))
+    rng = np.random.default_rng(data.draw(seed()))
+    arrays = [normal(rng, shape)]
+    if data.draw(st.booleans()):
+        arrays += [normal(rng, shape[-ndim:]), normal(rng, shape[-ndim:])]
+    return arrays, {"ndim": ndim}
+
+
+def _ce_torch(logits, target, **kw):
+    tF = _tF()
+    c = logits.shape[-1]
+    loss = tF.cross_entropy(logits.reshape(-1, c), _torch().as_tensor(target).reshape(-1), **kw)
+    return loss.reshape(target.shape) if kw["reduction"] == "none" else loss
+
+
+@case("cross_entropy", lambda logits, target, **kw: F.cross_entropy(logits, mx.Tensor(target), **kw), _ce_torch)
+def _draw_cross_entropy(data):
+    """Classes on the last axis; some targets ignored (but never all, which would make "mean" NaN)."""
+    shape = data.draw(shapes(max_dims=2))
+    classes = data.draw(st.integers(2, 4))
+    rng = np.random.default_rng(data.draw(seed()))
+    target = rng.integers(0, classes, shape)
+    ignore_index = data.draw(st.sampled_from([-100, 1]))
+    if target.size > 1:
+        drop = rng.random(shape) < 0.3
+        drop.reshape(-1)[0] = False
+        target = np.where(drop, ignore_index, target)
+        if ignore_index >= 0:  # the one valid position must not hold the ignored class itself
+            target.reshape(-1)[0] = 0
+    elif ignore_index >= 0:
+        target = np.zeros(shape, dtype=np.int64)
+    kwargs = {"ignore_index": ignore_index, "label_smoothing": data.draw(st.sampled_from([0.0, 0.1])),
+              "reduction": data.draw(st.sampled_from(["mean", "sum", "none"]))}
+    return [2 * normal(rng, shape + (classes,)), target], kwargs
+
+
+def _attention_mask(kpm, attn, causal, tq, tk):
+    """The combined boolean mask (True = masked out), built independently of minitx's ``combine_masks``."""
+    mask = np.zeros((tq, tk), dtype=bool)
+    if causal:  # end-aligned: query i sees keys j <= i + (tk - tq)
+        mask = np.arange(tk)[None, :] > np.arange(tq)[:, None] + (tk - tq)
+    if attn is not None and attn.dtype == bool:
+        mask = mask | attn
+    if kpm is not None:
+        mask = mask | kpm[:, None, None, :]
+    return mask
+
+
+def _mx_sdpa(q, k, v, *consts, causal, kinds, float_mask):
+    consts = dict(zip(kinds, consts))
+    attn = consts.get("attn", float_mask)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn, key_padding_mask=consts.get("kpm"),
+                                          is_causal=causal, fused=False)
+
+
+def _torch_sdpa(q, k, v, *consts, causal, kinds, float_mask):
+    """PyTorch's attention with one additive mask (its boolean masks mean the opposite: True = attend)."""
+    torch = _torch()
+    consts = dict(zip(kinds, consts))
+    mask = _attention_mask(consts.get("kpm"), consts.get("attn"), causal, q.shape[-2], k.shape[-2])
+    bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(torch.as_tensor(mask), -math.inf)
+    if float_mask is not None:
+        bias = bias + torch.as_tensor(float_mask, dtype=q.dtype)
+    return _tF().scaled_dot_product_attention(q, k, v, attn_mask=bias)
+
+
+@case("attention", _mx_sdpa, _torch_sdpa)
+def _draw_attention(data):
+    """q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) with Tq <= Tk; boolean attn mask, float attn
+    mask, key padding and causal masks in any combination. Key 0 is never masked, so no row is empty
+    (PyTorch gives NaN for an empty row, minitx zeros; that case has its own test)."""
+    b, h, tq, d = (data.draw(st.integers(1, 2)) for _ in range(4))
+    tk, dv = tq + data.draw(st.integers(0, 2)), data.draw(st.integers(1, 2))
+    rng = np.random.default_rng(data.draw(seed()))
+    arrays = [normal(rng, (b, h, tq, d)), normal(rng, (b, h, tk, d)), normal(rng, (b, h, tk, dv))]
+    kinds, float_mask = [], None  # boolean masks are constant arrays; a float mask goes in the kwargs
+    attn_kind = data.draw(st.sampled_from(["none", "bool", "float"]))
+    if attn_kind == "bool":
+        attn = rng.random((tq, tk)) < 0.4
+        attn[:, 0] = False
+        arrays.append(attn)
+        kinds.append("attn")
+    elif attn_kind == "float":
+        float_mask = normal(rng, (tq, tk))
+    if data.draw(st.booleans()):
+        kpm = rng.random((b, tk)) < 0.4
+        kpm[:, 0] = False
+        arrays.append(kpm)
+        kinds.append("kpm")
+    return arrays, {"causal": data.draw(st.booleans()), "kinds": tuple(kinds), "float_mask": float_mask}
+
+
+CASES_BY_NAME = {c.name: c for c in CASES}
+
+
+# --------------------------------------------------------------------------------- running the cases
+def is_input(array) -> bool:
+    """Floating arrays are the differentiable inputs; integer and boolean arrays are constants."""
+    return array.dtype.kind == "f"
+
+
+def run_minitx(case_, arrays, kwargs, dtype, upstream_seed=0):
+    """Forward, then backward of a random upstream gradient: (output array, upstream, [input grads])."""
+    inputs = [mx.Tensor(a.astype(dtype), requires_grad=True) if is_input(a) else a for a in arrays]
+    out = case_.mx_fn(*inputs, **kwargs)
+    upstream = np.random.default_rng(upstream_seed).standard_normal(out.shape).astype(dtype)
+    out.backward(upstream)
+    grads = [t.grad for t in inputs if isinstance(t, mx.Tensor)]
+    return out, upstream, grads, inputs
+
+
+def run_torch(case_, arrays, kwargs, dtype, upstream):
+    torch = _torch()
+    inputs = [torch.tensor(a.astype(dtype), requires_grad=True) if is_input(a) else a for a in arrays]
+    out = case_.torch_fn(*inputs, **kwargs)
+    out.backward(torch.as_tensor(upstream))
+    grads = [t.grad for t in inputs if isinstance(t, torch.Tensor)]
+    return out, grads
+
+
+def assert_close(actual, expected, dtype, what):
+    rtol, atol = TOLERANCES[np.dtype(dtype).type]
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
