@@ -29,11 +29,17 @@ Design
 -inf, so "nnan"/"ninf" are never enabled.
 """
 import math
+import os
 
-import numba
-import numpy as np
+# GNU OpenMP (Numba's default threading layer here) lets idle workers spin after a
+# parallel loop, stealing the cores from the BLAS calls that follow; "passive"
+# makes them sleep. It only takes effect if set before the first parallel launch.
+os.environ.setdefault("OMP_WAIT_POLICY", "passive")
 
-from kernels.reference import ACTIVATIONS
+import numba  # noqa: E402  (after the environment setting above)
+import numpy as np  # noqa: E402
+
+from kernels.reference import ACTIVATIONS  # noqa: E402
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 
@@ -198,7 +204,7 @@ def _padding(key_padding_mask, batch, tk):
     return np.ascontiguousarray(key_padding_mask, dtype=bool).reshape(batch, tk)
 
 
-def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, block_q=64, block_k=64):
+def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, block_q=64, block_k=128):
     """Tiled attention forward with online softmax (see reference.attention_forward).
 
     O = softmax(scale * Q K^T, masked) V,   lse_i = log sum_j exp(S_ij)
@@ -220,7 +226,7 @@ def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, 
 
 
 def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False, scale=None,
-                       block_q=64, block_k=64):
+                       block_q=64, block_k=128):
     """Tiled attention backward recomputing P = exp(S - lse) (see reference.attention_backward).
 
     dV = P^T dO,  dS = P * (dO V^T - D_i),  D_i = sum_d dO_id O_id,
