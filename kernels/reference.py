@@ -19,13 +19,9 @@ Conventions shared by all backends
 import math
 
 import numpy as np
+from scipy.special import erf
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
-
-
-def erf(x):
-    """The error function elementwise (NumPy has none): ``math.erf`` on each element, in x's dtype."""
-    return np.vectorize(math.erf, otypes=[np.float64])(x).astype(x.dtype)
 
 
 def softmax(x, scale=1.0, mask=None):

@@ -13,8 +13,6 @@ reproducible (``manual_seed``; ``get_rng_state`` / ``set_rng_state`` for checkpo
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 
 DEVICES = ("cpu", "cuda")
@@ -125,30 +123,15 @@ manual_seed(0)
 
 
 # -------------------------------------------------------------------------------------- special functions
-def _numpy_erf():
-    """erf as a NumPy ufunc. NumPy has none, so compile ``math.erf`` elementwise with Numba (cached)."""
-    import numba
-
-    @numba.vectorize(["float32(float32)", "float64(float64)"], cache=True)
-    def erf(x):
-        return math.erf(x)
-
-    return erf
-
-
-_erf_cpu = None
-
-
 def erf(x):
-    """The error function, elementwise, on either device."""
-    global _erf_cpu
+    """The error function, elementwise, on either device (SciPy's on the CPU, CuPy's on the GPU)."""
     if device_of(x) == "cuda":
         from cupyx.scipy.special import erf as cupy_erf
 
         return cupy_erf(x)
-    if _erf_cpu is None:
-        _erf_cpu = _numpy_erf()
-    return _erf_cpu(x)
+    from scipy.special import erf as scipy_erf
+
+    return scipy_erf(x)
 
 
 def scatter_add(target, index, values) -> None:
