@@ -177,7 +177,8 @@ def cross_entropy(logits: Tensor, target, ignore_index: int = -100, label_smooth
     """
     target = target if isinstance(target, Tensor) else Tensor(target)
     if target.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy: target must hold integer class indices, got dtype {target.dtype}")
+        raise TypeError(f"cross_entropy: target must hold integer class indices, got dtype {target.dtype} "
+                        f"(shape {target.shape})")
     if target.shape != logits.shape[:-1]:
         raise ValueError(f"cross_entropy: target shape {target.shape} must equal logits shape without its class "
                          f"axis, {logits.shape[:-1]} (logits {logits.shape})")

@@ -33,28 +33,37 @@ def is_grad_enabled() -> bool:
     return getattr(_state, "grad_enabled", True)
 
 
-class no_grad(contextlib.ContextDecorator):
+class _GradMode(contextlib.ContextDecorator):
+    """Set gradient recording to ``enabled`` inside a ``with`` block or a decorated function.
+
+    The previous settings are kept on a stack, not in one attribute, because a decorator reuses one
+    instance for every call: a decorated function that calls itself enters the same instance twice.
+    """
+
+    enabled = True
+
+    def __init__(self):
+        self._previous: list[bool] = []
+
+    def __enter__(self):
+        self._previous.append(is_grad_enabled())
+        _state.grad_enabled = self.enabled
+
+    def __exit__(self, *exc):
+        _state.grad_enabled = self._previous.pop()
+        return False
+
+
+class no_grad(_GradMode):
     """Context manager (and decorator) inside which ops record no graph: for evaluation and updates."""
 
-    def __enter__(self):
-        self._previous = is_grad_enabled()
-        _state.grad_enabled = False
-
-    def __exit__(self, *exc):
-        _state.grad_enabled = self._previous
-        return False
+    enabled = False
 
 
-class enable_grad(contextlib.ContextDecorator):
+class enable_grad(_GradMode):
     """Turn recording back on inside a ``no_grad`` block."""
 
-    def __enter__(self):
-        self._previous = is_grad_enabled()
-        _state.grad_enabled = True
-
-    def __exit__(self, *exc):
-        _state.grad_enabled = self._previous
-        return False
+    enabled = True
 
 
 # ----------------------------------------------------------------------------------------------- Function
@@ -105,12 +114,12 @@ def _as_tensors(op: str, inputs) -> list["Tensor"]:
         shapes = ", ".join(f"{t.device}:{t.shape}" for t in inputs if isinstance(t, Tensor))
         raise backend.DeviceError(f"{op}: inputs are on different devices ({shapes}); move them with .to()")
     device = devices.pop() if devices else "cpu"
-    like = next((t for t in inputs if isinstance(t, Tensor)), None)
+    like = next((t for t in inputs if isinstance(t, Tensor) and t.dtype.kind == "f"), None)
     out = []
     for x in inputs:
         if isinstance(x, Tensor):
             out.append(x)
-        elif isinstance(x, (int, float, bool)) and like is not None and like.dtype.kind == "f":
+        elif isinstance(x, (int, float, bool)) and like is not None:
             # A Python number adopts the float tensor's dtype (x * 0.5 stays float32).
             out.append(Tensor(backend.xp_for(device).asarray(x, dtype=like.dtype)))
         else:
@@ -146,7 +155,13 @@ class Tensor:
 
     @classmethod
     def _wrap(cls, data, requires_grad: bool = False) -> "Tensor":
-        """Fast constructor for op results: ``data`` is already an array of the right dtype and device."""
+        """Fast constructor for op results: ``data`` is already an array of the right dtype and device.
+
+        NumPy reductions to a single number return a NumPy scalar, not an array; it becomes a 0-d array so
+        that ``.data`` is always an array (as it is on CuPy).
+        """
+        if isinstance(data, np.generic):
+            data = np.asarray(data)
         t = cls.__new__(cls)
         t.data, t.grad, t._ctx, t._retains_grad = data, None, None, False
         t._requires_grad = requires_grad
@@ -268,7 +283,11 @@ class Tensor:
             if g is None:  # every path from here to the output was cut (an input grad of None)
                 continue
             if node._ctx is None or node._retains_grad:
-                node.grad = g if node.grad is None else node.grad + g
+                # .grad must be an array of its own that an optimiser may update in place, so the first
+                # gradient is copied: it may be a read-only broadcast view (from sum/mean), a NumPy scalar
+                # (0-d arithmetic gives one), or the very array handed to another input too (add passes its
+                # gradient on to both). Sums are new arrays (asarray: 0-d + 0-d is a scalar again).
+                node.grad = node.xp.array(g) if node.grad is None else node.xp.asarray(node.grad + g)
             fn = node._ctx
             if fn is None:
                 continue

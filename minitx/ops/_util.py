@@ -22,6 +22,19 @@ def unbroadcast(grad, shape: tuple):
     return grad.reshape(shape)
 
 
+def check_broadcast(op: str, *shapes) -> tuple:
+    """The shape that ``shapes`` broadcast to, or a ValueError naming ``op`` and every shape.
+
+    Broadcasting aligns shapes on the right; two sizes are compatible when equal or when one of them is 1.
+    """
+    try:
+        return np.broadcast_shapes(*(tuple(s) for s in shapes))
+    except ValueError:
+        listed = " and ".join(str(tuple(s)) for s in shapes)
+        raise ValueError(f"{op}: shapes {listed} do not broadcast together (aligned on the right, each pair "
+                         "of sizes must be equal or contain a 1)") from None
+
+
 def normalize_axes(axis, ndim: int) -> tuple:
     """``axis`` (None, int or tuple, negatives allowed) as a sorted tuple of non-negative axes."""
     if axis is None:

@@ -11,14 +11,15 @@ import math
 from .. import backend
 from ..backend import get_array_module
 from ..tensor import Function
-from ._util import match_dtypes, unbroadcast
+from ._util import check_broadcast, match_dtypes, unbroadcast
 
 
 class _Binary(Function):
-    """Shared bookkeeping of binary ops: dtype check and the input shapes for unbroadcasting."""
+    """Shared bookkeeping of binary ops: dtype and shape checks, and the input shapes for unbroadcasting."""
 
     def prepare(self, a, b):
         a, b = match_dtypes(type(self).__name__, a, b)
+        check_broadcast(type(self).__name__, a.shape, b.shape)
         self.a_shape, self.b_shape = a.shape, b.shape
         return a, b
 
@@ -172,7 +173,7 @@ class ReLU(Function):
 
     def forward(self, x):
         self.positive = x > 0
-        return x * self.positive
+        return get_array_module(x).where(self.positive, x, x.dtype.type(0))  # not x * mask: -inf * 0 is NaN
 
     def backward(self, grad):
         return grad * self.positive

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from ..tensor import Function
 from ._util import match_dtypes, unbroadcast
 
@@ -22,6 +24,11 @@ class MatMul(Function):
                 f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} do not align: "
                 f"A's last axis ({a.shape[-1]}) must equal B's second-to-last ({b.shape[-2 if b.ndim > 1 else 0]})"
             )
+        try:
+            np.broadcast_shapes(a.shape[:-2], b.shape[:-2])  # the batch axes (none for a vector)
+        except ValueError:
+            raise ValueError(f"matmul: shapes {tuple(a.shape)} and {tuple(b.shape)} have batch axes "
+                             f"{tuple(a.shape[:-2])} and {tuple(b.shape[:-2])} that do not broadcast together") from None
         self.a_shape, self.b_shape = a.shape, b.shape
         # Lift vectors to matrices so the backward needs only the 2-D rule.
         self.a = a.reshape(1, -1) if a.ndim == 1 else a  # (…, M, K)

@@ -156,7 +156,9 @@ class CrossEntropy(Function):
     def backward(self, grad):
         xp = get_array_module(grad)
         num_classes = self.logp.shape[-1]
-        dlogits = xp.exp(self.logp)  # softmax, (…, C)
+        # softmax, (…, C); C-contiguous, so that the reshape below is a view even when the logits were a
+        # permuted (non-contiguous) tensor and logp inherited their memory order
+        dlogits = xp.ascontiguousarray(xp.exp(self.logp))
         if self.eps:
             dlogits -= self.eps / num_classes  # q's share on every class
         rows = dlogits.reshape(-1, num_classes)  # a view: writing to it writes dlogits

@@ -11,7 +11,7 @@ import numpy as np
 from .. import backend
 from ..backend import get_array_module
 from ..tensor import Function
-from ._util import match_dtypes, unbroadcast
+from ._util import check_broadcast, match_dtypes, unbroadcast
 
 
 class Reshape(Function):
@@ -33,7 +33,8 @@ class Permute(Function):
     """z = x with its axes reordered: z.shape[i] = x.shape[axes[i]];  dL/dx = dL/dz under the inverse order."""
 
     def forward(self, x, axes: tuple):
-        if sorted(a % max(x.ndim, 1) for a in axes) != list(range(x.ndim)):
+        in_range = all(-x.ndim <= a < x.ndim for a in axes)
+        if not in_range or sorted(a % x.ndim for a in axes) != list(range(x.ndim)):
             raise ValueError(f"permute: axes {axes} are not a permutation of the {x.ndim} axes of shape {tuple(x.shape)}")
         self.inverse = tuple(np.argsort([a % x.ndim for a in axes]))
         return x.transpose(axes)
@@ -119,6 +120,7 @@ class Where(Function):
         if cond.dtype != bool:
             raise TypeError(f"where: cond must be a boolean tensor, got dtype {cond.dtype} (shape {tuple(cond.shape)})")
         a, b = match_dtypes("where", a, b)
+        check_broadcast("where", cond.shape, a.shape, b.shape)
         self.cond, self.a_shape, self.b_shape = cond, a.shape, b.shape
         return get_array_module(a).where(cond, a, b)
 

@@ -1,0 +1,193 @@
+"""Every op's forward and backward against PyTorch, in float32 and float64, and dtype preservation.
+
+Each case runs the same function in both libraries on the same inputs, then backpropagates the same random
+upstream gradient; outputs and every input gradient must agree (float32: rtol 1e-5, atol 1e-5; float64:
+rtol 1e-10). In float32, outputs and gradients must stay float32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from helpers import CASES, SETTINGS, assert_close, run_minitx, run_torch
+
+import minitx as mx
+import minitx.functional as F
+
+torch = pytest.importorskip("torch")
+
+
+def _compare(case, arrays, kwargs, dtype):
+    out, upstream, grads, inputs = run_minitx(case, arrays, kwargs, dtype)
+    t_out, t_grads = run_torch(case, arrays, kwargs, dtype, upstream)
+    assert out.shape == tuple(t_out.shape)
+    assert_close(out.numpy(), t_out.detach().numpy(), dtype, f"{case.name}: forward")
+    assert len(grads) == len(t_grads) >= 1
+    for i, (g, tg) in enumerate(zip(grads, t_grads)):
+        assert tg is not None
+        assert isinstance(g, np.ndarray) and g.shape == tuple(tg.shape), f"{case.name}: grad {i} shape"
+        assert_close(g, tg.numpy(), dtype, f"{case.name}: gradient of input {i}")
+    return out, grads
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("case", CASES, ids=repr)
+@SETTINGS
+@given(data=st.data())
+def test_forward_and_backward_match_torch(case, dtype, data):
+    arrays, kwargs = case.draw(data)
+    out, grads = _compare(case, arrays, kwargs, dtype)
+    # dtype preservation: no silent upcast of the result or of any gradient
+    assert out.dtype == dtype, f"{case.name}: output is {out.dtype}"
+    assert isinstance(out.data, np.ndarray)
+    for g in grads:
+        assert g.dtype == dtype, f"{case.name}: gradient is {g.dtype}"
+
+
+def test_the_comparison_can_fail():
+    """The torch comparison is not vacuous: a minitx function that differs from torch's is caught."""
+    case = next(c for c in CASES if c.name == "tanh")
+    wrong = type(case)("tanh", case.draw, lambda x: x.tanh() * 1.0001, case.torch_fn)
+    arrays = [np.linspace(-2, 2, 7)]
+    with pytest.raises(AssertionError, match="forward"):
+        _compare(wrong, arrays, {}, np.float64)
+
+
+def test_cross_entropy_of_permuted_logits_matches_torch():
+    """Regression: logits that are a permuted view (non-contiguous) once got a wrong backward, because the
+    gradient's in-place target update was written into a reshaped copy instead of the array itself."""
+    rng = np.random.default_rng(0)
+    z = rng.standard_normal((3, 4, 5))
+    target = rng.integers(0, 3, (5, 4))
+    x = mx.Tensor(z, requires_grad=True)
+    loss = F.cross_entropy(x.permute(2, 1, 0), target, reduction="sum", label_smoothing=0.1)
+    loss.backward()
+    tx = torch.tensor(z, requires_grad=True)
+    t_loss = torch.nn.functional.cross_entropy(tx.permute(2, 1, 0).reshape(-1, 3), torch.as_tensor(target).reshape(-1),
+                                               reduction="sum", label_smoothing=0.1)
+    t_loss.backward()
+    np.testing.assert_allclose(loss.item(), t_loss.item(), rtol=1e-12)
+    np.testing.assert_allclose(x.grad, tx.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_relu_of_minus_infinity_is_zero():
+    """Regression: relu computed as x·(x > 0) gave -inf·0 = NaN."""
+    x = mx.Tensor(np.array([-np.inf, -1.0, 0.0, 2.0, np.inf], dtype=np.float32))
+    np.testing.assert_array_equal(x.relu().numpy(), [0.0, 0.0, 0.0, 2.0, np.inf])
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_max_splits_the_gradient_among_ties_like_amax(dtype):
+    x = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 2.0]], dtype=dtype)
+    t = mx.Tensor(x, requires_grad=True)
+    t.max(axis=1).backward(np.array([1.0, 3.0], dtype=dtype))
+    tx = torch.tensor(x, requires_grad=True)
+    tx.amax(dim=1).backward(torch.tensor([1.0, 3.0], dtype=tx.dtype))
+    np.testing.assert_allclose(t.grad, [[0, 0.5, 0.5], [1, 1, 1]])
+    np.testing.assert_allclose(t.grad, tx.grad.numpy())
+
+
+def test_dropout_matches_torch_given_the_same_mask():
+    """PyTorch draws its own random numbers, so we give it minitx's mask and compare the rest."""
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.5, 2.0, (4, 6)).astype(np.float32)
+    up = rng.standard_normal((4, 6)).astype(np.float32)
+    t = mx.Tensor(x, requires_grad=True)
+    y = F.dropout(t, 0.4)
+    y.backward(up)
+    keep = y.numpy() != 0
+    assert keep.any() and not keep.all()
+    tx = torch.tensor(x, requires_grad=True)
+    ty = tx * torch.as_tensor(keep) / (1 - 0.4)
+    ty.backward(torch.as_tensor(up))
+    assert y.dtype == np.float32 and t.grad.dtype == np.float32
+    np.testing.assert_allclose(y.numpy(), ty.detach().numpy(), rtol=1e-6)
+    np.testing.assert_allclose(t.grad, tx.grad.numpy(), rtol=1e-6)
+
+
+def test_dropout_p_edge_cases_and_eval_mode():
+    x = mx.Tensor(np.ones((3, 4)), requires_grad=True)
+    assert F.dropout(x, 0.5, training=False) is x
+    assert F.dropout(x, 0.0) is x
+    y = F.dropout(x, 1.0)
+    np.testing.assert_array_equal(y.numpy(), 0.0)
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, 0.0)
+
+
+def test_dropout_keeps_the_expected_fraction_and_repeats_under_a_seed():
+    mx.manual_seed(7)
+    a = F.dropout(mx.ones(200, 200), 0.3).numpy()
+    mx.manual_seed(7)
+    b = F.dropout(mx.ones(200, 200), 0.3).numpy()
+    np.testing.assert_array_equal(a, b)
+    assert abs((a != 0).mean() - 0.7) < 0.01
+    assert abs(a.mean() - 1.0) < 0.02  # E[y] = x
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cast_and_layer_norm_without_affine_keep_dtypes(dtype):
+    other = np.float64 if dtype == np.float32 else np.float32
+    x = mx.Tensor(np.arange(6.0, dtype=dtype).reshape(2, 3), requires_grad=True)
+    y = x.astype(other)
+    assert y.dtype == other
+    (y * 2.0).sum().backward()
+    assert x.grad.dtype == dtype
+    np.testing.assert_array_equal(x.grad, 2.0)
+    assert x.float().dtype == np.float32 and x.double().dtype == np.float64
+    assert F.layer_norm(x, 3).dtype == dtype
+
+
+def test_cross_entropy_mean_over_all_ignored_targets_is_nan_like_torch():
+    logits = mx.Tensor(np.zeros((2, 3)))
+    loss = F.cross_entropy(logits, np.array([-100, -100]))
+    t_loss = torch.nn.functional.cross_entropy(torch.zeros(2, 3, dtype=torch.float64), torch.tensor([-100, -100]))
+    assert np.isnan(loss.item()) and torch.isnan(t_loss)
+
+
+def test_split_with_an_int_gives_torch_sized_pieces():
+    x = mx.Tensor(np.arange(14.0).reshape(7, 2))
+    pieces = F.split(x, 3)
+    assert [p.shape for p in pieces] == [(3, 2), (3, 2), (1, 2)]
+    np.testing.assert_array_equal(pieces[2].numpy(), [[12.0, 13.0]])
+
+
+@pytest.mark.parametrize("index", [
+    "mask_full", "mask_rows", "ids_repeated", "slice_then_ids", "ids_then_int", "negative_slice_step"])
+def test_getitem_variants_against_torch(index):
+    """Indexing kinds drawn rarely by Hypothesis, each run on a fixed (4, 3, 2) input."""
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((4, 3, 2))
+    up_rng = np.random.default_rng(2)
+    mask = rng.random((4, 3, 2)) < 0.5
+    rows = rng.random(4) < 0.5
+    ids = np.array([2, 0, 2, -1, 2])
+    build = {
+        "mask_full": lambda lib: lib(mask),
+        "mask_rows": lambda lib: lib(rows),
+        "ids_repeated": lambda lib: lib(ids),
+        "slice_then_ids": lambda lib: (slice(1, None), lib(np.array([0, 0, 2]))),
+        "ids_then_int": lambda lib: (lib(np.array([3, 3])), 1),
+        "negative_slice_step": None,
+    }
+    t = mx.Tensor(x, requires_grad=True)
+    tx = torch.tensor(x, requires_grad=True)
+    if index == "negative_slice_step":  # torch has no negative steps: compare with NumPy's own flip
+        y = t[::-2, :, ::-1]
+        np.testing.assert_array_equal(y.numpy(), x[::-2, :, ::-1])
+        up = up_rng.standard_normal(y.shape)
+        y.backward(up)
+        expected = np.zeros_like(x)
+        expected[::-2, :, ::-1] = up
+        np.testing.assert_array_equal(t.grad, expected)
+        return
+    y = t[build[index](mx.Tensor)]
+    ty = tx[build[index](torch.as_tensor)]
+    up = up_rng.standard_normal(y.shape)
+    y.backward(up)
+    ty.backward(torch.as_tensor(up))
+    np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
+    np.testing.assert_allclose(t.grad, tx.grad.numpy(), rtol=1e-12, atol=1e-15)
+    assert np.abs(t.grad).sum() > 0
