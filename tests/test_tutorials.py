@@ -1,0 +1,145 @@
+"""The tutorials run, write their figures, and their checks can fail.
+
+1. Every chapter in ``tutorials/`` runs as a script in quick mode (``MINITX_QUICK=1``) in a subprocess,
+   exits 0 within 60 s, and writes the PNG figures it promises into ``$MINITX_TUTORIAL_OUT/<chapter>``.
+2. A chapter's check is only worth something if it rejects a wrong implementation: the chapter is imported
+   as a module (in quick mode, figures into a temporary folder) and its check function is called with
+   deliberately broken versions of what the chapter builds; each must raise ``AssertionError``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import minitx as mx
+from minitx.backend import get_array_module
+from minitx.tensor import Function
+
+TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+CHAPTERS = sorted(TUTORIALS.glob("[0-9][0-9]_*.py"))
+QUICK_LIMIT_S = 60
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# Figures each chapter must write (its folder may hold more).
+EXPECTED_FIGURES = {
+    "01_autograd": ["softplus_and_fd_error"],
+}
+
+
+def _quick_env(out: Path) -> dict:
+    env = dict(os.environ, MINITX_QUICK="1", MINITX_TUTORIAL_OUT=str(out), MPLBACKEND="Agg")
+    root = str(TUTORIALS.parent)
+    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    return env
+
+
+def test_every_chapter_has_expected_figures_listed():
+    assert CHAPTERS, f"no chapters found in {TUTORIALS}"
+    missing = [p.stem for p in CHAPTERS if p.stem not in EXPECTED_FIGURES]
+    assert not missing, f"add the figures of {missing} to EXPECTED_FIGURES"
+
+
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_runs_in_quick_mode(path, tmp_path):
+    start = time.perf_counter()
+    proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=_quick_env(tmp_path),
+                          capture_output=True, text=True, timeout=5 * QUICK_LIMIT_S)
+    elapsed = time.perf_counter() - start
+    assert proc.returncode == 0, f"{path.name} failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+    assert elapsed < QUICK_LIMIT_S, f"{path.name} took {elapsed:.1f} s in quick mode (limit {QUICK_LIMIT_S} s)"
+    folder = tmp_path / path.stem
+    for name in EXPECTED_FIGURES.get(path.stem, []):
+        png = folder / f"{name}.png"
+        assert png.is_file(), f"{path.name} did not write {png.name}; found {sorted(p.name for p in folder.glob('*'))}"
+        data = png.read_bytes()
+        assert len(data) > 1000 and data.startswith(PNG_MAGIC), f"{png} is not a non-empty PNG"
+    assert "[check]" in proc.stdout, f"{path.name} ran no check"
+
+
+# ------------------------------------------------------------------------------ chapters as modules
+_loaded: dict = {}
+
+
+@pytest.fixture(scope="module")
+def chapter(tmp_path_factory):
+    """``chapter("01_autograd")`` imports that chapter (quick mode, figures into a temporary folder) once."""
+
+    def load(stem: str):
+        if stem not in _loaded:
+            out = tmp_path_factory.mktemp(stem)
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setenv("MINITX_QUICK", "1")
+                mp.setenv("MINITX_TUTORIAL_OUT", str(out))
+                mp.chdir(out)
+                mp.syspath_prepend(str(TUTORIALS))
+                sys.modules.pop("_common", None)  # re-read MINITX_QUICK
+                spec = importlib.util.spec_from_file_location(f"tutorial_{stem}", TUTORIALS / f"{stem}.py")
+                module = importlib.util.module_from_spec(spec)
+                spec.loader.exec_module(module)
+            _loaded[stem] = module
+        return _loaded[stem]
+
+    return load
+
+
+# ---------------------------------------------------------------------------------------- chapter 01
+def test_01_chain_rule_check_rejects_a_wrong_derivation(chapter):
+    ch = chapter("01_autograd")
+    ch.check_chain_rule(ch.neuron_gradients_by_hand)  # the right one passes
+
+    def forgot_tanh_derivative(x, w, b, y):
+        a = math.tanh(w * x + b)
+        dz = 2 * (a - y)  # missing the factor (1 - a²)
+        return {"x": dz * w, "w": dz * x, "b": dz}
+
+    def swapped_x_and_w(x, w, b, y):
+        g = ch.neuron_gradients_by_hand(x, w, b, y)
+        return {"x": g["w"], "w": g["x"], "b": g["b"]}
+
+    for wrong in (forgot_tanh_derivative, swapped_x_and_w):
+        with pytest.raises(AssertionError):
+            ch.check_chain_rule(wrong)
+
+
+class _SoftplusWrongBackward(Function):
+    """Forward right; backward uses σ'(x) = σ(1-σ) instead of σ(x)."""
+
+    def forward(self, x):
+        self.x = x
+        return get_array_module(x).logaddexp(x.dtype.type(0), x)
+
+    def backward(self, grad):
+        s = 1 / (1 + np.exp(-self.x))
+        return grad * s * (1 - s)
+
+
+class _SoftplusOverflowing(Function):
+    """Backward right; forward written literally as log(1 + eˣ), which overflows in float32."""
+
+    def forward(self, x):
+        self.x = x
+        with np.errstate(over="ignore"):
+            return np.log1p(np.exp(x))
+
+    def backward(self, grad):
+        return grad / (1 + np.exp(-self.x))
+
+
+def test_01_softplus_check_rejects_wrong_ops(chapter):
+    ch = chapter("01_autograd")
+    ch.check_softplus(ch.softplus)
+    with pytest.raises(AssertionError):  # gradcheck's GradcheckError is an AssertionError
+        ch.check_softplus(_SoftplusWrongBackward.apply)
+    with pytest.raises(AssertionError):
+        ch.check_softplus(_SoftplusOverflowing.apply)
+    with pytest.raises(AssertionError):
+        ch.check_softplus(lambda t: t.relu())  # a different function altogether
