@@ -32,6 +32,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # Figures each chapter must write (its folder may hold more).
 EXPECTED_FIGURES = {
     "01_autograd": ["softplus_and_fd_error"],
+    "02_linear_softmax_cross_entropy": ["activations", "logsumexp_stability", "spirals_training"],
 }
 
 
@@ -143,3 +144,25 @@ def test_01_softplus_check_rejects_wrong_ops(chapter):
         ch.check_softplus(_SoftplusOverflowing.apply)
     with pytest.raises(AssertionError):
         ch.check_softplus(lambda t: t.relu())  # a different function altogether
+
+
+# ---------------------------------------------------------------------------------------- chapter 02
+def test_02_checks_reject_wrong_layers(chapter):
+    ch = chapter("02_linear_softmax_cross_entropy")
+    ch.check_linear(ch.linear)
+    with pytest.raises(AssertionError):
+        ch.check_linear(lambda x, w, b: x @ w.T)  # forgot the bias
+    with pytest.raises(AssertionError):
+        ch.check_linear(lambda x, w, b: (x @ w.T).detach() + b)  # cut the graph: no dL/dX, dL/dW
+
+    ch.check_softmax(ch.softmax)
+    with pytest.raises(AssertionError):
+        ch.check_softmax(ch.softmax_naive)  # overflows / divides 0 by 0
+    with pytest.raises(AssertionError):
+        ch.check_softmax(lambda x: ch.softmax(x, axis=0))  # normalised over the wrong axis
+
+    ch.check_cross_entropy(ch.cross_entropy)
+    with pytest.raises(AssertionError):
+        ch.check_cross_entropy(lambda z, t: (ch.lse_naive(z) - z[np.arange(z.shape[0]), t]).mean())
+    with pytest.raises(AssertionError):
+        ch.check_cross_entropy(lambda z, t: (ch.lse_stable(z) - z[np.arange(z.shape[0]), t]).sum())  # sum, not mean
