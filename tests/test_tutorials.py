@@ -33,6 +33,8 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 EXPECTED_FIGURES = {
     "01_autograd": ["softplus_and_fd_error"],
     "02_linear_softmax_cross_entropy": ["activations", "logsumexp_stability", "spirals_training"],
+    "03_embeddings_positional_encoding": ["positional_encoding_heatmaps", "dot_product_vs_offset"],
+    "04_attention": ["sqrt_dk_scaling", "attention_weights"],
 }
 
 
@@ -166,3 +168,53 @@ def test_02_checks_reject_wrong_layers(chapter):
         ch.check_cross_entropy(lambda z, t: (ch.lse_naive(z) - z[np.arange(z.shape[0]), t]).mean())
     with pytest.raises(AssertionError):
         ch.check_cross_entropy(lambda z, t: (ch.lse_stable(z) - z[np.arange(z.shape[0]), t]).sum())  # sum, not mean
+
+
+# ---------------------------------------------------------------------------------------- chapter 03
+def test_03_checks_reject_wrong_embedding_and_positions(chapter):
+    ch = chapter("03_embeddings_positional_encoding")
+    with pytest.raises(AssertionError):
+        ch.check_embedding(ch.embedding_overwrite)  # drops repeated ids' gradients
+
+    ch.check_positional_encoding(ch.sinusoidal_encoding)
+
+    def sin_cos_swapped(max_len, d_model):
+        return ch.sinusoidal_encoding(max_len, d_model)[:, np.arange(d_model) ^ 1]
+
+    def wrong_frequencies(max_len, d_model):  # ω_i = 10000^(-i/d) instead of 10000^(-2i/d)
+        pos = np.arange(max_len)[:, None]
+        omega = 10000.0 ** (-np.arange(d_model // 2) / d_model)
+        pe = np.zeros((max_len, d_model))
+        pe[:, 0::2], pe[:, 1::2] = np.sin(pos * omega), np.cos(pos * omega)
+        return pe
+
+    for wrong in (sin_cos_swapped, wrong_frequencies, lambda n, d: ch.sinusoidal_encoding(n + 1, d)[1:]):
+        with pytest.raises(AssertionError):
+            ch.check_positional_encoding(wrong)
+
+
+# ---------------------------------------------------------------------------------------- chapter 04
+def _attention_variant(scale=None, mask_value=-math.inf, use_mask=True, axis=-1):
+    def impl(q, k, v, mask=None):
+        s = 1 / math.sqrt(q.shape[-1]) if scale is None else scale(q.shape[-1])
+        scores = (q @ k.transpose(-2, -1)) * s
+        if mask is not None and use_mask:
+            scores = scores.masked_fill(mask, mask_value)
+        return scores.softmax(axis=axis) @ v
+    return impl
+
+
+def test_04_attention_check_rejects_wrong_attention(chapter):
+    ch = chapter("04_attention")
+    ch.check_attention(ch.attention)
+    ch.check_attention(_attention_variant())  # the test's own correct variant passes too
+    wrong = {
+        "no 1/sqrt(d_k)": _attention_variant(scale=lambda d: 1.0),
+        "1/d_k instead of 1/sqrt(d_k)": _attention_variant(scale=lambda d: 1.0 / d),
+        "mask ignored": _attention_variant(use_mask=False),
+        "masked with 0 instead of -inf": _attention_variant(mask_value=0.0),
+        "softmax over the query axis": _attention_variant(axis=-2),
+    }
+    for name, impl in wrong.items():
+        with pytest.raises(AssertionError):
+            ch.check_attention(impl)

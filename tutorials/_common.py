@@ -5,7 +5,8 @@
   size accordingly.
 - ``output_dir(chapter)``: where a chapter writes its figures: ``$MINITX_TUTORIAL_OUT/<chapter>`` when the
   variable is set, else ``./tutorial_outputs/<chapter>`` under the current working directory.
-- ``plt`` (matplotlib with the non-interactive Agg backend) and ``save(fig, chapter, name)``.
+- ``plt`` (matplotlib with the non-interactive Agg backend), ``save(fig, chapter, name)`` and
+  ``heatmap(fig, ax, data, colorbar_label)``.
 - ``close(name, got, want, atol, rtol)``: compare two arrays and raise ``AssertionError`` with the worst
   element when they differ; the chapters' checks are built from it.
 - ``torch_or_none()``: PyTorch if it can be imported (it is an optional, test-only reference), else None.
@@ -48,6 +49,16 @@ def save(fig, chapter: str, name: str) -> Path:
     plt.close(fig)
     print(f"[figure] {path}")
     return path
+
+
+def heatmap(fig, ax, data, colorbar_label: str, **imshow_kwargs):
+    """``imshow`` with a labelled colour bar and no grid lines over the cells."""
+    imshow_kwargs.setdefault("interpolation", "nearest")
+    imshow_kwargs.setdefault("aspect", "auto")
+    image = ax.imshow(data, **imshow_kwargs)
+    fig.colorbar(image, ax=ax, label=colorbar_label)
+    ax.grid(False)
+    return image
 
 
 def as_numpy(x) -> np.ndarray:
