@@ -35,6 +35,7 @@ EXPECTED_FIGURES = {
     "02_linear_softmax_cross_entropy": ["activations", "logsumexp_stability", "spirals_training"],
     "03_embeddings_positional_encoding": ["positional_encoding_heatmaps", "dot_product_vs_offset"],
     "04_attention": ["sqrt_dk_scaling", "attention_weights"],
+    "05_multi_head_attention": ["heads"],
 }
 
 
@@ -218,3 +219,38 @@ def test_04_attention_check_rejects_wrong_attention(chapter):
     for name, impl in wrong.items():
         with pytest.raises(AssertionError):
             ch.check_attention(impl)
+
+
+# ---------------------------------------------------------------------------------------- chapter 05
+def test_05_mha_check_rejects_wrong_head_handling(chapter):
+    ch = chapter("05_multi_head_attention")
+    F = mx.functional
+
+    def mha(x, p, h, key_padding_mask=None, split=None, merge=None, out_proj=True, scale=None):
+        split = split or ch.split_heads
+        merge = merge or ch.merge_heads
+        q, k, v = (split(F.linear(x, p[f"W{n}"], p[f"b{n}"]), h) for n in "qkv")
+        heads = F.scaled_dot_product_attention(q, k, v, key_padding_mask=key_padding_mask, scale=scale)
+        merged = merge(heads)
+        return F.linear(merged, p["Wo"], p["bo"]) if out_proj else merged
+
+    ch.check_multi_head_attention(mha)  # the test's own assembly is right
+
+    def split_without_permute(x, h):
+        b, t, d = x.shape
+        return x.reshape(b, h, t, d // h)
+
+    def merge_without_permute(x):
+        b, h, t, d_h = x.shape
+        return x.reshape(b, t, h * d_h)
+
+    wrong = [
+        lambda x, p, h, key_padding_mask=None: mha(x, p, h, key_padding_mask, split=split_without_permute),
+        lambda x, p, h, key_padding_mask=None: mha(x, p, h, key_padding_mask, merge=merge_without_permute),
+        lambda x, p, h, key_padding_mask=None: mha(x, p, h, key_padding_mask, out_proj=False),
+        lambda x, p, h, key_padding_mask=None: mha(x, p, h, key_padding_mask, scale=1 / math.sqrt(x.shape[-1])),
+        lambda x, p, h, key_padding_mask=None: mha(x, p, h, None),  # padding ignored
+    ]
+    for impl in wrong:
+        with pytest.raises(AssertionError):
+            ch.check_multi_head_attention(impl)
