@@ -36,6 +36,7 @@ EXPECTED_FIGURES = {
     "03_embeddings_positional_encoding": ["positional_encoding_heatmaps", "dot_product_vs_offset"],
     "04_attention": ["sqrt_dk_scaling", "attention_weights"],
     "05_multi_head_attention": ["heads"],
+    "11_kernels": ["online_softmax_trace", "softmax_cpu_speed", "matmul_tiles"],
 }
 
 
@@ -254,3 +255,57 @@ def test_05_mha_check_rejects_wrong_head_handling(chapter):
     for impl in wrong:
         with pytest.raises(AssertionError):
             ch.check_multi_head_attention(impl)
+
+
+# ---------------------------------------------------------------------------------------- chapter 11
+_CHAPTER_11_REJECTS = """
+import importlib.util, sys
+import numpy as np
+sys.path.insert(0, {tutorials!r})
+spec = importlib.util.spec_from_file_location("tutorial_11", {path!r})
+ch = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(ch)
+
+def online_without_rescaling(x):  # forgets z *= exp(m_old - m_new) when the max grows
+    out = np.empty_like(x)
+    for r, row in enumerate(x):
+        m, z = -np.inf, 0.0
+        for v in row:
+            m = max(m, v)
+            z += np.exp(v - m)
+        out[r] = np.exp(row - m) / z
+    return out
+
+def without_max(x):
+    e = np.exp(x)
+    return e / e.sum(-1, keepdims=True)
+
+def over_columns(x):
+    e = np.exp(x - x.max(0, keepdims=True))
+    return e / e.sum(0, keepdims=True)
+
+def last_tile_dropped(a, b):
+    k = a.shape[1] // ch.TILE * ch.TILE
+    return a[:, :k] @ b[:k]
+
+cases = [(ch.check_softmax_kernel, f) for f in (online_without_rescaling, without_max, over_columns)]
+cases += [(ch.check_matmul_kernel, last_tile_dropped), (ch.check_matmul_kernel, lambda a, b: a @ b + 1e-3)]
+rejected = 0
+for check, impl in cases:
+    try:
+        check(impl)
+    except AssertionError:
+        rejected += 1
+print("REJECTED", rejected, "OF", len(cases))
+"""
+
+
+def test_11_kernel_checks_reject_wrong_kernels(tmp_path):
+    # In a subprocess: the chapter switches on Numba's CUDA simulator, which must happen before Numba is
+    # imported, and this pytest process may already have imported Numba without it.
+    path = TUTORIALS / "11_kernels.py"
+    code = _CHAPTER_11_REJECTS.format(tutorials=str(TUTORIALS), path=str(path))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_quick_env(tmp_path),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "REJECTED 5 OF 5" in proc.stdout, proc.stdout[-2000:]
