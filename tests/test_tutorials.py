@@ -36,6 +36,7 @@ EXPECTED_FIGURES = {
     "03_embeddings_positional_encoding": ["positional_encoding_heatmaps", "dot_product_vs_offset"],
     "04_attention": ["sqrt_dk_scaling", "attention_weights"],
     "05_multi_head_attention": ["heads"],
+    "06_ffn_layernorm_encoder_layer": ["residual_gradients", "layernorm_token_stats"],
     "11_kernels": ["online_softmax_trace", "softmax_cpu_speed", "matmul_tiles"],
 }
 
@@ -309,3 +310,40 @@ def test_11_kernel_checks_reject_wrong_kernels(tmp_path):
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "REJECTED 5 OF 5" in proc.stdout, proc.stdout[-2000:]
+
+
+# ---------------------------------------------------------------------------------------- chapter 06
+def test_06_checks_reject_wrong_layer_norm_and_encoder_layer(chapter):
+    ch = chapter("06_ffn_layernorm_encoder_layer")
+
+    def unbiased_variance(x, g, b, eps=1e-5):
+        return (x - x.mean(axis=-1, keepdims=True)) / (x.var(axis=-1, keepdims=True) + eps).sqrt() * g + b
+
+    def over_all_axes(x, g, b, eps=1e-5):
+        mu, var = x.mean(), x.var(correction=0)
+        return (x - mu) / (var + eps).sqrt() * g + b
+
+    def mean_detached(x, g, b, eps=1e-5):  # forward right, backward misses the path through the mean
+        mu = x.mean(axis=-1, keepdims=True).detach()
+        return (x - mu) / (x.var(axis=-1, keepdims=True, correction=0) + eps).sqrt() * g + b
+
+    for wrong in (unbiased_variance, over_all_axes, mean_detached):
+        with pytest.raises(AssertionError):
+            ch.check_layer_norm(wrong)
+
+    ln, ffn = ch.layer_norm, ch.feed_forward
+
+    def pre_norm(x, p, h, key_padding_mask=None):
+        y = x + ch.mha(ln(x, p["gamma1"], p["beta1"]), p, h, key_padding_mask)
+        return y + ffn(ln(y, p["gamma2"], p["beta2"]), p["W1"], p["b1"], p["W2"], p["b2"])
+
+    def no_residual(x, p, h, key_padding_mask=None):
+        y = ln(ch.mha(x, p, h, key_padding_mask), p["gamma1"], p["beta1"])
+        return ln(y + ffn(y, p["W1"], p["b1"], p["W2"], p["b2"]), p["gamma2"], p["beta2"])
+
+    def padding_ignored(x, p, h, key_padding_mask=None):
+        return ch.encoder_layer(x, p, h, None)
+
+    for wrong in (pre_norm, no_residual, padding_ignored):
+        with pytest.raises(AssertionError):
+            ch.check_encoder_layer(wrong)
