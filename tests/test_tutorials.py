@@ -71,6 +71,17 @@ def test_chapter_runs_in_quick_mode(path, tmp_path):
     assert "[check]" in proc.stdout, f"{path.name} ran no check"
 
 
+@pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
+def test_chapter_runs_without_pytorch(path, tmp_path):
+    """PyTorch is optional: with it hidden, a chapter falls back to its NumPy / closed-form references."""
+    code = ("import runpy, sys; sys.modules['torch'] = None; "  # makes `import torch` raise ImportError
+            f"sys.path.insert(0, {str(TUTORIALS)!r}); runpy.run_path({str(path)!r}, run_name='__main__')")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_quick_env(tmp_path),
+                          capture_output=True, text=True, timeout=5 * QUICK_LIMIT_S)
+    assert proc.returncode == 0, f"{path.name} failed without PyTorch:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    assert "[check]" in proc.stdout and "PyTorch" not in proc.stdout
+
+
 # ------------------------------------------------------------------------------ chapters as modules
 _loaded: dict = {}
 
