@@ -161,7 +161,7 @@ def sinusoidal_encoding(max_len, d_model):
 #    $$ \mathrm{PE}(p)\cdot\mathrm{PE}(q) = \sum_{i} \cos\big(\omega_i (p - q)\big). $$
 #
 # When PyTorch is installed it also rebuilds the table with torch ops, the way the seed's
-# `PositionalEncoding` does, and once `minitx.nn.PositionalEncoding` exists, it compares with that layer.
+# `PositionalEncoding` does.
 
 # %%
 def check_positional_encoding(impl, max_len=64, d_model=16):
@@ -191,32 +191,6 @@ def check_positional_encoding(impl, max_len=64, d_model=16):
 
 
 check_positional_encoding(sinusoidal_encoding)
-
-# %% [markdown]
-# ### The library's layer
-#
-# `minitx.nn.PositionalEncoding` adds this table to its input. If it is available, compare: feed it zeros
-# and what comes out is the table itself.
-
-# %%
-def library_positional_table(max_len, d_model):
-    """The table inside minitx.nn.PositionalEncoding, read by adding it to zeros (None if not available)."""
-    try:
-        from minitx import nn
-    except ImportError:
-        return None
-    layer = nn.PositionalEncoding(d_model, max_len=max_len)
-    if hasattr(layer, "eval"):  # no dropout while reading the table
-        layer.eval()
-    with mx.no_grad():
-        out = layer(mx.zeros(1, max_len, d_model))
-    return out.numpy().reshape(max_len, d_model)
-
-
-if library_positional_table(8, 8) is None:
-    print("minitx.nn is not available yet; skipping the comparison with nn.PositionalEncoding")
-else:
-    check_positional_encoding(library_positional_table)
 
 # %% [markdown]
 # ## 3. Looking at the code

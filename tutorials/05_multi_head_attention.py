@@ -150,24 +150,6 @@ def check_multi_head_attention(impl, seed=0):
 check_multi_head_attention(multi_head_attention)
 
 # %% [markdown]
-# ### The library's layer
-#
-# `minitx.nn.MultiHeadAttention` packages the same computation with its own parameters. When it is
-# available, the cell below copies our weights into it and compares outputs.
-
-# %%
-def library_mha_or_none(d_model, num_heads):
-    try:
-        from minitx import nn
-    except ImportError:
-        return None
-    return nn.MultiHeadAttention(d_model, num_heads)
-
-
-if library_mha_or_none(12, 3) is None:
-    print("minitx.nn is not available yet; skipping the comparison with nn.MultiHeadAttention")
-
-# %% [markdown]
 # ## 3. Heads that look for different things
 #
 # To *see* heads specialise without training, we build the weights by hand. Each token is the
