@@ -142,9 +142,12 @@ def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     return y.reshape(*lead, weight.shape[0])
 
 
-def embedding(ids, weight: Tensor) -> Tensor:
-    """Rows of ``weight`` (V, D) picked by the integer ``ids`` (…) -> (…, D)."""
-    return ops.Embedding.apply(weight, ids)
+def embedding(ids, weight: Tensor, padding_idx: int | None = None) -> Tensor:
+    """Rows of ``weight`` (V, D) picked by the integer ``ids`` (…) -> (…, D).
+
+    The row ``padding_idx`` (if given) is read as usual but receives no gradient.
+    """
+    return ops.Embedding.apply(weight, ids, padding_idx=padding_idx)
 
 
 def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
@@ -258,3 +261,27 @@ def combine_masks(scores_shape: tuple, attn_mask, key_padding_mask, is_causal: b
     if float_mask is None:
         return combined
     return xp.where(combined, -xp.inf, float_mask)
+
+
+_ACTIVATIONS = {"relu": relu, "gelu": gelu, "gelu_tanh": lambda x: gelu(x, approximate="tanh")}
+
+
+def feed_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, activation: str = "relu",
+                 dropout_p: float = 0.0, training: bool = True, fused: bool | None = None) -> Tensor:
+    """FFN(x) = act(x W₁ᵀ + b₁) W₂ᵀ + b₂, applied to every position on its own (act = ReLU gives the
+    paper's max(0, xW₁ + b₁)W₂ + b₂; weights stored (out, in) as in PyTorch).
+
+    Shapes: x (…, D), w1 (F, D), b1 (F,), w2 (D, F), b2 (D,) -> (…, D). ``activation`` is "relu", "gelu"
+    (exact erf) or "gelu_tanh"; dropout with probability ``dropout_p`` acts on the hidden layer (…, F), as
+    in ``torch.nn.TransformerEncoderLayer``. ``fused`` picks the implementation as in
+    :func:`scaled_dot_product_attention` (the fused kernel has no dropout).
+    """
+    if activation not in _ACTIVATIONS:
+        raise ValueError(f"feed_forward: activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
+    dropping = dropout_p > 0 and training
+    if _choose_fused(fused, not dropping, "dropout", "feed_forward"):
+        lead = x.shape[:-1]
+        y = FusedFeedForward.apply(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2, activation=activation)  # (N, D)
+        return y.reshape(*lead, w2.shape[0])
+    hidden = _ACTIVATIONS[activation](linear(x, w1, b1))  # (…, F)
+    return linear(dropout(hidden, dropout_p, training), w2, b2)  # (…, D)

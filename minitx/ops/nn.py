@@ -172,10 +172,11 @@ class Embedding(Function):
     """z[…] = weight[ids[…]]: each id picks one row of the (V, D) table.
 
     Backward: dL/dweight[v] = Σ over the positions where ids == v of dL/dz (a scatter-add, since one id
-    can appear many times); ids are integers and get no gradient.
+    can appear many times); ids are integers and get no gradient. The row ``padding_idx`` (if given) gets
+    none either, so a padding vector stays where it was initialised.
     """
 
-    def forward(self, weight, ids):
+    def forward(self, weight, ids, padding_idx: int | None = None):
         if ids.dtype.kind not in "iu":
             raise TypeError(f"embedding: ids must be an integer tensor, got dtype {ids.dtype} (shape {tuple(ids.shape)})")
         vocab = weight.shape[0]
@@ -183,10 +184,13 @@ class Embedding(Function):
             raise IndexError(f"embedding: ids must lie in [0, {vocab}) for a table of shape {tuple(weight.shape)}, "
                              f"got values in [{int(ids.min())}, {int(ids.max())}]")
         self.ids, self.weight_shape, self.dtype = ids, weight.shape, weight.dtype
+        self.padding_idx = padding_idx
         return weight[ids]  # (…, D)
 
     def backward(self, grad):
         xp = get_array_module(grad)
         dweight = xp.zeros(self.weight_shape, dtype=self.dtype)
         backend.scatter_add(dweight, self.ids.reshape(-1), grad.reshape(-1, self.weight_shape[-1]))
+        if self.padding_idx is not None:
+            dweight[self.padding_idx] = 0
         return dweight, None
