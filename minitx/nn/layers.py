@@ -108,7 +108,7 @@ class LayerNorm(Module):
         return f"{self.normalized_shape}, eps={self.eps}"
 
 
-def sinusoidal_table(max_len: int, d_model: int, dtype=None) -> np.ndarray:
+def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
     """PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d)):  (max_len, d_model).
 
     Each pair (2i, 2i+1) is a point on a circle turning with frequency ω_i = 10000^(-2i/d), so
@@ -120,27 +120,27 @@ def sinusoidal_table(max_len: int, d_model: int, dtype=None) -> np.ndarray:
     table = np.zeros((max_len, d_model))
     table[:, 0::2] = np.sin(angle)
     table[:, 1::2] = np.cos(angle[:, : d_model // 2])
-    return table.astype(dtype or backend.default_dtype())
+    return table  # float64
 
 
 class PositionalEncoding(Module):
     """x + PE[:T] for x (B, T, D), with the fixed sinusoidal table of :func:`sinusoidal_table`.
 
-    The table is a buffer (moved by ``to()``), not saved in ``state_dict`` since it is recomputed from
-    (max_len, d_model).
+    The table is a float64 buffer (moved by ``to()``), cast to x's dtype when added, so a float64 model gets
+    the exact values; it is not saved in ``state_dict`` since it is recomputed from (max_len, d_model).
     """
 
-    def __init__(self, d_model: int, max_len: int = 5000, dtype=None, device=None):
+    def __init__(self, d_model: int, max_len: int = 5000, device=None):
         super().__init__()
         self.d_model, self.max_len = d_model, max_len
-        table = sinusoidal_table(max_len, d_model, dtype)
-        self.register_buffer("pe", Tensor(table, device=device), persistent=False)  # (max_len, D)
+        self.register_buffer("pe", Tensor(sinusoidal_table(max_len, d_model), device=device),
+                             persistent=False)  # (max_len, D)
 
     def forward(self, x: Tensor) -> Tensor:
         seq_len = x.shape[-2]
         if seq_len > self.max_len:
             raise ValueError(f"PositionalEncoding: sequence length {seq_len} exceeds max_len={self.max_len}")
-        return x + self.pe[:seq_len]  # (B, T, D) + (T, D)
+        return x + self.pe[:seq_len].astype(x.dtype)  # (B, T, D) + (T, D)
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, max_len={self.max_len}"
