@@ -31,9 +31,9 @@ def minitx_names(torch_state: dict) -> dict:
         if name.endswith(".pe") or name == "pe":
             continue
         if "in_proj_" in name:
-            prefix, kind = name.rsplit(".in_proj_", 1)
+            prefix, kind = name.split("in_proj_")  # ("layers.0.self_attn.", "weight")
             for part, piece in zip("qkv", np.split(array, 3, axis=0)):
-                ours[f"{prefix}.{part}_proj.{kind}"] = piece
+                ours[f"{prefix}{part}_proj.{kind}"] = piece
             continue
         for linear in ("linear1", "linear2"):
             if name.startswith(f"{linear}.") or f".{linear}." in name:
