@@ -1,0 +1,128 @@
+"""Optimizers and schedules: 20-step trajectories equal torch.optim's (float64), state_dict round trips."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from minitx import Tensor
+from minitx import functional as F
+from minitx import nn, optim
+from make_fixtures import minitx_names
+
+torch = pytest.importorskip("torch")
+
+CASES = {
+    "sgd": (optim.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, weight_decay=0.01)),
+    "sgd_nesterov": (optim.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.9, nesterov=True, weight_decay=0.01)),
+    "sgd_dampening": (optim.SGD, torch.optim.SGD, dict(lr=0.05, momentum=0.8, dampening=0.3)),
+    "adam": (optim.Adam, torch.optim.Adam, dict(lr=1e-2, weight_decay=0.01)),
+    "adamw": (optim.AdamW, torch.optim.AdamW, dict(lr=1e-2, betas=(0.8, 0.99), weight_decay=0.1)),
+}
+
+
+def models():
+    torch.manual_seed(0)
+    theirs = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3)).double()
+    ours = nn.Sequential(nn.Linear(6, 8), nn.Linear(8, 3)).double()
+    ours.load_state_dict(minitx_names({k.replace("2.", "1."): v.detach().numpy() for k, v in
+                                       theirs.state_dict().items()}))
+    return ours, theirs
+
+
+def our_loss(model, x, y):
+    return F.cross_entropy(model[1](model[0](Tensor(x)).tanh()), y)
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_twenty_steps_with_clipping_equal_torch(case):
+    ours_cls, theirs_cls, kwargs = CASES[case]
+    ours, theirs = models()
+    opt, ref = ours_cls(ours.parameters(), **kwargs), theirs_cls(theirs.parameters(), **kwargs)
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        x, y = rng.standard_normal((16, 6)), rng.integers(0, 3, 16)
+        opt.zero_grad()
+        ref.zero_grad()
+        our_loss(ours, x, y).backward()
+        torch.nn.functional.cross_entropy(theirs(torch.tensor(x)), torch.tensor(y)).backward()
+        norm = optim.clip_grad_norm_(list(ours.parameters()), 0.5)
+        ref_norm = torch.nn.utils.clip_grad_norm_(theirs.parameters(), 0.5)
+        assert math.isclose(norm, ref_norm.item(), rel_tol=1e-12)
+        opt.step()
+        ref.step()
+    theirs_state = {k.replace("2.", "1."): v.detach().numpy() for k, v in theirs.state_dict().items()}
+    for name, value in ours.state_dict().items():
+        np.testing.assert_allclose(value, theirs_state[name], rtol=1e-10, atol=1e-12, err_msg=name)
+
+
+@pytest.mark.parametrize("case", ["sgd", "adamw"])
+def test_state_dict_round_trip_continues_identically(case):
+    ours_cls, _, kwargs = CASES[case]
+    rng = np.random.default_rng(0)
+    batches = [(rng.standard_normal((8, 6)), rng.integers(0, 3, 8)) for _ in range(6)]
+
+    def run(model, opt, chunk):
+        for x, y in chunk:
+            opt.zero_grad()
+            our_loss(model, x, y).backward()
+            opt.step()
+
+    a, _ = models()
+    opt_a = ours_cls(a.parameters(), **kwargs)
+    run(a, opt_a, batches)
+    b, _ = models()
+    opt_b = ours_cls(b.parameters(), **kwargs)
+    run(b, opt_b, batches[:3])
+    c, _ = models()
+    c.load_state_dict(b.state_dict())
+    opt_c = ours_cls(c.parameters(), lr=123.0)
+    opt_c.load_state_dict(opt_b.state_dict())
+    assert opt_c.lr == kwargs["lr"]
+    run(c, opt_c, batches[3:])
+    for name, value in a.state_dict().items():
+        np.testing.assert_array_equal(value, c.state_dict()[name])
+
+
+def test_load_state_dict_checks_shapes_first():
+    model, _ = models()
+    opt = optim.Adam(model.parameters())
+    our_loss(model, np.ones((2, 6)), np.array([0, 1])).backward()
+    opt.step()
+    state = opt.state_dict()
+    state["state"][1]["exp_avg"] = np.zeros(5)
+    with pytest.raises(ValueError, match="shape"):
+        optim.Adam(model.parameters()).load_state_dict(state)
+
+
+def test_param_groups_have_their_own_learning_rate_and_skip_params_without_grad():
+    a, b = nn.Linear(2, 2), nn.Linear(2, 2)
+    opt = optim.SGD([{"params": a.parameters()}, {"params": b.parameters(), "lr": 0.0}], lr=0.1)
+    before_a, before_b = a.weight.numpy().copy(), b.weight.numpy().copy()
+    (a(Tensor(np.ones((1, 2), dtype=np.float32))).sum() + b(Tensor(np.ones((1, 2), dtype=np.float32))).sum()).backward()
+    opt.step()
+    np.testing.assert_allclose(a.weight.numpy(), before_a - 0.1, rtol=1e-6)
+    np.testing.assert_array_equal(b.weight.numpy(), before_b)
+    opt.zero_grad()
+    opt.step()  # no gradients: nothing moves
+    np.testing.assert_allclose(a.weight.numpy(), before_a - 0.1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["cosine", "linear"])
+def test_warmup_schedules(kind):
+    opt = optim.AdamW(nn.Linear(2, 2).parameters(), lr=1.0)
+    make = optim.warmup_cosine if kind == "cosine" else optim.warmup_linear
+    sched = make(opt, warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
+    lrs = []
+    for _ in range(16):
+        lrs.append(opt.lr)
+        sched.step()
+    np.testing.assert_allclose(lrs[:5], [0.25, 0.5, 0.75, 1.0, 1.0])
+    halfway = 0.1 + 0.9 * 0.5  # (1 + cos(π/2))/2 = 1 - 1/2
+    assert math.isclose(lrs[9], halfway) and lrs[14] == lrs[15] == pytest.approx(0.1)
+    assert all(x >= y for x, y in zip(lrs[3:], lrs[4:]))
+    restored = make(opt, warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
+    restored.load_state_dict({**sched.state_dict(), "last_step": 9})
+    assert math.isclose(opt.lr, halfway)
