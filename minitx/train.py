@@ -1,0 +1,208 @@
+"""The training loop: one place for progress, evaluation, accumulation, schedules, clipping and checkpoints.
+
+One optimizer step, with ``accumulation = k``:
+
+    for each of k micro-batches:   loss_i = loss_fn(model, batch_i) / k;  loss_i.backward()
+    clip the gradient norm (optional);  optimizer.step();  scheduler.step();  optimizer.zero_grad()
+
+Since backward *adds* into ``.grad``, k micro-batches whose losses are means over equally many items give
+exactly the gradient of one batch k times larger: the mean over kb items is the average of k means over b.
+
+Checkpoints hold everything a run needs to continue as if it had never stopped — model, optimizer,
+scheduler, step, the global RNG state (dropout, sampling) and the data loader's position — and are written
+atomically (:mod:`minitx.io`), so an interrupted run (Ctrl-C, a crash, a full disk) loses at most the steps
+since the last checkpoint, never the checkpoint itself.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field
+from typing import Callable
+
+from tqdm.auto import tqdm
+
+from . import backend, io
+from .optim import clip_grad_norm_
+from .tensor import no_grad
+
+LossFn = Callable[..., tuple]  # (model, batch) -> (loss Tensor, {metric name: float})
+
+
+@dataclass
+class TrainConfig:
+    """How long and how to train. ``steps`` counts optimizer steps (each of ``accumulation`` micro-batches)."""
+
+    steps: int
+    accumulation: int = 1
+    clip_norm: float | None = None
+    eval_every: int = 0  # 0: evaluate only at the end (when an eval_fn is given)
+    log_every: int = 1
+    checkpoint_path: str | None = None
+    checkpoint_every: int = 0  # 0: only at the end (when checkpoint_path is set)
+    progress: bool = True
+    desc: str = "train"
+
+    def __post_init__(self):
+        for name in ("steps", "accumulation"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"TrainConfig.{name} must be at least 1, got {getattr(self, name)}")
+
+
+@dataclass
+class History:
+    """What happened during training: one row per logged step, and the evaluations."""
+
+    rows: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+
+    def last(self, key: str):
+        return next((r[key] for r in reversed(self.rows) if key in r), None)
+
+    def to_csv(self, path: str) -> None:
+        """Write every logged row (step, loss, lr, grad_norm, metrics…) to a CSV file."""
+        keys = list(dict.fromkeys(k for r in self.rows for k in r))
+        with open(path, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=keys)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+    def plot(self, path: str, title: str = "training loss") -> None:
+        """Save the loss curve (and evaluation points) as a PNG."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        ax.plot([r["step"] for r in self.rows], [r["loss"] for r in self.rows], label="train loss", lw=1)
+        eval_losses = [(e["step"], e["loss"]) for e in self.evals if "loss" in e]
+        if eval_losses:
+            ax.plot(*zip(*eval_losses), "o-", label="eval loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("loss")
+        ax.set_title(title)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+
+
+class Trainer:
+    """Runs :class:`TrainConfig` on a model, an optimizer and a data loader.
+
+    ``loss_fn(model, batch)`` returns ``(loss, metrics)``: a scalar Tensor and a dict of floats.
+    ``eval_fn(model)`` returns a dict of floats (it runs in eval mode under ``no_grad``).
+    The loader is iterated epoch after epoch until ``config.steps`` optimizer steps are done; if it has
+    ``state_dict()``/``load_state_dict()`` its position is checkpointed too.
+    """
+
+    def __init__(self, model, optimizer, loader, loss_fn: LossFn, config: TrainConfig, scheduler=None,
+                 eval_fn: Callable | None = None):
+        self.model, self.optimizer, self.loader = model, optimizer, loader
+        self.loss_fn, self.config, self.scheduler, self.eval_fn = loss_fn, config, scheduler, eval_fn
+        self.step = 0
+        self.history = History()
+        self._batches = None
+
+    # ------------------------------------------------------------------------------------------ data
+    def _next_batch(self):
+        """The next batch, starting a new epoch (a fresh pass over the loader) when one runs out."""
+        for _ in range(2):
+            if self._batches is None:
+                self._batches = iter(self.loader)
+            try:
+                return next(self._batches)
+            except StopIteration:
+                self._batches = None
+        raise ValueError("Trainer: the data loader yields no batches (is the dataset smaller than one batch "
+                         "with drop_last=True?)")
+
+    # ------------------------------------------------------------------------------------------ steps
+    def train_step(self) -> dict:
+        """One optimizer step over ``accumulation`` micro-batches; returns the logged row."""
+        self.model.train()
+        k = self.config.accumulation
+        total_loss, metrics = 0.0, {}
+        for _ in range(k):
+            loss, batch_metrics = self.loss_fn(self.model, self._next_batch())
+            (loss / k).backward()
+            total_loss += loss.item() / k
+            for name, value in batch_metrics.items():
+                metrics[name] = metrics.get(name, 0.0) + value / k
+        row = {"step": self.step + 1, "loss": total_loss, "lr": self.optimizer.lr}
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        if self.config.clip_norm is not None:
+            row["grad_norm"] = clip_grad_norm_(params, self.config.clip_norm)
+        if not math.isfinite(total_loss):
+            raise FloatingPointError(f"loss became {total_loss} at step {self.step + 1}; lower the learning rate "
+                                     "or enable clipping (clip_norm)")
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+        if self.scheduler is not None:
+            self.scheduler.step()
+        self.step += 1
+        row.update(metrics)
+        return row
+
+    def evaluate(self) -> dict:
+        if self.eval_fn is None:
+            return {}
+        self.model.eval()
+        with no_grad():
+            result = {"step": self.step, **self.eval_fn(self.model)}
+        self.model.train()
+        self.history.evals.append(result)
+        return result
+
+    def fit(self) -> History:
+        """Train until ``config.steps`` optimizer steps are done (continuing from a resumed step)."""
+        cfg = self.config
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.desc, disable=not cfg.progress, leave=False)
+        try:
+            while self.step < cfg.steps:
+                row = self.train_step()
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    self.history.rows.append(row)
+                bar.update(1)
+                bar.set_postfix(loss=f"{row['loss']:.4f}")
+                if cfg.eval_every and self.step % cfg.eval_every == 0 and self.step < cfg.steps:
+                    self.evaluate()
+                if cfg.checkpoint_path and cfg.checkpoint_every and self.step % cfg.checkpoint_every == 0:
+                    self.save(cfg.checkpoint_path)
+        except KeyboardInterrupt:
+            bar.close()
+            where = f"; the last checkpoint in {cfg.checkpoint_path} is intact" if cfg.checkpoint_path else ""
+            print(f"\ninterrupted at step {self.step}{where}")
+            raise
+        bar.close()
+        if self.eval_fn is not None:
+            self.evaluate()
+        if cfg.checkpoint_path:
+            self.save(cfg.checkpoint_path)
+        return self.history
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def save(self, path: str) -> None:
+        """Write model, optimizer, scheduler, step, RNG and loader state to ``path`` (atomically)."""
+        extra = {"rng": backend.get_rng_state()}
+        if self.scheduler is not None:
+            extra["scheduler"] = self.scheduler.state_dict()
+        if hasattr(self.loader, "state_dict"):
+            extra["loader"] = self.loader.state_dict()
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        io.save_checkpoint(path, self.model, self.optimizer, step=self.step, extra=extra)
+
+    def resume(self, path: str) -> None:
+        """Load a checkpoint written by :meth:`save`; training continues exactly where it stopped."""
+        info = io.load_checkpoint(path, self.model, self.optimizer)
+        self.step = info["step"]
+        extra = info.get("extra", {})
+        backend.set_rng_state(extra["rng"])
+        if self.scheduler is not None and "scheduler" in extra:
+            self.scheduler.load_state_dict(extra["scheduler"])
+        if "loader" in extra and hasattr(self.loader, "load_state_dict"):
+            self.loader.load_state_dict(extra["loader"])
+            self._batches = None
