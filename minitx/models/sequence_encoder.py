@@ -55,6 +55,11 @@ class SequenceEncoder(Module):
             if param.ndim > 1 and id(param) not in attention:
                 init.xavier_uniform_(param)
 
+    @property
+    def hidden_size(self) -> int:
+        """D, the size of each hidden state that :meth:`encode` returns."""
+        return self.embedding.embedding_dim
+
     def encode(self, source, attention_mask=None) -> Tensor:
         """Hidden states h^L (B, T, D) before the vocabulary projection; attention_mask (B, T), 0 = padding."""
         embedded = self.embedding(source) * math.sqrt(self.embedding.embedding_dim)  # (B, T, D)
