@@ -1,0 +1,188 @@
+"""BERT (Devlin et al., 2019): a post-norm Transformer encoder over token + position + segment embeddings.
+
+Input: ids x_1…x_T (``[CLS] a [SEP]`` or ``[CLS] a [SEP] b [SEP]``), segment ids s_t (0 for a, 1 for b).
+
+    h⁰_t = LayerNorm(E_tok[x_t] + E_pos[t] + E_type[s_t])                     (embeddings, then dropout)
+    a    = LayerNorm(hˡ⁻¹ + MultiHeadAttention(hˡ⁻¹))                          (post-norm: add, then normalise)
+    hˡ   = LayerNorm(a + W₂ GELU(W₁ a + b₁) + b₂)                              (GELU with the exact erf)
+    pool = tanh(W_p h^L_[CLS] + b_p)                                           (optional pooler)
+
+Pretraining (:class:`BertForPretraining`) adds two heads:
+
+- masked language modelling: predict the ids hidden behind ``[MASK]`` (set M) from the rest,
+      L_MLM = -1/|M| Σ_{t∈M} log P(x_t | x_∖M),   P(· | …) = softmax(W_E LayerNorm(GELU(W h_t + b)) + c)
+  whose output matrix W_E is the token-embedding table itself (tied weights);
+- sentence-order prediction (ALBERT's SOP): were the two segments swapped?  L_SOP = -log P(y | pool).
+
+Initialisation (BERT's): every Linear and embedding weight ~ N(0, 0.02²) (``initializer_range``), biases 0,
+LayerNorm γ = 1, β = 0, and the ``[PAD]`` row of the token table 0. With these small weights the untrained
+MLM head starts near the uniform guess, L_MLM ≈ ln V.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import functional as F
+from ..backend import default_dtype, get_array_module
+from ..nn import (Dropout, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear, Module, Parameter,
+                  TransformerEncoder, TransformerEncoderLayer, init)
+from ..tensor import Tensor
+
+
+@dataclass
+class BertConfig:
+    """Sizes of a BERT; the field names are those of Hugging Face's ``config.json``."""
+
+    vocab_size: int = 30522
+    hidden_size: int = 768
+    num_hidden_layers: int = 12
+    num_attention_heads: int = 12
+    intermediate_size: int = 3072
+    hidden_dropout_prob: float = 0.1
+    attention_probs_dropout_prob: float = 0.1
+    max_position_embeddings: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    pad_token_id: int = 0
+    initializer_range: float = 0.02
+
+
+def init_bert_weights(module: Module, std: float) -> None:
+    """BERT's initialisation of every layer inside ``module``: Linear and embedding weights ~ N(0, std²),
+    Linear biases 0, an embedding's padding row 0 (LayerNorm keeps its γ = 1, β = 0)."""
+    for m in module.modules():
+        if isinstance(m, Linear):
+            init.normal_(m.weight, std=std)
+            if m.bias is not None:
+                init.zeros_(m.bias)
+        elif isinstance(m, (Embedding, LearnedPositionalEmbedding)):
+            init.normal_(m.weight, std=std)
+            if getattr(m, "padding_idx", None) is not None:
+                m.weight.data[m.padding_idx] = 0
+
+
+def _ids_array(name: str, value, shape: tuple | None, xp):
+    """``value`` (array, list or Tensor) as an integer array of the array module ``xp``, checked against
+    ``shape`` (the ids' (B, T); None for the ids themselves, which must be 2-D)."""
+    array = xp.asarray(value.data if isinstance(value, Tensor) else value)
+    if array.dtype.kind not in "iub":
+        raise TypeError(f"BertModel: {name} must hold integers, got dtype {array.dtype} (shape {tuple(array.shape)})")
+    if shape is None and array.ndim != 2:
+        raise ValueError(f"BertModel: {name} must have shape (B, T), got {tuple(array.shape)}")
+    if shape is not None and tuple(array.shape) != shape:
+        raise ValueError(f"BertModel: {name} must have the shape of input_ids {shape}, got {tuple(array.shape)}")
+    return array
+
+
+class BertEmbeddings(Module):
+    """h⁰_t = Dropout(LayerNorm(E_tok[x_t] + E_pos[t] + E_type[s_t])): ids (B, T) -> (B, T, D)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.tokens = Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.positions = LearnedPositionalEmbedding(config.max_position_embeddings, config.hidden_size)
+        self.token_types = Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids, token_type_ids) -> Tensor:
+        x = self.tokens(input_ids) + self.token_types(token_type_ids)  # (B, T, D)
+        return self.dropout(self.norm(self.positions(x)))
+
+
+class BertModel(Module):
+    """The BERT encoder: ids (B, T) -> last hidden states (B, T, D); see the module docstring.
+
+    ``pooler=True`` adds pool = tanh(W_p h_[CLS] + b_p), read by :meth:`pool` (sentence-level heads).
+    Load published weights with :meth:`from_pretrained`. Sub-modules: ``embeddings`` (``tokens``,
+    ``positions``, ``token_types``, ``norm``), ``encoder.layers.{i}`` (post-norm
+    :class:`~minitx.nn.TransformerEncoderLayer` with GELU), ``pooler``.
+    """
+
+    def __init__(self, config: BertConfig, pooler: bool = True):
+        super().__init__()
+        self.config = config
+        self.hidden_size = config.hidden_size
+        self.embeddings = BertEmbeddings(config)
+        self.encoder = TransformerEncoder([self._layer(config) for _ in range(config.num_hidden_layers)])
+        self.pooler = Linear(config.hidden_size, config.hidden_size) if pooler else None
+        init_bert_weights(self, config.initializer_range)
+
+    @staticmethod
+    def _layer(config: BertConfig) -> TransformerEncoderLayer:
+        """One post-norm encoder layer with BERT's sizes, exact-erf GELU and LayerNorm ε."""
+        return TransformerEncoderLayer(
+            config.hidden_size, config.num_attention_heads, config.intermediate_size,
+            dropout=config.hidden_dropout_prob, attention_dropout=config.attention_probs_dropout_prob,
+            activation="gelu", norm_first=False, eps=config.layer_norm_eps)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> Tensor:
+        """input_ids (B, T); attention_mask (B, T), 1 = real token, 0 = padding (default: all real);
+        token_type_ids (B, T), the segment of each token (default: all 0) -> hidden states (B, T, D).
+
+        Arrays stay in the array module (NumPy or CuPy) they come in; the embedding tables take them to
+        the model's device.
+        """
+        raw = input_ids.data if isinstance(input_ids, Tensor) else input_ids
+        xp = get_array_module(raw)
+        ids = _ids_array("input_ids", raw, None, xp)  # (B, T)
+        if token_type_ids is None:
+            token_type_ids = xp.zeros_like(ids)  # every token in segment 0
+        token_type_ids = _ids_array("token_type_ids", token_type_ids, ids.shape, xp)
+        padding = None
+        if attention_mask is not None:
+            padding = _ids_array("attention_mask", attention_mask, ids.shape, xp) == 0  # (B, T), True = pad
+        h = self.embeddings(ids, token_type_ids)  # (B, T, D)
+        return self.encoder(h, key_padding_mask=padding)  # (B, T, D)
+
+    def encode(self, input_ids, attention_mask=None) -> Tensor:
+        """The encoder interface of :class:`~minitx.models.task_adapter.TaskAdapter`: hidden states (B, T, D)."""
+        return self.forward(input_ids, attention_mask)
+
+    def pool(self, hidden: Tensor) -> Tensor:
+        """pool = tanh(W_p h_[CLS] + b_p): hidden (B, T, D) -> (B, D)."""
+        if self.pooler is None:
+            raise ValueError("this BertModel was built with pooler=False")
+        return self.pooler(hidden[:, 0]).tanh()
+
+    @classmethod
+    def from_pretrained(cls, folder) -> "BertModel":
+        """A BertModel with the weights of a Hugging Face checkpoint folder (``config.json``, ``model.safetensors``)."""
+        from .pretrained import from_pretrained
+
+        return from_pretrained(folder)
+
+
+class BertForPretraining(Module):
+    """BERT with its two pretraining heads: masked-token prediction and sentence-order prediction.
+
+    forward -> (mlm_logits (B, T, V), sop_logits (B, 2)). The MLM decoder's weight is the token-embedding
+    table (V, D) itself, so a token's input and output vectors are one parameter.
+    """
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.bert = BertModel(config, pooler=True)
+        self.mlm_dense = Linear(config.hidden_size, config.hidden_size)
+        self.mlm_norm = LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.mlm_bias = Parameter(np.zeros(config.vocab_size), dtype=default_dtype())  # (V,)
+        self.sop = Linear(config.hidden_size, 2)
+        for head in (self.mlm_dense, self.sop):
+            init_bert_weights(head, config.initializer_range)
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[Tensor, Tensor]:
+        h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, D)
+        z = self.mlm_norm(F.gelu(self.mlm_dense(h)))  # (B, T, D)
+        mlm_logits = F.linear(z, self.bert.embeddings.tokens.weight, self.mlm_bias)  # (B, T, V), tied decoder
+        sop_logits = self.sop(self.bert.pool(h))  # (B, 2)
+        return mlm_logits, sop_logits
+
+    def loss(self, batch: dict) -> Tensor:
+        """L = L_MLM + L_SOP: mean cross-entropy over the masked positions (``labels`` ≠ -100) plus the mean
+        cross-entropy of the order labels (``sop_labels``, 1 = swapped)."""
+        mlm_logits, sop_logits = self(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        return (F.cross_entropy(mlm_logits, batch["labels"], ignore_index=-100)
+                + F.cross_entropy(sop_logits, batch["sop_labels"]))
