@@ -37,6 +37,7 @@ EXPECTED_FIGURES = {
     "04_attention": ["sqrt_dk_scaling", "attention_weights"],
     "05_multi_head_attention": ["heads"],
     "06_ffn_layernorm_encoder_layer": ["residual_gradients", "layernorm_token_stats"],
+    "07_sequence_encoder": ["padding_effect", "sort_training"],
     "11_kernels": ["online_softmax_trace", "softmax_cpu_speed", "matmul_tiles"],
 }
 
@@ -358,3 +359,46 @@ def test_06_checks_reject_wrong_layer_norm_and_encoder_layer(chapter):
     for wrong in (pre_norm, no_residual, padding_ignored):
         with pytest.raises(AssertionError):
             ch.check_encoder_layer(wrong)
+
+
+# ---------------------------------------------------------------------------------------- chapter 07
+def test_07_checks_reject_wrong_sequence_encoders(chapter):
+    ch = chapter("07_sequence_encoder")
+    F = mx.functional
+
+    def assemble(model, ids, attention_mask, scale=True, positions=True, use_mask=True, layer=None):
+        weight = model.embedding.weight
+        d = weight.shape[1]
+        h = F.embedding(ids, weight) * (math.sqrt(d) if scale else 1.0)
+        if positions:
+            h = h + mx.tensor(ch.sinusoidal_pe(ids.shape[1], d))
+        padding = np.asarray(attention_mask) == 0 if use_mask else None
+        for lay in model.transformer_stack.layers:
+            h = (layer or ch.encoder_layer)(h, lay, padding)
+        return F.linear(h, model.output_projection.weight, model.output_projection.bias)
+
+    ch.check_sequence_encoder(assemble)  # the test's own assembly is right
+
+    def pre_norm_layer(x, lay, key_padding_mask=None):
+        d = x.shape[-1]
+        h = x + lay.self_attn(F.layer_norm(x, d, lay.norm1.weight, lay.norm1.bias), key_padding_mask=key_padding_mask)
+        return h + lay.ff(F.layer_norm(h, d, lay.norm2.weight, lay.norm2.bias))
+
+    wrong = [
+        lambda m, i, a: assemble(m, i, a, scale=False),  # forgot √D
+        lambda m, i, a: assemble(m, i, a, positions=False),  # no positional encoding
+        lambda m, i, a: assemble(m, i, a, use_mask=False),  # the seed's bug: padding attended to
+        lambda m, i, a: assemble(m, i, a, layer=pre_norm_layer),  # pre-norm instead of post-norm
+        lambda m, i, a: assemble(m, i, a).detach() + 0 * m.embedding.weight.sum(),  # no gradient to E
+    ]
+    for impl in wrong:
+        with pytest.raises(AssertionError):
+            ch.check_sequence_encoder(impl)
+
+    model = ch.sorter
+    with mx.no_grad():
+        ch.check_padding_invariance(lambda ids, m: model(ids, m), vocab=10)
+        for impl in (lambda ids, m: model(ids),  # mask ignored
+                     lambda ids, m: model(ids, 1 - m)):  # mask inverted: real tokens look only at padding
+            with pytest.raises(AssertionError):
+                ch.check_padding_invariance(impl, vocab=10)
