@@ -1,5 +1,11 @@
-"""Complete models built from :mod:`minitx.nn`."""
+"""Complete models built from :mod:`minitx.nn`: the seed's SequenceEncoder, BERT (pre-training heads and
+Hugging Face weights), the TaskAdapter classifier, and a GPT language model with its sequence classifier."""
 
+from .bert import BertConfig, BertEmbeddings, BertForPretraining, BertModel
+from .gpt import GPT, GPTConfig, GPTForSequenceClassification
 from .sequence_encoder import SequenceEncoder, padding_mask_from_attention_mask
+from .task_adapter import TaskAdapter
 
-__all__ = ["SequenceEncoder", "padding_mask_from_attention_mask"]
+__all__ = ["BertConfig", "BertEmbeddings", "BertForPretraining", "BertModel", "GPT", "GPTConfig",
+           "GPTForSequenceClassification", "SequenceEncoder", "TaskAdapter",
+           "padding_mask_from_attention_mask"]
