@@ -38,12 +38,17 @@ EXPECTED_FIGURES = {
     "05_multi_head_attention": ["heads"],
     "06_ffn_layernorm_encoder_layer": ["residual_gradients", "layernorm_token_stats"],
     "07_sequence_encoder": ["padding_effect", "sort_training"],
+    "08_pretraining_mlm_sop": ["masking_proportions", "pretraining_loss"],
     "11_kernels": ["online_softmax_trace", "softmax_cpu_speed", "matmul_tiles"],
 }
 
 
 def _quick_env(out: Path) -> dict:
     env = dict(os.environ, MINITX_QUICK="1", MINITX_TUTORIAL_OUT=str(out), MPLBACKEND="Agg")
+    # One BLAS thread: on a small, busy machine OpenBLAS's worker threads wait on each other and a chapter's
+    # training loop can run several times slower than single-threaded (measured: 0.4 s vs 6.5 s for 10 steps).
+    env.setdefault("OPENBLAS_NUM_THREADS", "1")
+    env.setdefault("OMP_NUM_THREADS", "1")
     root = str(TUTORIALS.parent)
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
     return env
@@ -402,3 +407,63 @@ def test_07_checks_reject_wrong_sequence_encoders(chapter):
                      lambda ids, m: model(ids, 1 - m)):  # mask inverted: real tokens look only at padding
             with pytest.raises(AssertionError):
                 ch.check_padding_invariance(impl, vocab=10)
+
+
+# ---------------------------------------------------------------------------------------- chapter 08
+def test_08_checks_reject_wrong_masking_and_losses(chapter):
+    ch = chapter("08_pretraining_mlm_sop")
+    F = mx.functional
+    tok, special = ch.tokenizer, ch.special_ids
+    rng = np.random.default_rng(5)
+
+    def masker(ids, attention_mask, p=0.15, split=(0.8, 0.9), skip_padding=True, label_all=False,
+               replacements=None):
+        eligible = ~np.isin(ids, special)
+        if skip_padding:
+            eligible &= attention_mask == 1
+        else:
+            eligible |= attention_mask == 0
+        chosen = eligible & (rng.random(ids.shape) < p)
+        u = rng.random(ids.shape)
+        pool = np.setdiff1d(np.arange(tok.vocab_size), special) if replacements is None else replacements
+        out = ids.copy()
+        out[chosen & (u < split[0])] = tok.mask_token_id
+        random = chosen & (u >= split[0]) & (u < split[1])
+        out[random] = rng.choice(pool, size=int(random.sum()))
+        return out, (ids.copy() if label_all else np.where(chosen, ids, -100))
+
+    ch.check_masking(masker)  # the test's own version is right
+    wrong = [
+        lambda i, a: masker(i, a, split=(1.0, 1.0)),  # always [MASK]
+        lambda i, a: masker(i, a, split=(0.8, 0.8)),  # no random replacements
+        lambda i, a: masker(i, a, p=0.3),
+        lambda i, a: masker(i, a, skip_padding=False),  # padding chosen too
+        lambda i, a: masker(i, a, label_all=True),  # every position labelled
+        lambda i, a: masker(i, a, replacements=np.arange(tok.vocab_size)),  # may draw [CLS], [PAD], …
+    ]
+    for impl in wrong:
+        with pytest.raises(AssertionError):
+            ch.check_masking(impl)
+
+    def over_all_positions(logits, labels):
+        keep = labels != -100
+        onehot = np.zeros(logits.shape)
+        onehot[keep, labels[keep]] = 1
+        return -(F.log_softmax(logits, axis=-1) * mx.tensor(onehot)).sum() / labels.size
+
+    def summed(logits, labels):
+        return F.cross_entropy(logits, labels, ignore_index=-100, reduction="sum")
+
+    def ignored_as_token_0(logits, labels):
+        return F.cross_entropy(logits, np.where(labels == -100, 0, labels))
+
+    def unshifted_softmax(logits, labels):
+        keep = labels != -100
+        onehot = np.zeros(logits.shape)
+        onehot[keep, labels[keep]] = 1
+        e = logits.exp()
+        return -((e / e.sum(axis=-1, keepdims=True)).log() * mx.tensor(onehot)).sum() / keep.sum()
+
+    for impl in (over_all_positions, summed, ignored_as_token_0, unshifted_softmax):
+        with pytest.raises(AssertionError), np.errstate(all="ignore"):
+            ch.check_mlm_loss(impl)
