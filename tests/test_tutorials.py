@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 import minitx as mx
+from minitx import optim
 from minitx.backend import get_array_module
 from minitx.tensor import Function
 
@@ -39,6 +40,7 @@ EXPECTED_FIGURES = {
     "06_ffn_layernorm_encoder_layer": ["residual_gradients", "layernorm_token_stats"],
     "07_sequence_encoder": ["padding_effect", "sort_training"],
     "08_pretraining_mlm_sop": ["masking_proportions", "pretraining_loss"],
+    "09_task_adapter": ["features_pca", "accuracy_by_kind"],
     "11_kernels": ["online_softmax_trace", "softmax_cpu_speed", "matmul_tiles"],
 }
 
@@ -467,3 +469,55 @@ def test_08_checks_reject_wrong_masking_and_losses(chapter):
     for impl in (over_all_positions, summed, ignored_as_token_0, unshifted_softmax):
         with pytest.raises(AssertionError), np.errstate(all="ignore"):
             ch.check_mlm_loss(impl)
+
+
+# ---------------------------------------------------------------------------------------- chapter 09
+def test_09_checks_reject_wrong_pooling_and_training(chapter):
+    ch = chapter("09_task_adapter")
+    F = mx.functional
+
+    def mask3(h, m):
+        return mx.tensor(np.asarray(m).astype(h.dtype)[:, :, None])
+
+    ch.check_pooling(lambda h, m: (h * mask3(h, m)).sum(axis=1) / mx.tensor(np.maximum(np.asarray(m).sum(1, keepdims=True), 1)))
+    wrong = [
+        lambda h, m: h.mean(axis=1),  # the seed: padding averaged in
+        lambda h, m: (h * mask3(h, m)).sum(axis=1) / h.shape[1],  # divides by T, not by the real tokens
+        lambda h, m: (h * mask3(h, m)).sum(axis=1),  # a sum, not a mean
+        lambda h, m: ch.masked_mean_pool(h.detach(), m),  # no gradient to h
+    ]
+    for impl in wrong:
+        with pytest.raises(AssertionError):
+            ch.check_pooling(impl)
+
+    def loop(adapter, ids, mask, labels, params=None, backward=True, steps=30):
+        optimizer = optim.AdamW(params or adapter.classifier_parameters(), lr=1e-2)
+        for _ in range(steps):
+            loss = F.cross_entropy(adapter(ids, mask), labels)
+            optimizer.zero_grad()
+            if backward:
+                loss.backward()
+            optimizer.step()
+
+    ch.check_adapter_training(loop)
+
+    def without_backward(adapter, ids, mask, labels):  # the seed's GPT-2 fine-tuning loop
+        loop(adapter, ids, mask, labels, backward=False)
+
+    def everything_trained(adapter, ids, mask, labels):
+        for p in adapter.encoder.parameters():
+            p.requires_grad = True
+
+        def forward(i, m):  # features with the graph kept, so the encoder gets gradients
+            return adapter.classifier(ch.masked_mean_pool(adapter.encoder.encode(i, m), m))
+
+        optimizer = optim.AdamW(list(adapter.parameters()), lr=1e-2)
+        for _ in range(10):
+            loss = F.cross_entropy(forward(ids, mask), labels)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+
+    for impl in (without_backward, everything_trained):
+        with pytest.raises(AssertionError):
+            ch.check_adapter_training(impl)
