@@ -21,16 +21,19 @@ def _stable_softmax(x, axis: int):
     """
     xp = get_array_module(x)
     m = x.max(axis=axis, keepdims=True)
-    e = xp.exp(x - xp.where(m == -xp.inf, x.dtype.type(0), m))  # all -inf row: exp(-inf) = 0 everywhere
+    e = x - xp.where(m == -xp.inf, x.dtype.type(0), m)  # all -inf row: exp(-inf) = 0 everywhere
+    xp.exp(e, out=e)  # in place, here and below: one new array instead of three (they are large in attention)
     total = e.sum(axis=axis, keepdims=True)
-    return e / xp.where(total == 0, x.dtype.type(1), total)
+    e /= xp.where(total == 0, x.dtype.type(1), total)
+    return e
 
 
 def _log_softmax(x, axis: int):
     """log softmax(x) = x - logsumexp(x), with logsumexp(x) = m + log Σ exp(x - m), m = max x."""
     xp = get_array_module(x)
     shifted = x - x.max(axis=axis, keepdims=True)
-    return shifted - xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))
+    shifted -= xp.log(xp.exp(shifted).sum(axis=axis, keepdims=True))  # in place: one large array fewer
+    return shifted
 
 
 class Softmax(Function):
@@ -46,7 +49,9 @@ class Softmax(Function):
 
     def backward(self, grad):
         y = self.y
-        return y * (grad - (grad * y).sum(axis=self.axis, keepdims=True))
+        dx = grad - (grad * y).sum(axis=self.axis, keepdims=True)  # dL/dy - Σ_j dL/dy_j · y_j
+        dx *= y  # in place: saves one array of the input's size
+        return dx
 
 
 class LogSoftmax(Function):
@@ -83,9 +88,12 @@ class LayerNorm(Function):
         centered = x - mean
         var = (centered * centered).mean(axis=self.axes, keepdims=True)
         self.rstd = 1 / xp.sqrt(var + x.dtype.type(eps))  # (…, 1)
-        self.xhat = centered * self.rstd  # (…, N)
+        centered *= self.rstd  # in place: centered becomes x̂
+        self.xhat = centered  # (…, N)
         self.weight = weight
-        return self.xhat * weight + bias
+        y = self.xhat * weight
+        y += bias
+        return y
 
     def backward(self, grad):
         batch_axes = tuple(range(grad.ndim - self.weight.ndim))
@@ -94,11 +102,11 @@ class LayerNorm(Function):
         dx = None
         if self.needs_grad[0]:
             g = grad * self.weight
-            dx = self.rstd / self.n * (
-                self.n * g
-                - g.sum(axis=self.axes, keepdims=True)
-                - self.xhat * (g * self.xhat).sum(axis=self.axes, keepdims=True)
-            )
+            # the formula above, term by term, updating one array in place (4 temporaries of x's size, not 7)
+            dx = g * self.n  # N·g
+            dx -= g.sum(axis=self.axes, keepdims=True)  # - Σ g
+            dx -= self.xhat * (g * self.xhat).sum(axis=self.axes, keepdims=True)  # - x̂ · Σ(g ⊙ x̂)
+            dx *= self.rstd / self.n  # · r/N
         return dx, dweight, dbias
 
 
@@ -165,7 +173,8 @@ class CrossEntropy(Function):
         rows[xp.arange(rows.shape[0]), self.target.reshape(-1)] -= 1 - self.eps  # q's extra mass on the target
         if self.reduction == "mean":
             grad = grad / self.count.astype(grad.dtype)
-        return dlogits * (self.valid * grad)[..., None], None
+        dlogits *= (self.valid * grad)[..., None]  # in place: dlogits is our own array
+        return dlogits, None
 
 
 class Embedding(Function):
