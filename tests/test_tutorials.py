@@ -41,6 +41,7 @@ EXPECTED_FIGURES = {
     "07_sequence_encoder": ["padding_effect", "sort_training"],
     "08_pretraining_mlm_sop": ["masking_proportions", "pretraining_loss"],
     "09_task_adapter": ["features_pca", "accuracy_by_kind"],
+    "10_gpt_generation": ["gpt_training", "sampling_filters", "kv_cache_cost"],
     "11_kernels": ["online_softmax_trace", "softmax_cpu_speed", "matmul_tiles"],
 }
 
@@ -521,3 +522,74 @@ def test_09_checks_reject_wrong_pooling_and_training(chapter):
     for impl in (without_backward, everything_trained):
         with pytest.raises(AssertionError):
             ch.check_adapter_training(impl)
+
+
+# ---------------------------------------------------------------------------------------- chapter 10
+def test_10_checks_reject_wrong_decoding(chapter):
+    ch = chapter("10_gpt_generation")
+    F = mx.functional
+    from minitx.models import SequenceEncoder
+
+    model = ch.tiny_gpt()
+    mx.manual_seed(0)
+    bidirectional = SequenceEncoder(20, 16, 4, 32, 1, drop_rate=0.0).double()
+    with mx.no_grad():
+        ch.check_causal(lambda ids: model(ids))
+        for impl in (lambda ids: bidirectional(ids),  # sees the future
+                     lambda ids: model(np.concatenate([np.zeros_like(ids[:, :1]), ids[:, :-1]], 1))):  # not x_t
+            with pytest.raises(AssertionError):
+                ch.check_causal(impl)
+
+    for impl in (lambda z, ids: F.cross_entropy(z, ids),  # no shift: predicts the token it is given
+                 lambda z, ids: F.cross_entropy(z[:, 1:], ids[:, :-1]),  # shifted the wrong way
+                 lambda z, ids: F.cross_entropy(z[:, :-1], ids[:, 1:], reduction="sum")):
+        with pytest.raises(AssertionError):
+            ch.check_next_token_loss(impl)
+
+    softmax = ch.softmax
+    for impl in (lambda z, t: softmax(np.asarray(z) * t),  # multiplies by τ
+                 lambda z, t: softmax(np.asarray(z)) ** (1 / t)):  # sharpened but not renormalised
+        with pytest.raises(AssertionError):
+            ch.check_temperature(impl)
+
+    def top_k(z, k, extra=0, smallest=False, renormalise=True):
+        z = np.asarray(z, dtype=np.float64)
+        keep = np.argsort(z if smallest else -z, kind="stable")[:k + extra]
+        p = np.zeros_like(z)
+        p[keep] = softmax(z[keep]) if renormalise else softmax(z)[keep]
+        return p
+
+    ch.check_top_k(top_k)
+    for impl in (lambda z, k: top_k(z, k, extra=1), lambda z, k: top_k(z, k, smallest=True),
+                 lambda z, k: top_k(z, k, renormalise=False)):
+        with pytest.raises(AssertionError):
+            ch.check_top_k(impl)
+
+    def top_p(z, p_min, inclusive=True, renormalise=True):
+        p = softmax(np.asarray(z, dtype=np.float64))
+        order = np.argsort(-p, kind="stable")
+        cum = np.cumsum(p[order])
+        m = int(np.searchsorted(cum, p_min)) + 1 if inclusive else int((cum < p_min).sum())
+        out = np.zeros_like(p)
+        out[order[:m]] = p[order[:m]] / (p[order[:m]].sum() if renormalise else 1.0)
+        return out
+
+    ch.check_top_p(top_p)
+    for impl in (lambda z, q: top_p(z, q, inclusive=False),  # drops the token that crosses p
+                 lambda z, q: top_p(z, q, renormalise=False)):
+        with pytest.raises(AssertionError):
+            ch.check_top_p(impl)
+
+    def no_cache(m, ids):
+        return np.stack([m(ids[:, t: t + 1]).numpy()[:, 0] for t in range(ids.shape[1])], axis=1)
+
+    def stale_cache(m, ids):  # keeps only the first token's cache
+        first, past = m(ids[:, :1], use_cache=True)
+        out = [first.numpy()[:, 0]]
+        for t in range(1, ids.shape[1]):
+            out.append(m(ids[:, t: t + 1], past_kv=past, use_cache=True)[0].numpy()[:, 0])
+        return np.stack(out, axis=1)
+
+    for impl in (no_cache, stale_cache):
+        with pytest.raises(AssertionError):
+            ch.check_incremental_decoding(impl)
