@@ -15,7 +15,6 @@ import platform
 import time
 
 import numpy as np
-from tqdm.auto import tqdm
 
 import minitx
 import minitx.functional as F
@@ -24,24 +23,7 @@ from minitx.data.fetch import minilm_path, movie_reviews
 from minitx.models.pretrained import load_pretrained
 from minitx.models.task_adapter import TaskAdapter
 from minitx.optim import AdamW
-
-
-def pooled_features(adapter: TaskAdapter, tokenizer, texts, batch_size: int, max_length: int) -> np.ndarray:
-    """The adapter's pooled encoder output for every text, (N, D), batched by length (little padding)."""
-    lengths = [len(ids) for ids in tokenizer.encode_batch(texts, max_length=max_length, padding=False)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
-    out = np.empty((len(texts), adapter.encoder.hidden_size), dtype=np.float32)
-    with no_grad():
-        for start in tqdm(range(0, len(texts), batch_size), desc="MiniLM features", leave=False):
-            rows = order[start:start + batch_size]
-            batch = tokenizer.encode_batch([texts[i] for i in rows], max_length=max_length)
-            out[rows] = adapter.features(batch["input_ids"], batch["attention_mask"]).numpy()
-    return out
-
-
-def on_classifier_device(adapter: TaskAdapter, features: np.ndarray) -> Tensor:
-    """Cached features (N, D) as a Tensor on the device of the adapter's classifier."""
-    return Tensor(features, device=adapter.classifier.weight.device)
+from minitx.pipelines import adapter_features
 
 
 def accuracy(adapter: TaskAdapter, features: np.ndarray, labels: np.ndarray) -> float:
@@ -71,7 +53,8 @@ def main() -> None:
     features, labels = {}, {}
     start = time.perf_counter()
     for name, (texts, y) in splits.items():
-        features[name] = pooled_features(adapter, tokenizer, texts, args.batch_size, args.max_length)
+        features[name] = adapter_features(adapter, tokenizer, texts, args.batch_size, args.max_length,
+                                          progress=True)
         labels[name] = np.asarray(y)
     n_sentences = sum(len(t) for t, _ in splits.values())
     encode_s = time.perf_counter() - start

@@ -1,0 +1,96 @@
+"""The ``minitx`` command: help, argument errors, missing files, and every sub-command end to end (tiny sizes)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from minitx.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args, cwd=None, timeout=300):
+    """``python -m minitx ARGS`` in a subprocess (what a user types), with the repository importable."""
+    env = dict(os.environ, MPLBACKEND="Agg", PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, "-m", "minitx", *args], capture_output=True, text=True, cwd=cwd,
+                          env=env, timeout=timeout)
+
+
+def test_help_lists_every_subcommand():
+    proc = run_cli("--help")
+    assert proc.returncode == 0, proc.stderr
+    for command in ("demo", "pretrain", "finetune", "train-gpt", "generate", "compare-kernels", "embed"):
+        assert command in proc.stdout
+
+
+@pytest.mark.parametrize("command", ["demo", "pretrain", "finetune", "train-gpt", "generate"])
+def test_subcommand_help(command, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--device" in out and "--seed" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["pretrain", "--steps", "0"], "--steps: must be a positive integer, got 0"),
+    (["train-gpt", "--lr", "-1"], "--lr: must be a positive number, got -1"),
+    (["demo", "--device", "tpu"], "invalid choice: 'tpu'"),
+    (["generate", "--top-k", "x"], "--top-k"),
+    (["frobnicate"], "invalid choice: 'frobnicate'"),
+])
+def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_bad_top_p_and_missing_files(tmp_path, capsys):
+    assert main(["generate", "--model", str(tmp_path), "--top-p", "1.5"]) == 2
+    assert "--top-p must be in (0, 1], got 1.5" in capsys.readouterr().err
+    assert main(["generate", "--model", str(tmp_path / "nowhere")]) == 2
+    assert "missing config.json" in capsys.readouterr().err
+    assert main(["finetune", "--encoder", str(tmp_path)]) == 2
+    assert "minitx pretrain" in capsys.readouterr().err
+    assert main(["train-gpt", "--text", str(tmp_path / "none.txt"), "--out", str(tmp_path / "g")]) == 2
+    assert "no such file" in capsys.readouterr().err
+
+
+def test_pretrain_finetune_train_gpt_generate(tmp_path):
+    """Each sub-command on tiny sizes: the folders they write are what the next one reads."""
+    small = ["--no-progress", "--d-model", "16", "--layers", "1", "--heads", "2"]
+    bert, gpt = tmp_path / "bert", tmp_path / "gpt"
+    proc = run_cli("pretrain", "--out", str(bert), "--documents", "60", "--steps", "4", "--batch-size", "8",
+                   "--vocab-size", "200", *small)
+    assert proc.returncode == 0, proc.stderr
+    assert "held-out MLM loss" in proc.stdout
+    assert {"config.json", "model.safetensors", "tokenizer.json"} <= {p.name for p in bert.iterdir()}
+
+    proc = run_cli("finetune", "--encoder", str(bert), "--sentences", "200", "--steps", "4", "--no-progress")
+    assert proc.returncode == 0, proc.stderr
+    assert "test accuracy" in proc.stdout
+
+    text = tmp_path / "text.txt"
+    text.write_text("the cat sat on the mat. the dog sat on the log. " * 40, encoding="utf-8")
+    proc = run_cli("train-gpt", "--text", str(text), "--out", str(gpt), "--steps", "4", "--context", "16",
+                   "--batch-size", "4", "--vocab-size", "280", *small)
+    assert proc.returncode == 0, proc.stderr
+
+    proc = run_cli("generate", "--model", str(gpt), "--prompt", "the cat", "--max-new-tokens", "5", "--greedy")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("the cat")
+
+
+def test_demo_quick(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_cli("demo", "--quick", "--no-progress", "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    for row in ("held-out MLM loss", "sentence-order accuracy", "TaskAdapter", "GPT classifier", "GPT sample"):
+        assert row in proc.stdout
+    names = {p.name for p in out.iterdir()}
+    for stage in ("bert", "adapter", "gpt", "classifier"):
+        assert f"{stage}_loss.png" in names and f"{stage}_history.csv" in names
