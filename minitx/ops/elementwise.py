@@ -197,7 +197,7 @@ class GELU(Function):
             return x * self.cdf
         if approximate == "tanh":
             k = x.dtype.type(math.sqrt(2 / math.pi))
-            self.t = xp.tanh(k * (x + x.dtype.type(0.044715) * x**3))
+            self.t = xp.tanh(k * (x + x.dtype.type(0.044715) * (x * x * x)))  # x·x·x: NumPy's x**3 is ~40x slower
             return 0.5 * x * (1 + self.t)
         raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
 
