@@ -133,7 +133,7 @@ def activation_forward(h, activation):
     if activation == "gelu":
         return 0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))
     if activation == "gelu_tanh":
-        u = math.sqrt(2.0 / math.pi) * (h + 0.044715 * h**3)
+        u = math.sqrt(2.0 / math.pi) * (h + 0.044715 * (h * h * h))
         return 0.5 * h * (1.0 + np.tanh(u))
     raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
 
@@ -153,7 +153,7 @@ def activation_backward(h, activation):
         return cdf + h * pdf
     if activation == "gelu_tanh":
         c = math.sqrt(2.0 / math.pi)
-        t = np.tanh(c * (h + 0.044715 * h**3))
+        t = np.tanh(c * (h + 0.044715 * (h * h * h)))
         return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * h * h)
     raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
 
