@@ -47,6 +47,26 @@ def positive_float(text: str) -> float:
     return value
 
 
+def probability(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1), got {text}")
+    return value
+
+
+def add_model_and_training(p: argparse.ArgumentParser, vocab_size: int, steps: int, batch_size: int,
+                           lr: float) -> None:
+    """The options shared by the commands that train a model from scratch (with their defaults)."""
+    p.add_argument("--vocab-size", type=positive_int, default=vocab_size, help="tokeniser vocabulary to learn")
+    p.add_argument("--steps", type=positive_int, default=steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate (warm-up, then cosine)")
+    p.add_argument("--d-model", type=positive_int, default=64)
+    p.add_argument("--layers", type=positive_int, default=2)
+    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--dropout", type=probability, default=0.0)
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where tensors live (default: cpu)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
@@ -201,15 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sentences", type=non_negative_int, default=3000,
                    help="built-in sentiment sentences whose training split joins the MLM objective, unlabelled "
                         "(the same split `minitx finetune --sentences N` trains on; 0: none)")
-    p.add_argument("--vocab-size", type=positive_int, default=800)
-    p.add_argument("--steps", type=positive_int, default=800)
-    p.add_argument("--batch-size", type=positive_int, default=32)
-    p.add_argument("--lr", type=positive_float, default=3e-3)
-    p.add_argument("--d-model", type=positive_int, default=64)
-    p.add_argument("--layers", type=positive_int, default=2)
-    p.add_argument("--heads", type=positive_int, default=4)
+    add_model_and_training(p, vocab_size=800, steps=800, batch_size=32, lr=3e-3)
     p.add_argument("--max-length", type=positive_int, default=64)
-    p.add_argument("--dropout", type=float, default=0.0)
     add_common(p)
     p.set_defaults(func=cmd_pretrain)
 
@@ -226,15 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train-gpt", help="train a GPT language model")
     p.add_argument("--text", help="a UTF-8 text file (default: the built-in corpus)")
     p.add_argument("--out", default="minitx_out/gpt", help="folder to save the model (default: %(default)s)")
-    p.add_argument("--vocab-size", type=positive_int, default=600)
-    p.add_argument("--steps", type=positive_int, default=400)
-    p.add_argument("--batch-size", type=positive_int, default=16)
-    p.add_argument("--lr", type=positive_float, default=3e-3)
+    add_model_and_training(p, vocab_size=600, steps=400, batch_size=16, lr=3e-3)
     p.add_argument("--context", type=positive_int, default=64)
-    p.add_argument("--d-model", type=positive_int, default=64)
-    p.add_argument("--layers", type=positive_int, default=2)
-    p.add_argument("--heads", type=positive_int, default=4)
-    p.add_argument("--dropout", type=float, default=0.0)
     add_common(p)
     p.set_defaults(func=cmd_train_gpt)
 

@@ -40,6 +40,7 @@ def test_subcommand_help(command, capsys):
     (["train-gpt", "--lr", "-1"], "--lr: must be a positive number, got -1"),
     (["demo", "--device", "tpu"], "invalid choice: 'tpu'"),
     (["generate", "--top-k", "x"], "--top-k"),
+    (["pretrain", "--dropout", "1.5"], "--dropout: must be in [0, 1), got 1.5"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
 ])
 def test_bad_arguments_exit_2_with_a_message(argv, message, capsys):
