@@ -28,8 +28,9 @@ import numpy as np
 from .. import functional as F
 from ..backend import default_dtype, get_array_module
 from ..nn import (Dropout, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear, Module, Parameter,
-                  TransformerEncoder, TransformerEncoderLayer, init)
+                  TransformerEncoder, TransformerEncoderLayer)
 from ..tensor import Tensor
+from .init import normal_init_
 
 
 @dataclass
@@ -50,18 +51,6 @@ class BertConfig:
     initializer_range: float = 0.02
 
 
-def init_bert_weights(module: Module, std: float) -> None:
-    """BERT's initialisation of every layer inside ``module``: Linear and embedding weights ~ N(0, std²),
-    Linear biases 0, an embedding's padding row 0 (LayerNorm keeps its γ = 1, β = 0)."""
-    for m in module.modules():
-        if isinstance(m, Linear):
-            init.normal_(m.weight, std=std)
-            if m.bias is not None:
-                init.zeros_(m.bias)
-        elif isinstance(m, (Embedding, LearnedPositionalEmbedding)):
-            init.normal_(m.weight, std=std)
-            if getattr(m, "padding_idx", None) is not None:
-                m.weight.data[m.padding_idx] = 0
 
 
 def _ids_array(name: str, value, shape: tuple | None, xp):
@@ -109,7 +98,7 @@ class BertModel(Module):
         self.embeddings = BertEmbeddings(config)
         self.encoder = TransformerEncoder([self._layer(config) for _ in range(config.num_hidden_layers)])
         self.pooler = Linear(config.hidden_size, config.hidden_size) if pooler else None
-        init_bert_weights(self, config.initializer_range)
+        normal_init_(self, config.initializer_range)
 
     @staticmethod
     def _layer(config: BertConfig) -> TransformerEncoderLayer:
@@ -171,7 +160,7 @@ class BertForPretraining(Module):
         self.mlm_bias = Parameter(np.zeros(config.vocab_size), dtype=default_dtype())  # (V,)
         self.sop = Linear(config.hidden_size, 2)
         for head in (self.mlm_dense, self.sop):
-            init_bert_weights(head, config.initializer_range)
+            normal_init_(head, config.initializer_range)
 
     def forward(self, input_ids, attention_mask=None, token_type_ids=None) -> tuple[Tensor, Tensor]:
         h = self.bert(input_ids, attention_mask, token_type_ids)  # (B, T, D)

@@ -37,6 +37,7 @@ from .. import functional as F
 from ..nn import (DecoderBlock, Dropout, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear, Module,
                   ModuleList, init)
 from ..tensor import Tensor, no_grad
+from .init import normal_init_
 
 INIT_STD = 0.02  # GPT-2's initializer_range
 IGNORE_INDEX = -100  # targets that take no part in the loss
@@ -133,13 +134,7 @@ class GPT(Module):
 
     def reset_parameters(self) -> None:
         """GPT-2's initialisation (see the class docstring)."""
-        for module in self.modules():
-            if isinstance(module, Linear):
-                init.normal_(module.weight, std=INIT_STD)
-                if module.bias is not None:
-                    init.zeros_(module.bias)
-            elif isinstance(module, (Embedding, LearnedPositionalEmbedding)):
-                init.normal_(module.weight, std=INIT_STD)
+        normal_init_(self, INIT_STD)
         residual_std = INIT_STD / math.sqrt(2 * self.config.num_layers)
         for block in self.blocks:
             init.normal_(block.attn.out_proj.weight, std=residual_std)
