@@ -24,6 +24,12 @@ pairing each minitx time with the PyTorch time measured next to it is steadier t
 medians, which is printed too). PyTorch runs with ``torch.set_num_threads(2)``. minitx is timed with
 its fused kernels off (attention and FFN composed from NumPy ops, the default) and on
 (``minitx.functional.set_fused_kernels(True)``: the Numba kernels of ``kernels/cpu.py``).
+
+Threads: ``--threads`` (default 2) for both libraries. ``OMP_WAIT_POLICY`` is set to ``passive`` before
+anything is imported (``--wait-policy ''`` leaves each runtime's default): PyTorch's OpenMP workers otherwise
+keep spinning after each of its parallel regions and take the cores from the minitx step that follows (and
+kernels.cpu's own setting comes too late once torch has started its runtime). Passive waiting costs PyTorch
+some time too, so benchmarks/RESULTS.md records both settings.
 """
 from __future__ import annotations
 
@@ -106,7 +112,13 @@ def torch_step(model, opt, ids, targets, torch) -> float:
     return loss.item()
 
 
-def ms_per_step(step, n: int) -> float:
+def ms_per_step(step, n: int, pause: float = 0.0) -> float:
+    """Milliseconds per call of ``step`` over ``n`` calls, after ``pause`` seconds of sleep.
+
+    The pause lets the other library's worker threads, which keep spinning on the cores for a while after
+    their last parallel region, go to sleep before this one is timed.
+    """
+    time.sleep(pause)
     start = time.perf_counter()
     for _ in range(n):
         step()
@@ -125,6 +137,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--steps", type=int, default=1, help="training steps per timed block (default 1)")
     parser.add_argument("--repeats", type=int, default=25, help="alternating rounds; medians over these (default 25)")
+    parser.add_argument("--wait-policy", choices=("passive", "active", ""), default="passive",
+                        help="OMP_WAIT_POLICY for every OpenMP runtime in the process, unless already set "
+                             "('' leaves it unset; default passive)")
+    parser.add_argument("--pause", type=float, default=0.0,
+                        help="seconds of sleep before each timed block (default 0)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each model first (default 3)")
     parser.add_argument("--threads", type=int, default=2,
                         help="threads for both: torch.set_num_threads and, for NumPy's OpenBLAS and Numba, "
@@ -139,6 +156,10 @@ def main() -> None:
     # The thread counts of OpenBLAS and Numba are read once, when they load: set them before importing.
     for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
+    if args.wait_policy:
+        # Idle OpenMP workers that spin (GNU OpenMP's default) steal the cores from whatever runs next: with
+        # PyTorch's OpenMP runtime loaded first, kernels.cpu's own setting of this variable comes too late.
+        os.environ.setdefault("OMP_WAIT_POLICY", args.wait_policy)
     import numpy as np
     import torch
 
@@ -153,7 +174,8 @@ def main() -> None:
     print(f"V={v} D={d} H={h} F={f} L={n_layers} T={t} B={b}, float32, AdamW(lr=1e-3, wd=1e-2), dropout 0")
     print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"minitx {getattr(minitx, '__version__', '?')}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}, "
-          f"NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}; "
+          f"NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; "
           f"{args.warmup} warm-up steps, {args.repeats} rounds x {args.steps} steps each")
 
     rng = np.random.default_rng(0)
@@ -190,7 +212,7 @@ def main() -> None:
         for r in range(args.repeats):
             order = [("minitx", run_ours), ("torch", run_theirs)]
             for name, step in (order if r % 2 == 0 else order[::-1]):
-                times[name].append(ms_per_step(step, args.steps))
+                times[name].append(ms_per_step(step, args.steps, args.pause))
         med_ours, med_theirs = statistics.median(times["minitx"]), statistics.median(times["torch"])
         ratios = [a / b_ for a, b_ in zip(times["minitx"], times["torch"])]  # each round's pair, timed back to back
         print(f"  per round, ms/step  minitx: {' '.join(f'{x:.0f}' for x in times['minitx'])}")
