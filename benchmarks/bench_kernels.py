@@ -8,17 +8,19 @@
    (goal: >= 1.3x faster).
 
 Time: median of 7 calls after a warm-up call. Memory: growth of the peak
-resident set during one call (see kernels.compare.peak_extra_memory).
+resident set during one call (see kernels.compare.peak_extra_memory),
+measured after all the timings.
 """
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import kernels  # noqa: E402, F401  (before NumPy: its thread settings, see kernels/__init__.py)
+import numpy as np  # noqa: E402
+
 from kernels import cpu, reference  # noqa: E402
-from kernels.compare import median_time, peak_extra_memory, use_mmap_for_large_allocations  # noqa: E402
+from kernels.compare import median_time, peak_extra_memory  # noqa: E402
 from kernels.testing import attention_case, ffn_case, relative_error  # noqa: E402
 
 REPEATS = 7
@@ -37,32 +39,28 @@ def ffn(backend, c, activation):
     return (y, h_pre) + tuple(backend.ffn_backward(*params, h_pre, c["dy"], activation))
 
 
-def compare(title, run_ref, run_cpu):
-    err = max(relative_error(g, w) for g, w in zip(run_cpu(), run_ref()))
-    t_ref = median_time(run_ref, REPEATS)
-    t_cpu = median_time(run_cpu, REPEATS)
-    m_ref = peak_extra_memory(run_ref)
-    m_cpu = peak_extra_memory(run_cpu)
-    print(f"{title}\n  numpy     {t_ref * 1e3:8.1f} ms   peak extra {m_ref / MIB:7.1f} MiB"
-          f"\n  numba-cpu {t_cpu * 1e3:8.1f} ms   peak extra {m_cpu / MIB:7.1f} MiB"
-          f"\n  speed-up {t_ref / t_cpu:.2f}x   max rel err {err:.1e}")
-    return t_ref / t_cpu, m_cpu
-
-
 def main():
-    use_mmap_for_large_allocations()
     rng = np.random.default_rng(0)
     b, h, t, d = 8, 4, 512, 32
     c = attention_case(rng, b, h, t, t, d, np.float32)
     print(f"O(B H T) = B*H*T*4 bytes = {b * h * t * 4 / MIB:.2f} MiB;  "
           f"one (B, H, T, T) float32 array = {b * h * t * t * 4 / MIB:.0f} MiB;  "
           f"inputs + outputs of fwd+bwd = {(8 * b * h * t * d + b * h * t) * 4 / MIB:.1f} MiB")
-    compare(f"attention fwd+bwd causal+padding B={b} H={h} T={t} d_h={d}",
-            lambda: attention(reference, c), lambda: attention(cpu, c))
     f = ffn_case(rng, 4096, 256, 1024, np.float32)
+    cases = {f"attention fwd+bwd causal+padding B={b} H={h} T={t} d_h={d}":
+             (lambda: attention(reference, c), lambda: attention(cpu, c))}
     for activation in ("relu", "gelu"):
-        compare(f"ffn fwd+bwd {activation} N=4096 D=256 F=1024",
-                lambda: ffn(reference, f, activation), lambda: ffn(cpu, f, activation))
+        cases[f"ffn fwd+bwd {activation} N=4096 D=256 F=1024"] = (
+            lambda a=activation: ffn(reference, f, a), lambda a=activation: ffn(cpu, f, a))
+
+    # Every timing first, with the allocator's defaults: peak_extra_memory changes them for good.
+    times = {title: [median_time(run, REPEATS) for run in runs] for title, runs in cases.items()}
+    for title, (run_ref, run_cpu) in cases.items():
+        err = max(relative_error(g, w) for g, w in zip(run_cpu(), run_ref()))
+        (t_ref, t_cpu), (m_ref, m_cpu) = times[title], (peak_extra_memory(run_ref), peak_extra_memory(run_cpu))
+        print(f"{title}\n  numpy     {t_ref * 1e3:8.1f} ms   peak extra {m_ref / MIB:7.1f} MiB"
+              f"\n  numba-cpu {t_cpu * 1e3:8.1f} ms   peak extra {m_cpu / MIB:7.1f} MiB"
+              f"\n  speed-up {t_ref / t_cpu:.2f}x   max rel err {err:.1e}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ Columns
   call (Linux: the peak is reset through /proc/self/clear_refs, and glibc is
   told to serve every allocation of 64 KiB or more with its own mmap so that
   freed memory leaves the resident set). Host memory only; n/a for CUDA.
+  Measured after all the timings, which run with the allocator's defaults.
 
 ``--out DIR`` also writes DIR/kernels_speedup.png, a bar chart of the speed-ups.
 """
@@ -37,12 +38,19 @@ from kernels.testing import attention_case, ffn_case, max_abs_error, relative_er
 _M_MMAP_THRESHOLD = -3
 
 
-def use_mmap_for_large_allocations(threshold=64 * 1024):
-    """Make glibc mmap every allocation >= threshold, so freeing it shrinks the resident set."""
+def _use_mmap_for_large_allocations(threshold=64 * 1024):
+    """Make glibc mmap every allocation >= threshold, so that freeing it shrinks the resident set.
+
+    Also hands the heap's free memory back to the system, so that earlier frees cannot serve the next
+    allocations unseen. The setting stays for the rest of the process and slows large allocations down
+    (each new block page-faults), which is why timings are taken before any memory measurement.
+    """
     try:
-        ctypes.CDLL("libc.so.6").mallopt(_M_MMAP_THRESHOLD, threshold)
+        libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        pass
+        return
+    libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+    libc.malloc_trim(0)
 
 
 def _status_kib(field):
@@ -54,10 +62,14 @@ def _status_kib(field):
 
 
 def peak_extra_memory(fn):
-    """Bytes by which the peak resident set grows while fn() runs, or None where it cannot be measured."""
+    """Bytes by which the peak resident set grows while fn() runs, or None where it cannot be measured.
+
+    Call it after the timings: it switches glibc to one mmap per large block for good.
+    """
     if not os.path.exists("/proc/self/clear_refs"):
         return None
     gc.collect()
+    _use_mmap_for_large_allocations()
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")                                   # reset VmHWM to the current VmRSS
     before = _status_kib("VmRSS")
@@ -188,10 +200,9 @@ def _errors(got, want):
 
 def run(quick=False, repeats=5):
     """Measure every (kernel, shape, backend); returns a list of row dicts."""
-    use_mmap_for_large_allocations()
     backends = _backends()
     rng = np.random.default_rng(0)
-    rows = []
+    rows, memory_calls = [], []
     for kernel, label, build, factory, allowed in _cases(quick):
         case = build(rng)
         want = factory(reference)(case)
@@ -204,10 +215,13 @@ def run(quick=False, repeats=5):
             abs_err, rel_err = _errors(got, want[:len(got)])
             seconds = median_time(lambda: fn(case), repeats)
             base_time = seconds if name == "numpy" else base_time
-            memory = None if name == "numba-cuda" else peak_extra_memory(lambda: fn(case))
             rows.append({"kernel": kernel, "shape": label, "backend": name, "max_abs_err": abs_err,
                          "rel_err": rel_err, "seconds": seconds, "speedup": base_time / seconds,
-                         "peak_bytes": memory})
+                         "peak_bytes": None})
+            if name != "numba-cuda":
+                memory_calls.append((rows[-1], lambda fn=fn, case=case: fn(case)))
+    for row, call in memory_calls:                           # after every timing (see peak_extra_memory)
+        row["peak_bytes"] = peak_extra_memory(call)
     return rows
 
 

@@ -29,17 +29,11 @@ Design
 -inf, so "nnan"/"ninf" are never enabled.
 """
 import math
-import os
 
-# GNU OpenMP (Numba's default threading layer here) lets idle workers spin after a
-# parallel loop, stealing the cores from the BLAS calls that follow; "passive"
-# makes them sleep. It only takes effect if set before the first parallel launch.
-os.environ.setdefault("OMP_WAIT_POLICY", "passive")
+import numba
+import numpy as np
 
-import numba  # noqa: E402  (after the environment setting above)
-import numpy as np  # noqa: E402
-
-from kernels.reference import ACTIVATIONS  # noqa: E402
+from kernels.reference import ACTIVATIONS
 
 FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
 

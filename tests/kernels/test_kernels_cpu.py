@@ -75,3 +75,34 @@ def test_bad_inputs_are_rejected():
         cpu.ffn_forward(c["x"].astype(np.float64), *params[1:])
     with pytest.raises(TypeError):
         cpu.softmax(np.arange(4))
+
+
+# Records the environment at the moment NumPy is first imported, then lets the import go on.
+_WATCH_NUMPY = """
+import os, sys
+class Watch:
+    seen = None
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and Watch.seen is None:
+            Watch.seen = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "unset")
+sys.meta_path.insert(0, Watch())
+import minitx
+print(Watch.seen, os.environ["OPENBLAS_THREAD_TIMEOUT"], os.environ["OMP_WAIT_POLICY"])
+"""
+
+
+@pytest.mark.parametrize("preset", [None, "10"])
+def test_import_makes_idle_threads_sleep_before_numpy_loads(preset):
+    """``import minitx`` sets how idle BLAS / OpenMP threads wait (kernels/__init__.py) before NumPy starts
+    OpenBLAS, and keeps a value the user already set."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
+    if preset is not None:
+        env["OPENBLAS_THREAD_TIMEOUT"] = preset
+    out = subprocess.run([sys.executable, "-c", _WATCH_NUMPY], env=env, capture_output=True, text=True,
+                         check=True).stdout.split()
+    expected = preset or "4"
+    assert out == [expected, expected, "passive"]
