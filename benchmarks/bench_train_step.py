@@ -25,70 +25,27 @@ medians, which is printed too). PyTorch runs with ``torch.set_num_threads(2)``. 
 its fused kernels off (attention and FFN composed from NumPy ops, the default) and on
 (``minitx.functional.set_fused_kernels(True)``: the Numba kernels of ``kernels/cpu.py``).
 
-Threads: ``--threads`` (default 2) for both libraries. ``OMP_WAIT_POLICY`` is set to ``passive`` before
-anything is imported (``--wait-policy ''`` leaves each runtime's default): PyTorch's OpenMP workers otherwise
-keep spinning after each of its parallel regions and take the cores from the minitx step that follows (and
-kernels.cpu's own setting comes too late once torch has started its runtime). Passive waiting costs PyTorch
-some time too, so benchmarks/RESULTS.md records both settings.
+Threads: ``--threads`` (default 2) for both libraries. Before anything is imported, ``OMP_WAIT_POLICY`` is
+set to ``passive`` and ``OPENBLAS_THREAD_TIMEOUT`` to 4, minitx's own settings (``kernels/__init__.py``),
+for every runtime in the process (``--wait-policy ''`` leaves each runtime's default, as when NumPy and
+torch are imported before minitx): idle OpenMP and OpenBLAS workers otherwise keep spinning after each
+parallel region and take the cores from whatever runs next, and minitx's settings come too late for a
+runtime that has already started. Passive waiting costs PyTorch some time too, so benchmarks/RESULTS.md
+records both settings.
 """
 from __future__ import annotations
 
 import argparse
-import math
 import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "tutorials")]  # the seed's PyTorch model is chapter 07's
 
 GOAL = 1.3  # the issue's goal: a minitx step takes at most 1.3x PyTorch's
-
-
-# ------------------------------------------------------------------------------------------- the models
-def torch_model(ours, torch):
-    """The seed's PyTorch SequenceEncoder (batch-first, float32) holding a copy of ``ours``'s weights."""
-    from minitx.nn.layers import sinusoidal_table
-
-    nn = torch.nn
-    first = ours.transformer_stack.layers[0]
-    d, heads = ours.hidden_size, first.self_attn.num_heads
-    ff, vocab = first.ff.linear1.weight.shape[0], ours.output_projection.weight.shape[0]
-    num_layers = len(ours.transformer_stack.layers)
-
-    class Seed(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embedding = nn.Embedding(vocab, d)
-            self.register_buffer("pe", torch.tensor(sinusoidal_table(1024, d), dtype=torch.float32))  # (1024, D)
-            layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, activation="relu", batch_first=True)
-            self.transformer_stack = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
-            self.output_projection = nn.Linear(d, vocab)
-
-        def forward(self, ids):  # ids (B, T) -> logits (B, T, V)
-            x = self.embedding(ids) * math.sqrt(d) + self.pe[: ids.shape[1]]
-            return self.output_projection(self.transformer_stack(x))
-
-    seed = Seed()
-    w = lambda p: torch.from_numpy(p.numpy().copy())  # noqa: E731
-    with torch.no_grad():
-        seed.embedding.weight.copy_(w(ours.embedding.weight))
-        seed.output_projection.weight.copy_(w(ours.output_projection.weight))
-        seed.output_projection.bias.copy_(w(ours.output_projection.bias))
-        for mine, theirs in zip(ours.transformer_stack.layers, seed.transformer_stack.layers):
-            a = mine.self_attn  # PyTorch stacks W_q, W_k, W_v into one (3D, D) in_proj_weight
-            theirs.self_attn.in_proj_weight.copy_(torch.cat([w(a.q_proj.weight), w(a.k_proj.weight), w(a.v_proj.weight)]))
-            theirs.self_attn.in_proj_bias.copy_(torch.cat([w(a.q_proj.bias), w(a.k_proj.bias), w(a.v_proj.bias)]))
-            theirs.self_attn.out_proj.weight.copy_(w(a.out_proj.weight))
-            theirs.self_attn.out_proj.bias.copy_(w(a.out_proj.bias))
-            for name in ("linear1", "linear2"):
-                getattr(theirs, name).weight.copy_(w(getattr(mine.ff, name).weight))
-                getattr(theirs, name).bias.copy_(w(getattr(mine.ff, name).bias))
-            for name in ("norm1", "norm2"):
-                getattr(theirs, name).weight.copy_(w(getattr(mine, name).weight))
-                getattr(theirs, name).bias.copy_(w(getattr(mine, name).bias))
-    return seed
 
 
 # ------------------------------------------------------------------------------------------ the steps
@@ -138,8 +95,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1, help="training steps per timed block (default 1)")
     parser.add_argument("--repeats", type=int, default=25, help="alternating rounds; medians over these (default 25)")
     parser.add_argument("--wait-policy", choices=("passive", "active", ""), default="passive",
-                        help="OMP_WAIT_POLICY for every OpenMP runtime in the process, unless already set "
-                             "('' leaves it unset; default passive)")
+                        help="OMP_WAIT_POLICY for every OpenMP runtime in the process, unless already set; "
+                             "passive also sets OPENBLAS_THREAD_TIMEOUT=4 ('' leaves both unset; default passive)")
     parser.add_argument("--pause", type=float, default=0.0,
                         help="seconds of sleep before each timed block (default 0)")
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps of each model first (default 3)")
@@ -157,9 +114,11 @@ def main() -> None:
     for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
     if args.wait_policy:
-        # Idle OpenMP workers that spin (GNU OpenMP's default) steal the cores from whatever runs next: with
-        # PyTorch's OpenMP runtime loaded first, kernels.cpu's own setting of this variable comes too late.
+        # Idle workers that spin (GNU OpenMP's and OpenBLAS's default) steal the cores from whatever runs next;
+        # NumPy and torch are imported before minitx, so kernels/__init__.py's own settings would come too late.
         os.environ.setdefault("OMP_WAIT_POLICY", args.wait_policy)
+        if args.wait_policy == "passive":
+            os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
     import numpy as np
     import torch
 
@@ -167,6 +126,7 @@ def main() -> None:
     import minitx.functional as F
     from minitx import optim
     from minitx.models import SequenceEncoder
+    from _common import torch_sequence_encoder
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -175,7 +135,8 @@ def main() -> None:
     print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"minitx {getattr(minitx, '__version__', '?')}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}, "
           f"NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}; "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
+          f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', '(unset)')}; "
           f"{args.warmup} warm-up steps, {args.repeats} rounds x {args.steps} steps each")
 
     rng = np.random.default_rng(0)
@@ -189,7 +150,7 @@ def main() -> None:
         F.set_fused_kernels(fused)
         minitx.manual_seed(0)
         ours = SequenceEncoder(v, d, h, f, n_layers, drop_rate=0.0, max_len=1024)
-        theirs = torch_model(ours, torch)
+        theirs = torch_sequence_encoder(ours, torch)
         opt_ours = optim.AdamW(ours.parameters(), lr=1e-3, weight_decay=1e-2)
         opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=1e-3, weight_decay=1e-2)
         ours.train(), theirs.train()

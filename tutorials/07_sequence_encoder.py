@@ -127,48 +127,6 @@ def encoder_forward(model, ids, attention_mask=None):
     return F.linear(h, model.output_projection.weight, model.output_projection.bias)
 
 
-def torch_sequence_encoder(model):
-    """The seed's PyTorch SequenceEncoder (batch-first) holding a copy of ``model``'s weights (float64)."""
-    nn = torch.nn
-    first = model.transformer_stack.layers[0]
-    d, heads, ff = model.hidden_size, first.self_attn.num_heads, first.ff.linear1.weight.shape[0]
-    vocab = model.output_projection.weight.shape[0]
-
-    class Seed(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.embedding = nn.Embedding(vocab, d)
-            self.register_buffer("pe", torch.tensor(sinusoidal_pe(512, d)))
-            layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, batch_first=True)
-            self.transformer_stack = nn.TransformerEncoder(layer, len(model.transformer_stack.layers),
-                                                           enable_nested_tensor=False)
-            self.output_projection = nn.Linear(d, vocab)
-
-        def forward(self, ids, src_key_padding_mask=None):
-            x = self.embedding(ids) * math.sqrt(d) + self.pe[: ids.shape[1]]
-            return self.output_projection(self.transformer_stack(x, src_key_padding_mask=src_key_padding_mask))
-
-    seed = Seed().double()
-    w = lambda p: torch.tensor(p.numpy(), dtype=torch.float64)  # noqa: E731
-    with torch.no_grad():
-        seed.embedding.weight.copy_(w(model.embedding.weight))
-        seed.output_projection.weight.copy_(w(model.output_projection.weight))
-        seed.output_projection.bias.copy_(w(model.output_projection.bias))
-        for ours, theirs in zip(model.transformer_stack.layers, seed.transformer_stack.layers):
-            a = ours.self_attn
-            theirs.self_attn.in_proj_weight.copy_(torch.cat([w(a.q_proj.weight), w(a.k_proj.weight), w(a.v_proj.weight)]))
-            theirs.self_attn.in_proj_bias.copy_(torch.cat([w(a.q_proj.bias), w(a.k_proj.bias), w(a.v_proj.bias)]))
-            theirs.self_attn.out_proj.weight.copy_(w(a.out_proj.weight))
-            theirs.self_attn.out_proj.bias.copy_(w(a.out_proj.bias))
-            for name in ("linear1", "linear2"):
-                getattr(theirs, name).weight.copy_(w(getattr(ours.ff, name).weight))
-                getattr(theirs, name).bias.copy_(w(getattr(ours.ff, name).bias))
-            for name in ("norm1", "norm2"):
-                getattr(theirs, name).weight.copy_(w(getattr(ours, name).weight))
-                getattr(theirs, name).bias.copy_(w(getattr(ours, name).bias))
-    return seed
-
-
 def padded_batch(rng, lengths, vocab, pad_id=0, first_id=1):
     """ids (B, T) with random tokens in [first_id, vocab) then pad_id, and the attention mask (B, T)."""
     t = max(lengths)
@@ -207,7 +165,7 @@ def check_sequence_encoder(impl, seed=0):
     C.close("encoder logits vs minitx SequenceEncoder", got, want, atol=1e-10)
     C.close("dL/dE (embedding table) vs minitx SequenceEncoder", grad_got, m.embedding.weight.grad, atol=1e-9)
     if torch is not None:
-        seed_model = torch_sequence_encoder(m)
+        seed_model = C.torch_sequence_encoder(m, torch)
         ref = seed_model(torch.tensor(ids), src_key_padding_mask=torch.tensor(mask == 0))
         C.close("encoder logits vs the seed's PyTorch nn.TransformerEncoder model", got, ref, atol=1e-9)
 
@@ -365,7 +323,7 @@ C.save(fig, CHAPTER, "sort_training")
 if torch is not None:
     mx.manual_seed(3)
     ours = SequenceEncoder(10, 16, 4, 32, 2, drop_rate=0.0, max_len=16).double()
-    theirs = torch_sequence_encoder(ours)
+    theirs = C.torch_sequence_encoder(ours, torch)
     opt_ours = optim.AdamW(ours.parameters(), lr=3e-3, weight_decay=0.01)
     opt_theirs = torch.optim.AdamW(theirs.parameters(), lr=3e-3, weight_decay=0.01)
     r = np.random.default_rng(4)

@@ -14,6 +14,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import time
 from pathlib import Path
@@ -102,6 +103,57 @@ def torch_or_none():
     except ImportError:
         return None
     return torch
+
+
+def torch_sequence_encoder(model, torch, dtype=None, max_len: int = 1024):
+    """The seed's PyTorch SequenceEncoder (batch-first, post-norm, ReLU) holding a copy of ``model``'s weights.
+
+    ``model`` is a minitx ``SequenceEncoder`` without dropout; ``dtype`` is a torch dtype (default: the
+    model's own). Unlike the seed, ``forward(ids, src_key_padding_mask=None)`` hands the padding mask
+    (True = padding) on to the encoder stack. PyTorch keeps W_q, W_k, W_v stacked in one (3D, D)
+    ``in_proj_weight``; minitx keeps three (D, D) matrices. Used by chapter 07 and
+    benchmarks/bench_train_step.py.
+    """
+    from minitx.nn.layers import sinusoidal_table
+
+    nn = torch.nn
+    first = model.transformer_stack.layers[0]
+    d, heads, ff = model.hidden_size, first.self_attn.num_heads, first.ff.linear1.weight.shape[0]
+    vocab, num_layers = model.output_projection.weight.shape[0], len(model.transformer_stack.layers)
+    dtype = dtype or getattr(torch, str(model.embedding.weight.dtype))
+
+    class Seed(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embedding = nn.Embedding(vocab, d)
+            self.register_buffer("pe", torch.tensor(sinusoidal_table(max_len, d)))  # (max_len, D)
+            layer = nn.TransformerEncoderLayer(d, heads, ff, dropout=0.0, activation="relu", batch_first=True)
+            self.transformer_stack = nn.TransformerEncoder(layer, num_layers, enable_nested_tensor=False)
+            self.output_projection = nn.Linear(d, vocab)
+
+        def forward(self, ids, src_key_padding_mask=None):  # ids (B, T) -> logits (B, T, V)
+            x = self.embedding(ids) * math.sqrt(d) + self.pe[: ids.shape[1]]
+            return self.output_projection(self.transformer_stack(x, src_key_padding_mask=src_key_padding_mask))
+
+    seed = Seed().to(dtype)
+    w = lambda p: torch.tensor(p.numpy(), dtype=dtype)  # noqa: E731
+    with torch.no_grad():
+        seed.embedding.weight.copy_(w(model.embedding.weight))
+        seed.output_projection.weight.copy_(w(model.output_projection.weight))
+        seed.output_projection.bias.copy_(w(model.output_projection.bias))
+        for ours, theirs in zip(model.transformer_stack.layers, seed.transformer_stack.layers):
+            a = ours.self_attn
+            theirs.self_attn.in_proj_weight.copy_(torch.cat([w(a.q_proj.weight), w(a.k_proj.weight), w(a.v_proj.weight)]))
+            theirs.self_attn.in_proj_bias.copy_(torch.cat([w(a.q_proj.bias), w(a.k_proj.bias), w(a.v_proj.bias)]))
+            theirs.self_attn.out_proj.weight.copy_(w(a.out_proj.weight))
+            theirs.self_attn.out_proj.bias.copy_(w(a.out_proj.bias))
+            for name in ("linear1", "linear2"):
+                getattr(theirs, name).weight.copy_(w(getattr(ours.ff, name).weight))
+                getattr(theirs, name).bias.copy_(w(getattr(ours.ff, name).bias))
+            for name in ("norm1", "norm2"):
+                getattr(theirs, name).weight.copy_(w(getattr(ours, name).weight))
+                getattr(theirs, name).bias.copy_(w(getattr(ours, name).bias))
+    return seed
 
 
 class Timer:
