@@ -133,13 +133,9 @@ def log_softmax(x, axis: int = -1):
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
     """y = x Wᵀ + b, with W of shape (out, in) as in PyTorch; x (…, in) -> y (…, out).
 
-    The leading axes are flattened first so the product is one large matrix multiply.
+    One op (``ops.Linear``): the leading axes are flattened so the product is one large matrix multiply.
     """
-    lead = x.shape[:-1]
-    y = x.reshape(-1, x.shape[-1]) @ weight.T  # (N, out)
-    if bias is not None:
-        y = y + bias
-    return y.reshape(*lead, weight.shape[0])
+    return ops.Linear.apply(x, weight) if bias is None else ops.Linear.apply(x, weight, bias)
 
 
 def embedding(ids, weight: Tensor, padding_idx: int | None = None) -> Tensor:

@@ -200,6 +200,25 @@ def _draw_matmul(data):
     return [normal(rng, shape_a), normal(rng, shape_b)], {}
 
 
+@case("matmul_transposed_right", lambda a, b: a @ b.transpose(-1, -2), lambda a, b: a @ b.transpose(-1, -2))
+def _draw_matmul_transposed_right(data):
+    """Stacked products whose right operand is a transposed view (like attention's Kᵀ), which MatMul copies."""
+    batch = data.draw(st.sampled_from([(2,), (2, 3), (1, 2)]))
+    m, k, n = data.draw(st.tuples(*[st.integers(1, 4)] * 3))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, batch + (m, k)), normal(rng, batch + (n, k))], {}
+
+
+@case("linear", lambda x, w, b: F.linear(x, w, b),
+      lambda x, w, b: _tF().linear(x, w, b))
+def _draw_linear(data):
+    """x (…, in) with zero to two leading axes, W (out, in), b (out,)."""
+    lead = data.draw(st.sampled_from([(), (3,), (2, 3)]))
+    n_in, n_out = data.draw(st.tuples(st.integers(1, 4), st.integers(1, 4)))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, lead + (n_in,)), normal(rng, (n_out, n_in)), normal(rng, (n_out,))], {}
+
+
 @case("reshape", lambda x, shape: x.reshape(shape), lambda x, shape: x.reshape(shape))
 def _draw_reshape(data):
     shape = data.draw(shapes(min_dims=1))

@@ -5,13 +5,13 @@ Each op's ``forward`` works on raw arrays (NumPy or CuPy: ``xp = get_array_modul
 """
 
 from .elementwise import GELU, Abs, Add, Div, Exp, Log, Mul, Neg, Pow, ReLU, Sigmoid, Sqrt, Sub, Tanh
-from .linalg import MatMul
+from .linalg import Linear, MatMul
 from .nn import CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, Softmax
 from .reduce import Max, Mean, Sum, Var
 from .shape import Cast, Concat, GetItem, MaskedFill, Permute, Reshape, Stack, ToDevice, Where
 
 __all__ = [
     "Abs", "Add", "Cast", "Concat", "CrossEntropy", "Div", "Dropout", "Embedding", "Exp", "GELU", "GetItem",
-    "LayerNorm", "Log", "LogSoftmax", "MaskedFill", "MatMul", "Max", "Mean", "Mul", "Neg", "Permute", "Pow",
+    "LayerNorm", "Linear", "Log", "LogSoftmax", "MaskedFill", "MatMul", "Max", "Mean", "Mul", "Neg", "Permute", "Pow",
     "ReLU", "Reshape", "Sigmoid", "Softmax", "Sqrt", "Stack", "Sub", "Sum", "Tanh", "ToDevice", "Var", "Where",
 ]

@@ -4,8 +4,22 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import get_array_module
 from ..tensor import Function
 from ._util import match_dtypes, unbroadcast
+
+
+def _product(a, b):
+    """a @ b, with a stacked right operand copied first when its matrices are transposed views.
+
+    For stacked operands (ndim > 2) NumPy hands each pair of matrices to BLAS only when the right one has
+    unit stride along its last axis; a transposed view such as attention's Kᵀ takes a plain loop instead,
+    3.6x slower for (16, 4, 128, 32) @ (16, 4, 32, 128) on two cores (3.3 ms against 0.9 ms with the
+    copy, which itself costs 0.1 ms). 2-D products pass transposes to BLAS directly.
+    """
+    if b.ndim > 2 and b.strides[-1] != b.itemsize:
+        b = get_array_module(b).ascontiguousarray(b)
+    return a @ b
 
 
 class MatMul(Function):
@@ -33,7 +47,7 @@ class MatMul(Function):
         # Lift vectors to matrices so the backward needs only the 2-D rule.
         self.a = a.reshape(1, -1) if a.ndim == 1 else a  # (…, M, K)
         self.b = b.reshape(-1, 1) if b.ndim == 1 else b  # (…, K, N)
-        return a @ b
+        return _product(a, b)
 
     def backward(self, grad):
         a, b = self.a, self.b
@@ -42,6 +56,42 @@ class MatMul(Function):
             g = g.reshape(g.shape[:-1] + (1,) + g.shape[-1:]) if len(self.b_shape) > 1 else g.reshape(1)
         if len(self.b_shape) == 1:
             g = g.reshape(g.shape + (1,))
-        da = unbroadcast(g @ b.swapaxes(-1, -2), a.shape).reshape(self.a_shape) if self.needs_grad[0] else None
-        db = unbroadcast(a.swapaxes(-1, -2) @ g, b.shape).reshape(self.b_shape) if self.needs_grad[1] else None
+        da = unbroadcast(_product(g, b.swapaxes(-1, -2)), a.shape).reshape(self.a_shape) if self.needs_grad[0] else None
+        db = unbroadcast(_product(a.swapaxes(-1, -2), g), b.shape).reshape(self.b_shape) if self.needs_grad[1] else None
         return da, db
+
+
+class Linear(Function):
+    """y = x Wᵀ + b over the last axis of x, W of shape (out, in) as in PyTorch; x (…, in) -> y (…, out).
+
+    With the leading axes of x flattened to N rows, X (N, in) and G = dL/dY (N, out):
+    dL/dX = G W,  dL/dW = Gᵀ X,  dL/db = Σ_n G_n.
+    The same result as ``x @ W.T + b`` from MatMul and Add, as one op: the bias goes into the product's
+    fresh output in place, and the backward needs no broadcasting bookkeeping (about 10 ms of a 200 ms
+    training step of the reference encoder on two cores).
+    """
+
+    def forward(self, x, weight, bias=None):
+        if weight.ndim != 2 or x.ndim == 0 or x.shape[-1] != weight.shape[1]:
+            raise ValueError(f"linear: input of shape {tuple(x.shape)} needs a last axis equal to the weight's "
+                             f"in_features; weight has shape {tuple(weight.shape)}, expected (out_features, "
+                             f"{x.shape[-1] if x.ndim else 'in_features'})")
+        if bias is not None and bias.shape != weight.shape[:1]:
+            raise ValueError(f"linear: bias has shape {tuple(bias.shape)}, expected ({weight.shape[0]},)")
+        x, weight = match_dtypes("linear", x, weight)
+        if bias is not None:
+            _, bias = match_dtypes("linear", weight, bias)
+        self.x_shape, self.has_bias = x.shape, bias is not None
+        self.x2, self.weight = x.reshape(-1, x.shape[-1]), weight  # (N, in), (out, in)
+        y = self.x2 @ weight.T                                      # (N, out)
+        if bias is not None:
+            y += bias
+        return y.reshape(*x.shape[:-1], weight.shape[0])
+
+    def backward(self, grad):
+        g = grad.reshape(-1, grad.shape[-1])                                       # (N, out)
+        dx = (g @ self.weight).reshape(self.x_shape) if self.needs_grad[0] else None  # (…, in)
+        dw = g.T @ self.x2 if self.needs_grad[1] else None                         # (out, in)
+        if not self.has_bias:
+            return dx, dw
+        return dx, dw, (g.sum(axis=0) if self.needs_grad[2] else None)             # (out,)
