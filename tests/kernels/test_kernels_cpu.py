@@ -1,4 +1,6 @@
 """Numba CPU kernels against the NumPy references (outputs poisoned with NaN first)."""
+import sys
+
 import numpy as np
 import pytest
 
@@ -97,7 +99,6 @@ def test_import_makes_idle_threads_sleep_before_numpy_loads(preset):
     OpenBLAS, and keeps a value the user already set."""
     import os
     import subprocess
-    import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
     if preset is not None:
@@ -106,3 +107,35 @@ def test_import_makes_idle_threads_sleep_before_numpy_loads(preset):
                          check=True).stdout.split()
     expected = preset or "4"
     assert out == [expected, expected, "passive"]
+
+
+_FREED_MEMORY_KEPT = """
+import minitx, numpy as np
+def rss_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+before = rss_kib()
+a = np.ones(2**21, dtype=np.float32)  # 8 MiB, every page touched
+del a
+print(rss_kib() - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc are Linux's")
+@pytest.mark.parametrize("user_choice", [None, "GLIBC_TUNABLES"])
+def test_import_keeps_freed_memory_for_reuse_unless_the_user_chose(user_choice):
+    """After ``import minitx`` a freed 8 MiB block stays in the process for reuse; with an allocator setting
+    of the user's in the environment, glibc's default returns it to the system."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_",
+                                                             "MALLOC_MMAP_THRESHOLD_")}
+    if user_choice:
+        env[user_choice] = "glibc.malloc.check=0"  # any setting at all: minitx then leaves the allocator alone
+    kept_kib = int(subprocess.run([sys.executable, "-c", _FREED_MEMORY_KEPT], env=env, capture_output=True,
+                                  text=True, check=True).stdout)
+    if user_choice:
+        assert kept_kib < 1024
+    else:
+        assert kept_kib > 6 * 1024
