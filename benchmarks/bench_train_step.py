@@ -31,7 +31,8 @@ for every runtime in the process (``--wait-policy ''`` leaves each runtime's def
 torch are imported before minitx): idle OpenMP and OpenBLAS workers otherwise keep spinning after each
 parallel region and take the cores from whatever runs next, and minitx's settings come too late for a
 runtime that has already started. Passive waiting costs PyTorch some time too, so benchmarks/RESULTS.md
-records both settings.
+records both settings. minitx's import also makes glibc keep freed memory for reuse (kernels/__init__.py);
+that holds for the whole process, PyTorch included.
 """
 from __future__ import annotations
 
@@ -119,6 +120,8 @@ def main() -> None:
         os.environ.setdefault("OMP_WAIT_POLICY", args.wait_policy)
         if args.wait_policy == "passive":
             os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")
+    # What NumPy's OpenBLAS and torch's OpenMP read when they start (minitx's import, later, is too late).
+    started_with = {var: os.environ.get(var, "(unset)") for var in ("OMP_WAIT_POLICY", "OPENBLAS_THREAD_TIMEOUT")}
     import numpy as np
     import torch
 
@@ -135,8 +138,7 @@ def main() -> None:
     print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"minitx {getattr(minitx, '__version__', '?')}, OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}, "
           f"NUMBA_NUM_THREADS={os.environ['NUMBA_NUM_THREADS']}, "
-          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}, "
-          f"OPENBLAS_THREAD_TIMEOUT={os.environ.get('OPENBLAS_THREAD_TIMEOUT', '(unset)')}; "
+          + "".join(f"{var}={value}, " for var, value in started_with.items()) +
           f"{args.warmup} warm-up steps, {args.repeats} rounds x {args.steps} steps each")
 
     rng = np.random.default_rng(0)
