@@ -139,3 +139,23 @@ def test_import_keeps_freed_memory_for_reuse_unless_the_user_chose(user_choice):
         assert kept_kib < 1024
     else:
         assert kept_kib > 6 * 1024
+
+
+@pytest.mark.skipif(cpu._SCIPY_OPENBLAS is None, reason="SciPy is not using its bundled OpenBLAS")
+def test_blas_inside_the_attention_kernels_runs_on_one_thread_per_task(monkeypatch):
+    """np.dot in njit code goes through SciPy's OpenBLAS; during a kernel it is limited to the calling thread
+    (nested thread pools fight over the cores), and the user's setting comes back afterwards."""
+    lib = cpu._SCIPY_OPENBLAS
+    lib.scipy_openblas_set_num_threads(2)
+    seen = []
+
+    def spy(*args):
+        seen.append(lib.scipy_openblas_get_num_threads())
+
+    monkeypatch.setattr(cpu, "_attention_forward", spy)
+    monkeypatch.setattr(cpu, "_attention_backward", spy)
+    c = attention_case(np.random.default_rng(0), 1, 1, 4, 4, 2, np.float32)
+    cpu.attention_forward(c["q"], c["k"], c["v"])
+    cpu.attention_backward(c["q"], c["k"], c["v"], c["q"], c["q"][..., 0], c["do"])
+    assert seen == [1, 1]
+    assert lib.scipy_openblas_get_num_threads() == 2
