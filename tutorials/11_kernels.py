@@ -215,9 +215,12 @@ C.save(fig, CHAPTER, "online_softmax_trace")
 # Do not expect one winner everywhere; the chart is a measurement, not a promise. Fusion removes memory
 # passes and temporaries, which matters most when the data is much larger than the caches and on GPUs.
 # Against it: NumPy's `exp` runs on hand-vectorised (SIMD) library code, while a scalar `np.exp` inside a
-# Numba loop may not be vectorised, and `prange` has a start-up cost per call. On the two-core machine this
-# chapter was written on, NumPy was faster than both Numba kernels at every row length and PyTorch's
-# vectorised C++ kernel was fastest of all; your machine may differ. The online kernel is the slowest on
+# Numba loop is one call of a scalar library function per element, and `prange` has a start-up cost per
+# call. On the two-core machine this chapter was last run on, NumPy beat our fused kernel on rows of 1024
+# and more (it ran at 0.8x NumPy's speed) and lost on short rows (1.6x at 64); the library's
+# `kernels.cpu.softmax`, whose `exp` is a polynomial the compiler *can* vectorise (`_exp_inplace` in
+# `kernels/cpu.py`), beat NumPy at every length (1.3-1.6x), and PyTorch's vectorised C++ kernel was
+# fastest of all (3-4x NumPy). Your machine may differ. The online kernel is the slowest on
 # a CPU whatever the machine: it computes every exponential twice (once for the statistics, once for the
 # output) and its branch blocks vectorisation. Its single pass pays off where the row is *not* kept — in
 # flash attention, where the "row" is a row of scores that is never written to memory at all.
