@@ -7,7 +7,7 @@ Read it bottom-up: :mod:`minitx.backend` (where arrays live), :mod:`minitx.tenso
 
 from __future__ import annotations
 
-import kernels  # noqa: F401  (before NumPy: how idle BLAS / Numba threads wait, see kernels/__init__.py)
+import kernels  # noqa: F401  (before NumPy: its process settings for speed, see kernels/__init__.py)
 import numpy as np
 
 from . import backend, functional

@@ -72,7 +72,8 @@ print(f"[check] parameter count = VD + L·(4D² + 4D + 2DF + F + D + 4D) + DV + 
 #
 # We write the model's forward from the pieces of the earlier chapters, reading the weights out of a
 # `SequenceEncoder`, and compare with its own `forward` and with the seed's PyTorch model
-# (`nn.TransformerEncoder` of `nn.TransformerEncoderLayer`, with the weights copied in).
+# (`nn.TransformerEncoder` of `nn.TransformerEncoderLayer`, with the weights copied in: see
+# `torch_sequence_encoder` in `tutorials/_common.py`, which also shows how PyTorch stacks $W_q, W_k, W_v$).
 #
 # Two details of $h^0$:
 #
