@@ -1,4 +1,6 @@
 """Numba CPU kernels against the NumPy references (outputs poisoned with NaN first)."""
+import os
+import subprocess
 import sys
 
 import numpy as np
@@ -97,9 +99,6 @@ print(Watch.seen, os.environ["OPENBLAS_THREAD_TIMEOUT"], os.environ["OMP_WAIT_PO
 def test_import_makes_idle_threads_sleep_before_numpy_loads(preset):
     """``import minitx`` sets how idle BLAS / OpenMP threads wait (kernels/__init__.py) before NumPy starts
     OpenBLAS, and keeps a value the user already set."""
-    import os
-    import subprocess
-
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
     if preset is not None:
         env["OPENBLAS_THREAD_TIMEOUT"] = preset
@@ -126,9 +125,6 @@ print(rss_kib() - before)
 def test_import_keeps_freed_memory_for_reuse_unless_the_user_chose(user_choice):
     """After ``import minitx`` a freed 8 MiB block stays in the process for reuse; with an allocator setting
     of the user's in the environment, glibc's default returns it to the system."""
-    import os
-    import subprocess
-
     env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_",
                                                              "MALLOC_MMAP_THRESHOLD_")}
     if user_choice:
@@ -146,7 +142,7 @@ def test_blas_inside_the_attention_kernels_runs_on_one_thread_per_task(monkeypat
     """np.dot in njit code goes through SciPy's OpenBLAS; during a kernel it is limited to the calling thread
     (nested thread pools fight over the cores), and the user's setting comes back afterwards."""
     lib = cpu._SCIPY_OPENBLAS
-    lib.scipy_openblas_set_num_threads(2)
+    before = lib.scipy_openblas_get_num_threads()
     seen = []
 
     def spy(*args):
@@ -155,7 +151,11 @@ def test_blas_inside_the_attention_kernels_runs_on_one_thread_per_task(monkeypat
     monkeypatch.setattr(cpu, "_attention_forward", spy)
     monkeypatch.setattr(cpu, "_attention_backward", spy)
     c = attention_case(np.random.default_rng(0), 1, 1, 4, 4, 2, np.float32)
-    cpu.attention_forward(c["q"], c["k"], c["v"])
-    cpu.attention_backward(c["q"], c["k"], c["v"], c["q"], c["q"][..., 0], c["do"])
-    assert seen == [1, 1]
-    assert lib.scipy_openblas_get_num_threads() == 2
+    lib.scipy_openblas_set_num_threads(2)
+    try:
+        cpu.attention_forward(c["q"], c["k"], c["v"])
+        cpu.attention_backward(c["q"], c["k"], c["v"], c["q"], c["q"][..., 0], c["do"])
+        assert seen == [1, 1]
+        assert lib.scipy_openblas_get_num_threads() == 2
+    finally:
+        lib.scipy_openblas_set_num_threads(before)
