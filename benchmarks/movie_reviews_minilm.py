@@ -26,6 +26,11 @@ from minitx.optim import AdamW
 from minitx.pipelines import adapter_features
 
 
+def on_classifier_device(adapter: TaskAdapter, features: np.ndarray) -> Tensor:
+    """Cached features (N, D) as a Tensor on the device of the adapter's classifier."""
+    return Tensor(features, device=adapter.classifier.weight.device)
+
+
 def accuracy(adapter: TaskAdapter, features: np.ndarray, labels: np.ndarray) -> float:
     """The fraction of rows whose argmax of classifier(features) equals the label."""
     with no_grad():
