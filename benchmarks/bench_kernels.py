@@ -1,16 +1,18 @@
 """Numba CPU kernels vs the NumPy reference, float32, in one run.
 
-    python benchmarks/bench_kernels.py
+    python benchmarks/bench_kernels.py [--quick]
 
 1. Attention forward + backward, B=8, H=4, T=512, d_h=32, causal, with a key
    padding mask (goal: >= 3x faster, peak extra memory O(B H T), not O(B H T^2)).
 2. FFN forward + backward, 4096 tokens, D=256, F=1024, relu and gelu
    (goal: >= 1.3x faster).
 
-Time: median of 7 calls after a warm-up call. Memory: growth of the peak
+``--quick`` runs tiny shapes (B=2 H=2 T=64 d_h=16; N=256 D=32 F=128): it checks that the script runs, it
+measures nothing. Time: median of 7 calls after a warm-up call. Memory: growth of the peak
 resident set during one call (see kernels.compare.peak_extra_memory),
 measured after all the timings.
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -40,17 +42,21 @@ def ffn(backend, c, activation):
 
 
 def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny shapes: checks that the script runs")
+    quick = parser.parse_args().quick
     rng = np.random.default_rng(0)
-    b, h, t, d = 8, 4, 512, 32
+    b, h, t, d = (2, 2, 64, 16) if quick else (8, 4, 512, 32)
+    n, dm, ff = (256, 32, 128) if quick else (4096, 256, 1024)
     c = attention_case(rng, b, h, t, t, d, np.float32)
     print(f"O(B H T) = B*H*T*4 bytes = {b * h * t * 4 / MIB:.2f} MiB;  "
           f"one (B, H, T, T) float32 array = {b * h * t * t * 4 / MIB:.0f} MiB;  "
           f"inputs + outputs of fwd+bwd = {(8 * b * h * t * d + b * h * t) * 4 / MIB:.1f} MiB")
-    f = ffn_case(rng, 4096, 256, 1024, np.float32)
+    f = ffn_case(rng, n, dm, ff, np.float32)
     cases = {f"attention fwd+bwd causal+padding B={b} H={h} T={t} d_h={d}":
              (lambda: attention(reference, c), lambda: attention(cpu, c))}
     for activation in ("relu", "gelu"):
-        cases[f"ffn fwd+bwd {activation} N=4096 D=256 F=1024"] = (
+        cases[f"ffn fwd+bwd {activation} N={n} D={dm} F={ff}"] = (
             lambda a=activation: ffn(reference, f, a), lambda a=activation: ffn(cpu, f, a))
 
     # Every timing first, with the allocator's defaults: peak_extra_memory changes them for good.

@@ -1,6 +1,6 @@
 """Frozen all-MiniLM-L6-v2 + a linear classifier (TaskAdapter) on movie-review sentiment.
 
-    python benchmarks/movie_reviews_minilm.py [--batch-size 64] [--epochs 600] [--lr 1e-2] [--seed 0]
+    python benchmarks/movie_reviews_minilm.py [--batch-size 64] [--epochs 600] [--lr 1e-2] [--seed 0] [--limit N]
 
 The encoder is frozen, so the adapter's pooled features (masked mean of the last hidden states) are the
 same every epoch: they are computed once per sentence, under ``no_grad``, in batches of similar length.
@@ -46,10 +46,13 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-2)
     parser.add_argument("--weight-decay", type=float, default=1e-2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N sentences of each split: checks that the script runs")
     args = parser.parse_args()
 
     minitx.manual_seed(args.seed)
-    splits = movie_reviews(seed=args.seed)
+    splits = {name: (texts[:args.limit], labels[:args.limit])
+              for name, (texts, labels) in movie_reviews(seed=args.seed).items()}
     start = time.perf_counter()
     encoder, tokenizer = load_pretrained(minilm_path())
     adapter = TaskAdapter(encoder, num_classes=2)
