@@ -17,10 +17,12 @@ from dataclasses import dataclass, field
 import hypothesis.extra.numpy as hnp
 import hypothesis.strategies as st
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, settings
 
 import minitx as mx
 import minitx.functional as F
+from minitx.data.fetch import FetchError
 
 # Small and deterministic: every run draws the same examples, so the suite's runtime is stable.
 SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
@@ -39,6 +41,14 @@ def seed():
 
 def normal(rng, shape):
     return rng.standard_normal(shape)
+
+
+def fetched_or_skip(fetch, what: str):
+    """``fetch()``'s result, or skip the calling test when ``what`` cannot be fetched on this machine."""
+    try:
+        return fetch()
+    except FetchError as e:
+        pytest.skip(f"could not fetch {what}: {e}")
 
 
 def away_from_zero(rng, shape, low=0.25, high=2.0):

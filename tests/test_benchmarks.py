@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from minitx.data.fetch import FetchError, minilm_path, movie_reviews
+from helpers import fetched_or_skip
+
+from minitx.data.fetch import minilm_path, movie_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -23,14 +25,6 @@ def run_benchmark(script: str, *args: str) -> str:
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, f"{script} {' '.join(args)} failed:\n{done.stderr[-3000:]}"
     return done.stdout
-
-
-def need(fetch):
-    """The fetched data, or skip the test when it cannot be fetched here."""
-    try:
-        return fetch()
-    except FetchError as e:
-        pytest.skip(f"could not fetch the benchmark's data: {e}")
 
 
 def test_bench_kernels_quick():
@@ -45,12 +39,12 @@ def test_bench_train_step_quick():
 
 
 def test_movie_reviews_quick():
-    need(movie_reviews)
+    fetched_or_skip(movie_reviews, "the movie reviews")
     out = run_benchmark("movie_reviews.py", "--quick")
     assert "bag-of-words logistic regression" in out and "GPTForSequenceClassification" in out
 
 
 def test_movie_reviews_minilm_on_a_few_sentences():
-    need(movie_reviews), need(minilm_path)
+    fetched_or_skip(movie_reviews, "the movie reviews"), fetched_or_skip(minilm_path, "all-MiniLM-L6-v2")
     out = run_benchmark("movie_reviews_minilm.py", "--limit", "24", "--epochs", "3")
     assert "TEST ACCURACY" in out and "(24 sentences)" in out

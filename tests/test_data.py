@@ -4,6 +4,7 @@ import sys
 
 import numpy as np
 import pytest
+from helpers import fetched_or_skip
 
 from minitx.data import (IGNORE_INDEX, DataLoader, Dataset, FetchError, ListDataset, MLMCollator, SOPMLMCollator,
                          corpus_text, default_collate, movie_reviews, ordered_documents, sentence_order_pairs,
@@ -195,10 +196,7 @@ def test_fetch_failure_is_a_clear_error(tmp_path, monkeypatch):
 
 
 def test_movie_reviews_split():
-    try:
-        data = movie_reviews(seed=0)
-    except FetchError as e:
-        pytest.skip(f"could not fetch vaderSentiment: {e}")
+    data = fetched_or_skip(lambda: movie_reviews(seed=0), "vaderSentiment")
     sizes = {name: len(texts) for name, (texts, _) in data.items()}
     assert sizes == {"train": 8454, "validation": 1057, "test": 1057}  # 10,605 sentences less 37 rated 0
     everything = [t for texts, _ in data.values() for t in texts]

@@ -14,8 +14,10 @@ os.environ["HF_HUB_OFFLINE"] = "1"  # the checkpoint is a local folder; never re
 torch = pytest.importorskip("torch", reason="torch is the oracle's backend (pip install 'minitx[test]')")
 transformers = pytest.importorskip("transformers", reason="transformers is the oracle (pip install 'minitx[test]')")
 
+from helpers import fetched_or_skip  # noqa: E402
+
 from minitx import no_grad  # noqa: E402
-from minitx.data.fetch import FetchError, minilm_path  # noqa: E402
+from minitx.data.fetch import minilm_path  # noqa: E402
 from minitx.embed import embed  # noqa: E402
 from minitx.models.pretrained import load_pretrained  # noqa: E402
 
@@ -33,10 +35,7 @@ ATOL = 1e-4
 
 @pytest.fixture(scope="module")
 def minilm():
-    try:
-        folder = minilm_path()
-    except FetchError as e:
-        pytest.skip(f"could not fetch all-MiniLM-L6-v2: {e}")
+    folder = fetched_or_skip(minilm_path, "all-MiniLM-L6-v2")
     model, tokenizer = load_pretrained(folder)
     hf_model = transformers.AutoModel.from_pretrained(str(folder), dtype=torch.float32).eval()
     hf_tokenizer = transformers.AutoTokenizer.from_pretrained(str(folder))

@@ -13,7 +13,9 @@ import random
 
 import pytest
 
-from minitx.data.fetch import FetchError, gpt2_ranks_path, minilm_path
+from helpers import fetched_or_skip
+
+from minitx.data.fetch import gpt2_ranks_path, minilm_path
 from minitx.tokenizers import ByteLevelBPE, WordPieceTokenizer
 
 GPT2_PATTERN = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
@@ -55,18 +57,11 @@ def varied_strings(n: int, seed: int) -> list[str]:
     return out
 
 
-def _fetched(fetch):
-    try:
-        return fetch()
-    except FetchError as e:
-        pytest.skip(f"could not fetch the vocabulary: {e}")
-
-
 def test_gpt2_bpe_matches_tiktoken():
     tiktoken = pytest.importorskip("tiktoken", reason="tiktoken (test-only oracle) is not installed")
     from tiktoken.load import load_tiktoken_bpe
 
-    path = _fetched(gpt2_ranks_path)
+    path = fetched_or_skip(gpt2_ranks_path, "the GPT-2 ranks")
     ours = ByteLevelBPE.from_tiktoken_file(str(path))
     oracle = tiktoken.Encoding("gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(path)),
                                special_tokens={"<|endoftext|>": 50256})
@@ -82,7 +77,7 @@ def test_gpt2_bpe_matches_tiktoken():
 
 def test_wordpiece_matches_hf_tokenizers():
     tokenizers = pytest.importorskip("tokenizers", reason="tokenizers (test-only oracle) is not installed")
-    folder = _fetched(minilm_path)
+    folder = fetched_or_skip(minilm_path, "the WordPiece vocabulary")
     oracle = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
     oracle.no_padding()
     oracle.no_truncation()
