@@ -32,10 +32,8 @@ import time
 
 import numpy as np
 
-from kernels import cpu, reference
+from kernels import _M_MMAP_THRESHOLD, cpu, reference
 from kernels.testing import attention_case, ffn_case, max_abs_error, relative_error
-
-_M_MMAP_THRESHOLD = -3
 
 
 def _use_mmap_for_large_allocations(threshold=64 * 1024):
