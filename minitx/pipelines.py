@@ -1,7 +1,7 @@
 """The source texts' workflows, end to end: tokenise → pre-train → fine-tune → generate.
 
 Each function here is one stage that a learner can call on its own (the ``minitx`` CLI does), and
-:func:`demo` runs them all on the built-in data:
+:func:`minitx.demo.run_demo` runs them all on the built-in data:
 
 1. :func:`pretrain_bert` — BERT-style pre-training with masked language modelling (MLM) and
    sentence-order prediction (SOP) on documents whose sentence order matters;
@@ -233,9 +233,12 @@ def finetune_adapter(encoder, tokenizer, splits: dict, steps: int = 1500, batch_
 
 # ---------------------------------------------------------------------------------------------- 3. GPT
 def lm_windows(ids: list[int], length: int, stride: int | None = None) -> np.ndarray:
-    """Cut a token stream into (N, length) training windows (each window predicts its own next tokens)."""
+    """Cut a token stream into (N, length) windows, one every ``stride`` tokens (default: ``length``).
+
+    For ``GPT.loss`` use length = max_len + 1: a window's first max_len tokens are read and each is scored
+    on the token after it, so every position of the model is trained."""
     stride = stride or length
-    starts = range(0, len(ids) - length, stride)
+    starts = range(0, len(ids) - length + 1, stride)  # the last window may end at the last token
     return np.array([ids[s:s + length] for s in starts], dtype=np.int64)
 
 
@@ -243,7 +246,7 @@ def train_gpt(text: str, tokenizer: Tokenizer, config: GPTConfig, steps: int, ba
               lr: float = 3e-3, device: str = "cpu", seed: int = 0, progress: bool = True,
               checkpoint_path: str | None = None) -> StageResult:
     """Train a GPT on ``text`` with the next-token loss -(1/T) Σ_t log P(x_{t+1} | x_≤t)."""
-    windows = lm_windows(tokenizer.encode(text), config.max_len, stride=config.max_len // 2)
+    windows = lm_windows(tokenizer.encode(text), config.max_len + 1, stride=config.max_len // 2)  # (N, T + 1)
     train_windows, val_windows = split(list(windows), (0.95, 0.05), seed=seed)
     loader = DataLoader(ListDataset(train_windows), batch_size, shuffle=True, seed=seed, drop_last=True)
     model = GPT(config).to(device)

@@ -137,6 +137,21 @@ def test_loss_is_mean_next_token_cross_entropy_and_ignores_padding():
         assert model.loss(ids[1:], mask[1:]).item() == pytest.approx(alone, rel=1e-5)  # padding changes nothing
 
 
+def test_loss_on_max_len_plus_one_tokens_trains_every_position():
+    """T tokens give T-1 predictions, so a window of max_len + 1 tokens uses all max_len positions; the last
+    token is only a target, and leaving it out of the forward pass changes no prediction."""
+    model = tiny_gpt()
+    ids = np.random.default_rng(3).integers(0, TINY.vocab_size, size=(2, TINY.max_len + 1))
+    loss = model.loss(ids)
+    loss.backward()
+    position_grad = dict(model.named_parameters())["wpe.weight"].grad  # (max_len, D)
+    assert np.all(np.abs(position_grad).sum(axis=1) > 0)  # the last position embedding learns too
+    with no_grad():
+        log_p = F.log_softmax(model(ids[:, :-1])).numpy()  # (B, max_len, V)
+    terms = [-log_p[b, t, ids[b, t + 1]] for b in range(2) for t in range(TINY.max_len)]
+    assert loss.item() == pytest.approx(np.mean(terms), rel=1e-5)
+
+
 def test_gpt2_initialisation_scales_residual_projections():
     config = GPTConfig(vocab_size=50, max_len=32, d_model=64, num_heads=4, num_layers=8, ff_dim=256)
     model = GPT(config)
@@ -320,8 +335,10 @@ def test_forward_argument_errors():
         model(np.zeros((1, 3), dtype=np.int64), past_kv=past)
     with pytest.raises(ValueError, match="one \\(keys, values\\) pair per block"):
         model(np.zeros((1, 1), dtype=np.int64), past_kv=past[:1])
-    with pytest.raises(ValueError, match="at least 2 tokens"):
+    with pytest.raises(ValueError, match="needs 2 to max_len \\+ 1 = 13 tokens per row"):
         model.loss(np.zeros((2, 1), dtype=np.int64))
+    with pytest.raises(ValueError, match="needs 2 to max_len \\+ 1 = 13 tokens per row.*\\(1, 14\\)"):
+        model.loss(np.zeros((1, 14), dtype=np.int64))
     with pytest.raises(ValueError, match="num_heads"):
         GPTConfig(vocab_size=5, max_len=4, d_model=6, num_heads=4, num_layers=1, ff_dim=8)
     with pytest.raises(ValueError, match="num_layers"):

@@ -38,7 +38,8 @@ def test_labelled_splits_keep_text_label_pairs():
 
 def test_lm_windows():
     windows = lm_windows(list(range(10)), length=4, stride=2)
-    np.testing.assert_array_equal(windows, [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7]])
+    np.testing.assert_array_equal(windows, [[0, 1, 2, 3], [2, 3, 4, 5], [4, 5, 6, 7], [6, 7, 8, 9]])
+    assert lm_windows(list(range(4)), length=4).tolist() == [[0, 1, 2, 3]]  # exactly one window's worth
 
 
 def test_every_stage_runs_and_reports(tmp_path):

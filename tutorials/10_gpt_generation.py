@@ -286,10 +286,11 @@ C.close("greedy generation with and without the cache: the same tokens", a, b, a
 # text. The tokeniser: one token per character (`CharTokenizer`), so $V$ is small (about 60) and a
 # network this size learns spelling, words and the documents' phrasing in a few minutes. Training examples
 # are random windows of $T + 1$ characters: the model reads the first $T$ and is scored on each next one,
-# $T$ predictions per window. (Why not `gpt.loss(window)` on $T$ characters? It scores $T-1$ predictions,
-# from positions $0\dots T-2$, so the last position embedding would never be trained — and generation uses
-# exactly that position once the text fills the context. With windows of $T+1$ characters every position
-# $0\dots T-1$ learns.) GPT's
+# $T$ predictions per window. `window_loss` below writes that out; `gpt.loss(window)` computes the same
+# (it runs the model on all but the last token), and the two are compared. (Why $T + 1$ and not $T$? $T$
+# characters give $T-1$ predictions, from positions $0\dots T-2$, so the last position embedding would never
+# be trained — and generation uses exactly that position once the text fills the context. With windows of
+# $T+1$ characters every position $0\dots T-1$ learns.) GPT's
 # settings (`GPTConfig`): pre-norm blocks, learned positions, the output matrix tied to the token embedding,
 # GPT-2's initialisation. We use the exact-erf GELU.
 #
@@ -329,6 +330,9 @@ def window_loss(model, window):
 
 
 val_batch = windows(val_data, 64, np.random.default_rng(1))
+with mx.no_grad():
+    C.close("window_loss, written out, vs gpt.loss on the same T + 1 tokens", window_loss(gpt, val_batch),
+            gpt.loss(val_batch), atol=1e-6)
 history, val_history = [], []
 with C.Timer() as timer:
     for step in range(steps):

@@ -203,20 +203,25 @@ class GPT(Module):
     def loss(self, input_ids, attention_mask=None) -> Tensor:
         """Mean next-token cross-entropy  L = -(1/N) Σ_{b,t} log P(x_{b,t+1} | x_{b,≤t})  over ids (B, T).
 
-        Position t predicts token t+1, so the logits of positions 0…T-2 meet the targets 1…T-1. With an
-        ``attention_mask`` a target counts only when it and the token before it are real, so a right-padded
-        row contributes exactly the terms of the same row without padding; N is the number of counted targets.
+        The model reads tokens 0…T-2 and position t predicts token t+1, so T tokens give T-1 predictions and
+        T may be ``max_len + 1``: a window of max_len + 1 tokens trains every position, the last included
+        (the last token is only a target; running the model on it would change no prediction). With an
+        ``attention_mask`` (B, T) a target counts only when it and the token before it are real, so a
+        right-padded row contributes exactly the terms of the same row without padding; N is the number of
+        counted targets.
         """
         ids = self._ids(input_ids)
-        if ids.shape[1] < 2:
-            raise ValueError(f"GPT.loss: needs at least 2 tokens per row (one input, one target), got shape "
-                             f"{tuple(ids.shape)}")
-        h = self.hidden_states(ids, attention_mask)  # (B, T, D)
-        logits = self.lm_head(h[:, :-1])  # (B, T-1, V): the predictions of tokens 1…T-1
+        if not 2 <= ids.shape[1] <= self.config.max_len + 1:
+            raise ValueError(f"GPT.loss: needs 2 to max_len + 1 = {self.config.max_len + 1} tokens per row (the "
+                             f"inputs and one more target), got shape {tuple(ids.shape)}")
         targets = ids[:, 1:].astype(np.int64)  # (B, T-1)
+        input_mask = None
         if attention_mask is not None:
-            real = real_token_mask(attention_mask, ids.shape, self.device)
+            real = real_token_mask(attention_mask, ids.shape, self.device)  # (B, T)
             targets[~(real[:, 1:] & real[:, :-1])] = IGNORE_INDEX
+            input_mask = real[:, :-1]
+        h = self.hidden_states(ids[:, :-1], input_mask)  # (B, T-1, D)
+        logits = self.lm_head(h)  # (B, T-1, V): the predictions of tokens 1…T-1
         return F.cross_entropy(logits, Tensor(targets), ignore_index=IGNORE_INDEX)
 
     # ------------------------------------------------------------------------------------ generation
