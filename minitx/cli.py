@@ -8,7 +8,10 @@
     minitx compare-kernels   NumPy vs Numba CPU (vs CUDA) kernels: errors, times, speed-ups
     minitx embed             sentence embeddings with the pretrained MiniLM
 
-Every sub-command takes ``--help``. Models are saved as a folder: ``config.json``, ``model.safetensors``
+Every sub-command takes ``--help``. The five that train or run a model (demo to generate) also take
+``--device cpu|cuda``, ``--seed`` and ``--no-progress``. ``compare-kernels`` and ``embed`` are whole programs
+(``python -m kernels.compare`` and :func:`minitx.embed.embed_main`) with their own options: everything after
+their name is handed to them unparsed. Models are saved as a folder: ``config.json``, ``model.safetensors``
 and ``tokenizer.json``.
 """
 
@@ -192,16 +195,23 @@ def cmd_generate(args) -> None:
                         seed=args.seed))
 
 
-def cmd_compare_kernels(args) -> None:
+def cmd_compare_kernels(argv: list[str]) -> None:
     from kernels.compare import main as compare_main
 
-    compare_main(args.rest)
+    compare_main(argv)
 
 
-def cmd_embed(args) -> None:
+def cmd_embed(argv: list[str]) -> None:
     from .embed import embed_main
 
-    embed_main(args.rest)
+    embed_main(argv)
+
+
+# Sub-commands that are programs with their own argument parser. main() hands them every argument after
+# their name before minitx's parser sees any. A sub-parser with nargs=argparse.REMAINDER cannot do this:
+# argparse does not give it a first argument that starts with "-" (`compare-kernels --quick`), and reports
+# that argument as unrecognised.
+FORWARDED = {"compare-kernels": cmd_compare_kernels, "embed": cmd_embed}
 
 
 # ---------------------------------------------------------------------------------------------- parser
@@ -255,30 +265,34 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=cmd_generate)
 
-    p = sub.add_parser("compare-kernels", help="kernels vs their NumPy references (arguments go to kernels.compare)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_compare_kernels)
-
-    p = sub.add_parser("embed", help="sentence embeddings with the pretrained MiniLM (arguments go to minitx.embed)",
-                       add_help=False)
-    p.add_argument("rest", nargs=argparse.REMAINDER)
-    p.set_defaults(func=cmd_embed)
+    # Listed here only so that `minitx --help` shows them; main() forwards their arguments (see FORWARDED).
+    sub.add_parser("compare-kernels", add_help=False,
+                   help="kernels vs their NumPy references (arguments go to kernels.compare; see its --help)")
+    sub.add_parser("embed", add_help=False,
+                   help="sentence embeddings with the pretrained MiniLM (arguments go to minitx.embed; see its --help)")
     return parser
 
 
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in FORWARDED:
+        return run_command(argv[0], FORWARDED[argv[0]], argv[1:])
     args = build_parser().parse_args(argv)
     if getattr(args, "top_p", None) is not None and not 0 < args.top_p <= 1:
         print(f"minitx {args.command}: error: --top-p must be in (0, 1], got {args.top_p}", file=sys.stderr)
         return 2
+    return run_command(args.command, args.func, args)
+
+
+def run_command(command: str, func, arg) -> int:
+    """func(arg), with the user's mistakes and Ctrl-C reported as one line and an exit status."""
     try:
-        args.func(args)
+        func(arg)
     except (CLIError, FileNotFoundError) as exc:
-        print(f"minitx {args.command}: error: {exc}", file=sys.stderr)
+        print(f"minitx {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print(f"minitx {args.command}: interrupted", file=sys.stderr)
+        print(f"minitx {command}: interrupted", file=sys.stderr)
         return 130
     return 0
 

@@ -1,4 +1,5 @@
-"""The ``minitx`` command: help, argument errors, missing files, and every sub-command end to end (tiny sizes)."""
+"""The ``minitx`` command: help, argument errors, missing files, the training and generating sub-commands end
+to end (tiny sizes), and the arguments of ``compare-kernels`` and ``embed`` reaching their own parsers."""
 
 import os
 import subprocess
@@ -33,6 +34,43 @@ def test_subcommand_help(command, capsys):
     assert exit_info.value.code == 0
     out = capsys.readouterr().out
     assert "--device" in out and "--seed" in out
+
+
+# compare-kernels and embed are programs with their own parser: every argument after the name goes to them.
+@pytest.mark.parametrize("command, usage, options", [
+    ("compare-kernels", "usage: python -m kernels.compare", ["--quick", "--repeats", "--out"]),
+    ("embed", "usage: minitx embed", ["--file", "--model", "--batch-size", "--max-length", "--out"]),
+])
+def test_forwarded_subcommand_help_and_bad_option(command, usage, options, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert out.startswith(usage)
+    for option in options:
+        assert option in out
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--no-such-option"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith(usage) and "unrecognized arguments: --no-such-option" in err
+
+
+def test_compare_kernels_help_from_the_shell():
+    proc = run_cli("compare-kernels", "--help", timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "--quick" in proc.stdout and "--repeats" in proc.stdout
+
+
+def test_compare_kernels_receives_its_options(monkeypatch, capsys):
+    """`minitx compare-kernels --quick` (the README's command) reaches kernels.compare; the kernels are not run."""
+    import kernels.compare
+
+    calls = []
+    monkeypatch.setattr(kernels.compare, "run", lambda quick, repeats: calls.append((quick, repeats)) or [])
+    monkeypatch.setattr(kernels.compare, "format_table", lambda rows: "table")
+    assert main(["compare-kernels", "--quick", "--repeats", "2"]) == 0
+    assert calls == [(True, 2)] and capsys.readouterr().out == "table\n"
 
 
 @pytest.mark.parametrize("argv, message", [
