@@ -59,7 +59,8 @@ def main():
         cases[f"ffn fwd+bwd {activation} N={n} D={dm} F={ff}"] = (
             lambda a=activation: ffn(reference, f, a), lambda a=activation: ffn(cpu, f, a))
 
-    # Every timing first, with the allocator's defaults: peak_extra_memory changes them for good.
+    # Every timing first, with minitx's allocator setting (made by `import kernels`, see kernels/__init__.py):
+    # peak_extra_memory then switches glibc to one mmap per large block, for the rest of the process.
     times = {title: [median_time(run, REPEATS) for run in runs] for title, runs in cases.items()}
     for title, (run_ref, run_cpu) in cases.items():
         err = max(relative_error(g, w) for g, w in zip(run_cpu(), run_ref()))

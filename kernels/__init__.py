@@ -28,7 +28,8 @@ _ALLOCATOR_VARIABLES = ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP
 
 
 def _keep_freed_memory(largest: int = 256 * 2**20) -> None:
-    """Serve blocks up to ``largest`` bytes from the heap and never trim it (glibc only; else nothing)."""
+    """Serve blocks up to ``largest`` bytes from the heap, and give the heap's free memory back to the system
+    only when more than ``4 * largest`` (1 GiB by default) is free at its top (glibc only; else nothing)."""
     if any(v in os.environ for v in _ALLOCATOR_VARIABLES):
         return
     try:

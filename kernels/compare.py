@@ -18,7 +18,9 @@ Columns
   call (Linux: the peak is reset through /proc/self/clear_refs, and glibc is
   told to serve every allocation of 64 KiB or more with its own mmap so that
   freed memory leaves the resident set). Host memory only; n/a for CUDA.
-  Measured after all the timings, which run with the allocator's defaults.
+  Measured after all the timings, which run with minitx's allocator setting
+  (made by ``import kernels``, see kernels/__init__.py), before
+  peak_extra_memory switches glibc to one mmap per large block.
 
 ``--out DIR`` also writes DIR/kernels_speedup.png, a bar chart of the speed-ups.
 """

@@ -1,8 +1,10 @@
 """What users call: ``import minitx.functional as F``.
 
-Thin, documented wrappers over the ops in :mod:`minitx.ops`, plus *composite* functions written from
-them (``linear``, ``scaled_dot_product_attention``, ``feed_forward``): those read like the equations and get
-their gradients for free from the primitives they are made of.
+Thin, documented wrappers over the ops in :mod:`minitx.ops`, each op with its own backward (``linear`` is
+one of them: ``ops.Linear``), plus functions composed from those ops: ``split`` (slices), and
+``scaled_dot_product_attention`` and ``feed_forward``, which read like the equations and get their gradients
+from the ops they are made of. On the fused path (``fused=True``, or :func:`set_fused_kernels`) those two are
+instead one op each (:mod:`minitx.ops.fused`), with its own backward.
 """
 
 from __future__ import annotations

@@ -3,15 +3,17 @@
 One optimizer step, with ``accumulation = k``:
 
     for each of k micro-batches:   loss_i = loss_fn(model, batch_i) / k;  loss_i.backward()
-    clip the gradient norm (optional);  optimizer.step();  scheduler.step();  optimizer.zero_grad()
+    clip the gradient norm (optional);  optimizer.step();  optimizer.zero_grad();  scheduler.step()
 
 Since backward *adds* into ``.grad``, k micro-batches whose losses are means over equally many items give
 exactly the gradient of one batch k times larger: the mean over kb items is the average of k means over b.
 
-Checkpoints hold everything a run needs to continue as if it had never stopped — model, optimizer,
-scheduler, step, the global RNG state (dropout, sampling) and the data loader's position — and are written
-atomically (:mod:`minitx.io`), so an interrupted run (Ctrl-C, a crash, a full disk) loses at most the steps
-since the last checkpoint, never the checkpoint itself.
+Checkpoints hold model, optimizer, scheduler, step, the state of minitx's CPU random generator
+(``backend.get_rng_state()``: the generator that draws dropout masks for CPU tensors) and the data loader's
+position, so that a run on the CPU continues as if it had never stopped. The CUDA generator is not saved: a
+run resumed on a GPU draws different dropout masks from there on. Checkpoints are written atomically
+(:mod:`minitx.io`), so an interrupted run (Ctrl-C, a crash, a full disk) loses at most the steps since the
+last checkpoint, never the checkpoint itself.
 """
 
 from __future__ import annotations

@@ -219,8 +219,10 @@ check_softmax(softmax)
 # same cure: $\operatorname{LSE}(z) = m + \log\sum_j e^{z_j - m}$. Below, $z = c + (0, -1, \dots, -4)$ in
 # float32 for a range of shifts $c$; the exact answer is $c + \log\sum_{k=0}^{4} e^{-k}$, so we plot
 # $\operatorname{LSE}(z) - c$, which should be the constant $0.4519$. The naive formula overflows to
-# $+\infty$ past $c \approx 88.7$; on the negative side $e^{z}$ first loses precision as it becomes a
-# *subnormal* number and then underflows to $0$, so $\log 0 = -\infty$.
+# $+\infty$ past $c \approx 88.27$ (measured in float32): each $e^{z_j}$ is still finite there (up to
+# $c \approx 88.72$, the log of float32's largest value $3.4\cdot10^{38}$), but their sum
+# $\approx 1.57\,e^{c}$ is not. On the negative side $e^{z}$ first loses precision as it becomes a
+# *subnormal* number and then underflows to $0$, so $\log 0 = -\infty$ (below $c \approx -103.97$).
 
 # %%
 def lse_naive(z):

@@ -85,14 +85,16 @@ def multi_head_attention(x, p, num_heads, key_padding_mask=None, is_causal=False
 # %% [markdown]
 # ## 2. The check
 #
-# `check_multi_head_attention(impl)` copies one set of weights into three independent implementations
-# and compares outputs and gradients (with respect to the input and to every weight):
+# `check_multi_head_attention(impl)` runs `impl` and two independent implementations on the same weights
+# and the same input:
 #
-# 1. `torch.nn.MultiheadAttention` (when PyTorch is installed; its `in_proj_weight` is
-#    $[W^Q; W^K; W^V]$ stacked);
-# 2. a NumPy loop over the heads that slices $W_i^Q$ etc. out of the big matrices — the definition,
-#    head by head, with no reshapes at all (forward only);
-# 3. a random padding mask is included, so mask broadcasting over heads is tested too.
+# 1. a NumPy loop over the heads that slices $W_i^Q$ etc. out of the big matrices — the definition,
+#    head by head, with no reshapes at all: outputs compared (forward only);
+# 2. `torch.nn.MultiheadAttention` (when PyTorch is installed; its `in_proj_weight` is
+#    $[W^Q; W^K; W^V]$ stacked): outputs and gradients with respect to the input and to every weight.
+#
+# The batch of two sequences of 5 tokens comes with a fixed padding mask (the last 2 tokens of the first
+# sequence are padding, the second has none), so mask broadcasting over heads is tested too.
 
 # %%
 def numpy_heads_loop(x, p, num_heads, key_padding_mask):

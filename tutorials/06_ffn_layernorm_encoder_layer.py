@@ -85,8 +85,9 @@ C.close("FFN is position-wise (batch = one token at a time)", batched, one_by_on
 # The two subtracted terms remove from $g$ its mean and its component along $\hat x$: shifting or scaling
 # a token's input does not change its normalised output, so the gradient has no component in those
 # directions. This is the formula in `minitx.ops.nn.LayerNorm.backward`. Below we build LayerNorm from
-# primitive ops (its gradient then comes from the chain rule), and check the formula, the fused op and
-# PyTorch against each other.
+# primitive ops (its gradient then comes from the chain rule) and check it: its output against the
+# library's one-op `F.layer_norm`, its gradients against the formula (written in NumPy), and both against
+# PyTorch when it is installed. The gradients of `F.layer_norm` are checked against the NumPy formula too.
 
 # %%
 def layer_norm(x, gamma, beta, eps=1e-5):
@@ -116,9 +117,14 @@ def check_layer_norm(impl, seed=0):
     y.backward(dy)
     got = (y, x.grad, gamma.grad, beta.grad)
     names = ("output", "dL/dx", "dL/dγ", "dL/dβ")
-    C.close("LayerNorm output vs F.layer_norm", y, F.layer_norm(mx.tensor(xs), 6, mx.tensor(gs), mx.tensor(bs)), atol=1e-10)
-    for name, a, ref in zip(names[1:], got[1:], layer_norm_backward_by_hand(xs, gs, dy)):
+    fx, fg, fb = (mx.tensor(a, requires_grad=True) for a in (xs, gs, bs))
+    fy = F.layer_norm(fx, 6, fg, fb)  # the library's one-op LayerNorm
+    fy.backward(dy)
+    C.close("LayerNorm output vs F.layer_norm", y, fy, atol=1e-10)
+    for name, a, fused, ref in zip(names[1:], got[1:], (fx.grad, fg.grad, fb.grad),
+                                   layer_norm_backward_by_hand(xs, gs, dy)):
         C.close(f"LayerNorm {name} vs the hand-derived formula", a, ref, atol=1e-10)
+        C.close(f"F.layer_norm {name} vs the hand-derived formula", fused, ref, atol=1e-10)
     if torch is not None:
         tx, tg, tb = (torch.tensor(a, requires_grad=True) for a in (xs, gs, bs))
         ty = torch.nn.functional.layer_norm(tx, (6,), tg, tb, eps=1e-5)

@@ -50,8 +50,9 @@ mx.manual_seed(0)
 # ## 1. Text and tokens
 #
 # `ordered_documents(n)` makes small documents of 4–7 sentences in a meaningful order (recipes, life
-# stories, journeys, …). A WordPiece vocabulary (chapter on tokenisers: `WordPieceTokenizer.train`) is
-# learned from them; it has the five special tokens `[PAD] [UNK] [CLS] [SEP] [MASK]`.
+# stories, journeys, …). A WordPiece vocabulary is learned from them with `WordPieceTokenizer.train`
+# (`minitx/tokenizers/wordpiece.py` explains the training and the encoding); it has the five special
+# tokens `[PAD] [UNK] [CLS] [SEP] [MASK]`.
 
 # %%
 documents = ordered_documents(2000, seed=0)

@@ -8,8 +8,8 @@
   masked-language-model and sentence-order-prediction objectives need.
 - :func:`sentiment_sentences` -- sentences labelled positive (1) or negative
   (0), built from templates with positive and negative words, negations
-  ("was not good") and contrasts ("... but the ending was dull", where the
-  clause after "but" decides).
+  ("The book was not good.") and contrasts ("The ending was dull, but the
+  film was superb.", where the clause after "but" decides).
 - :func:`corpus_text` -- the documents as one plain text, for character or
   byte-level language models.
 

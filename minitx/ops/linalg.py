@@ -67,8 +67,9 @@ class Linear(Function):
     With the leading axes of x flattened to N rows, X (N, in) and G = dL/dY (N, out):
     dL/dX = G W,  dL/dW = Gᵀ X,  dL/db = Σ_n G_n.
     The same result as ``x @ W.T + b`` from MatMul and Add, as one op: the bias goes into the product's
-    fresh output in place, and the backward needs no broadcasting bookkeeping (about 10 ms of a 200 ms
-    training step of the reference encoder on two cores).
+    fresh output in place, and the backward needs no broadcasting bookkeeping. Done with MatMul and Add,
+    each bias add making a fresh array, the bias adds had cost 14.7 ms per training step of the reference
+    encoder on two cores, in a step of about 200 ms (benchmarks/RESULTS.md).
     """
 
     def forward(self, x, weight, bias=None):
