@@ -23,10 +23,12 @@ Design
   Extra memory per task is O(T * D) (the scaled queries and D_i).
 * Block products (Q K^T, P V, ...) are BLAS calls (``np.dot`` inside njit), each on the thread of its
   task (see ``_one_blas_thread_per_task``).
-* exp: float32 uses ``_exp_inplace``, a polynomial the compiler vectorises (``math.exp`` is a scalar
+* exp: float32 uses ``_exp32``, a polynomial the compiler vectorises (``math.exp`` is a scalar
   library call, about 5x slower per element); float64 keeps ``math.exp``.
 * FFN: the matmuls are NumPy/BLAS calls; bias + activation (forward) and
-  activation + activation-derivative (backward) are fused into one pass each.
+  activation + activation-derivative (backward) are fused into one pass each. For float32 the GELUs
+  are vectorisable too: the normal CDF from A&S 7.1.26 and ``_exp32`` (``_normal_cdf_pdf32``), tanh
+  through the logistic function; float64 keeps ``math.erf`` and ``math.exp``.
 
 ``fastmath`` is limited to flags that keep -inf meaningful: masked scores are
 -inf, so "nnan"/"ninf" are never enabled.
@@ -70,30 +72,36 @@ _C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7 = (np.float32(1.0 / math.factorial(i)) fo
 
 
 @numba.njit(fastmath=FASTMATH, inline="always")
-def _exp_inplace(x, bits):
-    """x[j] = exp(x[j]) along a 1-D array; ``bits`` is int32 scratch of the same length.
+def _exp32(x):
+    """exp(x) for a float32 x, in operations the compiler can vectorise when it is called in a loop.
 
-    float64 calls math.exp per element. For float32 that call is a scalar library function the compiler
-    cannot vectorise (about 5x slower than NumPy's np.exp), so float32 uses a loop it can:
+    ``math.exp`` on float32 is a scalar library call the compiler cannot vectorise (about 5x slower per
+    element than NumPy's np.exp), so float32 uses
 
         exp(x) = 2^n exp(r),   n = round(x log2 e),   r = x - n ln 2  in [-ln2/2, ln2/2]
 
     with exp(r) from its degree-7 Taylor polynomial (truncation error < 6e-9, measured max relative error
-    6e-8 against float64 exp) and 2^n written straight into the float's exponent bits, (n + 127) << 23.
+    6e-8 against float64 exp) and 2^n written straight into a float's exponent bits, (n + 127) << 23.
     x is first clamped to [-88, 88]: below -88 (masked scores are -inf) n + 127 <= 0 and the result is an
     exact 0.
     """
-    if x.itemsize != 4:
+    v = min(max(x, np.float32(-88.0)), np.float32(88.0))
+    n = math.floor(v * _LOG2_E + np.float32(0.5))
+    r = (v - n * _LN2_HI) - n * _LN2_LO
+    p = ((((((_C7 * r + _C6) * r + _C5) * r + _C4) * r + _C3) * r + _C2) * r + _C1) * r + _C0
+    two_to_n = np.int32(max(np.int32(n) + np.int32(127), np.int32(0)) << np.int32(23)).view(np.float32)
+    return p * two_to_n
+
+
+@numba.njit(fastmath=FASTMATH)  # not inline="always": Numba 0.68 then left softmax rows unnormalised
+def _exp_inplace(x):
+    """x[j] = exp(x[j]) along a 1-D array: ``_exp32`` for float32, ``math.exp`` for float64."""
+    if x.itemsize == 4:
+        for j in range(x.shape[0]):
+            x[j] = _exp32(x[j])
+    else:
         for j in range(x.shape[0]):
             x[j] = math.exp(x[j])
-        return
-    for j in range(x.shape[0]):
-        v = min(max(x[j], np.float32(-88.0)), np.float32(88.0))
-        n = math.floor(v * _LOG2_E + np.float32(0.5))
-        r = (v - n * _LN2_HI) - n * _LN2_LO
-        x[j] = ((((((_C7 * r + _C6) * r + _C5) * r + _C4) * r + _C3) * r + _C2) * r + _C1) * r + _C0
-        bits[j] = max(np.int32(n) + np.int32(127), np.int32(0)) << np.int32(23)
-    x *= bits.view(np.float32)
 
 
 # ---------------------------------------------------------------- softmax
@@ -112,7 +120,7 @@ def _softmax_rows(x, scale, mask, out):
             row[:] = 0.0
         else:
             row -= m
-            _exp_inplace(row, np.empty(n, dtype=np.int32))
+            _exp_inplace(row)
             z = 0.0
             for j in range(n):
                 z += row[j]
@@ -159,7 +167,6 @@ def _attention_forward(q, k, v, pad, causal, scale, block_q, block_k, o, lse):
         m = np.full(nq, -np.inf, dtype=q.dtype)       # running max      (nq,)
         l = np.zeros(nq, dtype=q.dtype)               # running sum      (nq,)
         acc = np.zeros((nq, d), dtype=q.dtype)        # unnormalised O   (nq, D)
-        bits = np.empty(block_k, dtype=np.int32)      # scratch for _exp_inplace
         k_end = min(tk, i1 + shift) if causal else tk
         for j0 in range(0, k_end, block_k):
             j1 = min(j0 + block_k, k_end)
@@ -175,7 +182,7 @@ def _attention_forward(q, k, v, pad, causal, scale, block_q, block_k, o, lse):
                 else:
                     alpha = np.exp(m[i] - m_new)      # exp(-inf) = 0 on the first visible tile
                     row -= m_new
-                    _exp_inplace(row, bits[:j1 - j0])
+                    _exp_inplace(row)
                     total = 0.0
                     for j in range(j1 - j0):
                         total += row[j]
@@ -207,7 +214,6 @@ def _attention_backward(q, k, v, o, lse, do, pad, causal, scale, block_q, block_
         for i in range(tq):
             di[i] = np.dot(do[b, h, i], o[b, h, i])
         dq[b, h] = 0.0
-        bits = np.empty(block_k, dtype=np.int32)                   # scratch for _exp_inplace
         for j0 in range(0, tk, block_k):
             j1 = min(j0 + block_k, tk)
             kt = k[b, h, j0:j1]                                    # (nk, D)
@@ -226,7 +232,7 @@ def _attention_backward(q, k, v, o, lse, do, pad, causal, scale, block_q, block_
                     row += key_bias[j0:j1] - lse[b, h, i0 + i]
                     if causal:                                     # keys after i + shift are hidden
                         row[max(0, i0 + i + shift + 1 - j0):] = -np.inf
-                    _exp_inplace(row, bits[:j1 - j0])              # exp(-inf) = 0
+                    _exp_inplace(row)                              # exp(-inf) = 0
                 dv_t += np.dot(p.T, do[b, h, i0:i1])               # (nk, D)
                 ds = np.dot(do[b, h, i0:i1], vt.T)                 # dP, then dS (nq, nk)
                 for i in range(i1 - i0):
@@ -338,37 +344,74 @@ def _activation_code(activation):
     return ACTIVATIONS.index(activation)
 
 
-@numba.njit(fastmath=FASTMATH, cache=True)
-def _act_and_grad(z, code):
-    """(act(z), act'(z)); formulas in reference.activation_forward / activation_backward."""
+# Abramowitz & Stegun 7.1.26: erfc(x) = t (a1 + a2 t + a3 t^2 + a4 t^3 + a5 t^4) exp(-x^2) + e(x),
+# t = 1 / (1 + p x), x >= 0, |e(x)| <= 1.5e-7 (the approximation PyTorch's vectorised CPU erf uses too).
+_AS_P = np.float32(0.3275911)
+_AS_A1, _AS_A2, _AS_A3, _AS_A4, _AS_A5 = (np.float32(a) for a in (
+    0.254829592, -0.284496736, 1.421413741, -1.453152027, 1.061405429))
+
+
+@numba.njit(fastmath=FASTMATH, inline="always")
+def _normal_cdf_pdf32(z):
+    """(Phi(z), phi(z)) of the standard normal for a float32 z, in operations the compiler vectorises.
+
+    With x = |z| / sqrt 2, both come from one exponential e = exp(-x^2) = exp(-z^2 / 2):
+        Phi(-|z|) = erfc(x) / 2 = t P(t) e / 2   (A&S 7.1.26),   Phi(z) = 1 - Phi(-z),
+        phi(z) = e / sqrt(2 pi).
+    Phi is within 3e-7 of the exact value (float32 rounding included), like float32 rounding of values
+    near 1; the reference computes erf with SciPy.
+    """
+    x = abs(z) * np.float32(_INV_SQRT_2)
+    t = np.float32(1.0) / (np.float32(1.0) + _AS_P * x)
+    e = _exp32(-x * x)
+    tail = np.float32(0.5) * t * ((((_AS_A5 * t + _AS_A4) * t + _AS_A3) * t + _AS_A2) * t + _AS_A1) * e
+    cdf = tail if z < 0 else np.float32(1.0) - tail
+    return cdf, e * np.float32(_INV_SQRT_2PI)
+
+
+@numba.njit(fastmath=FASTMATH, inline="always")
+def _act_and_grad(z, code, single):
+    """(act(z), act'(z)); formulas in reference.activation_forward / activation_backward.
+
+    ``single``: z is float32, so exp and the normal CDF use the vectorisable ``_exp32`` and
+    ``_normal_cdf_pdf32``; float64 uses math.exp and math.erf. gelu_tanh is computed through the logistic
+    function s = 1 / (1 + exp(-2u)), which equals 0.5 (1 + tanh u), with 1 - tanh^2 u = 4 s (1 - s):
+        gelu_tanh(z) = z s,   gelu_tanh'(z) = s + 2 z s (1 - s) sqrt(2/pi) (1 + 3 * 0.044715 z^2).
+    """
     if code == _RELU:
         return (z, 1.0) if z > 0 else (0.0 * z, 0.0)
     if code == _GELU:
-        cdf = 0.5 * (1.0 + math.erf(z * _INV_SQRT_2))
-        return z * cdf, cdf + z * math.exp(-0.5 * z * z) * _INV_SQRT_2PI
-    t = math.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z * z * z))
-    grad = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * z * z)
-    return 0.5 * z * (1.0 + t), grad
+        if single:
+            cdf, pdf = _normal_cdf_pdf32(z)
+        else:
+            cdf = 0.5 * (1.0 + math.erf(z * _INV_SQRT_2))
+            pdf = math.exp(-0.5 * z * z) * _INV_SQRT_2PI
+        return z * cdf, cdf + z * pdf
+    u = _SQRT_2_OVER_PI * (z + 0.044715 * z * z * z)
+    s = 1.0 / (1.0 + (_exp32(np.float32(-2.0 * u)) if single else math.exp(-2.0 * u)))
+    return z * s, s + 2.0 * z * s * (1.0 - s) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * z * z)
 
 
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _bias_act(h_pre, b1, code, h):
     """In one pass: h_pre += b1 (in place) and h = act(h_pre).  h_pre, h: (N, F)."""
     n, f = h_pre.shape
+    single = h_pre.itemsize == 4
     for r in numba.prange(n):
         for c in range(f):
             z = h_pre[r, c] + b1[c]
             h_pre[r, c] = z
-            h[r, c] = _act_and_grad(z, code)[0]
+            h[r, c] = _act_and_grad(z, code, single)[0]
 
 
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _act_backward(h_pre, code, h, dh):
     """In one pass: h = act(h_pre) and dh *= act'(h_pre) (in place, dh becomes dh_pre)."""
     n, f = h_pre.shape
+    single = h_pre.itemsize == 4
     for r in numba.prange(n):
         for c in range(f):
-            a, g = _act_and_grad(h_pre[r, c], code)
+            a, g = _act_and_grad(h_pre[r, c], code, single)
             h[r, c] = a
             dh[r, c] *= g
 

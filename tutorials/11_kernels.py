@@ -218,7 +218,7 @@ C.save(fig, CHAPTER, "online_softmax_trace")
 # Numba loop is one call of a scalar library function per element, and `prange` has a start-up cost per
 # call. On the two-core machine this chapter was last run on, NumPy beat our fused kernel on rows of 1024
 # and more (it ran at 0.8x NumPy's speed) and lost on short rows (1.6x at 64); the library's
-# `kernels.cpu.softmax`, whose `exp` is a polynomial the compiler *can* vectorise (`_exp_inplace` in
+# `kernels.cpu.softmax`, whose `exp` is a polynomial the compiler *can* vectorise (`_exp32` in
 # `kernels/cpu.py`), beat NumPy at every length (1.3-1.6x), and PyTorch's vectorised C++ kernel was
 # fastest of all (3-4x NumPy). Your machine may differ. The online kernel is the slowest on
 # a CPU whatever the machine: it computes every exponential twice (once for the statistics, once for the

@@ -3,6 +3,7 @@ import os
 import subprocess
 import sys
 
+import numba
 import numpy as np
 import pytest
 
@@ -68,6 +69,41 @@ def test_ffn(dtype, activation):
     got = cpu.ffn_backward(*params, h_pre, c["dy"], activation)
     for name, g, w in zip(["dx", "dw1", "db1", "dw2", "db2"], got, want):
         assert_close(name, g, w)
+
+
+@numba.njit
+def _elementwise_exp32(x):
+    out = np.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = cpu._exp32(x[i])
+    return out
+
+
+@numba.njit
+def _elementwise_normal_cdf_pdf32(z):
+    cdf, pdf = np.empty_like(z), np.empty_like(z)
+    for i in range(z.shape[0]):
+        cdf[i], pdf[i] = cpu._normal_cdf_pdf32(z[i])
+    return cdf, pdf
+
+
+def test_float32_exp_and_normal_cdf_are_accurate_over_the_whole_range():
+    """The vectorisable float32 exp and standard normal CDF/PDF against float64, elementwise (not only in
+    the norm-wise measure of the kernel tests): exp within 1e-7 relative (measured 6.0e-8) and an exact 0
+    for -inf; Phi and phi within 4e-7 absolute (measured 2.8e-7 and 3.8e-8); Phi(z) + Phi(-z) = 1 exactly."""
+    from scipy.special import ndtr
+
+    x = np.linspace(-87.0, 88.0, 1_000_001).astype(np.float32)
+    assert np.abs(_elementwise_exp32(x) / np.exp(x.astype(np.float64)) - 1).max() < 1e-7
+    assert _elementwise_exp32(np.array([-np.inf, -200.0, 0.0], dtype=np.float32)).tolist() == [0.0, 0.0, 1.0]
+
+    z = np.linspace(-12.0, 12.0, 400_001).astype(np.float32)
+    cdf, pdf = _elementwise_normal_cdf_pdf32(z)
+    z64 = z.astype(np.float64)
+    assert cdf.dtype == pdf.dtype == np.float32
+    assert np.abs(cdf - ndtr(z64)).max() < 4e-7
+    assert np.abs(pdf - np.exp(-0.5 * z64 * z64) / np.sqrt(2 * np.pi)).max() < 4e-7
+    assert np.array_equal(cdf + cdf[::-1], np.ones_like(cdf))
 
 
 def test_bad_inputs_are_rejected():
