@@ -151,8 +151,8 @@ class _TorchBackend:
 
 def _backends():
     backends = {"numpy": reference, "numba-cpu": cpu}
-    from numba import cuda
-    if cuda.is_available():
+    from numba import config, cuda
+    if cuda.is_available() and not config.ENABLE_CUDASIM:   # under the simulator is_available() is True
         backends["numba-cuda"] = _CudaBackend()
     try:
         import torch

@@ -7,9 +7,20 @@
 * ``ffn``: a shared-memory tiled matmul with fused bias / activation
   epilogues, used for the FFN forward and backward.
 
-Every kernel accepts NumPy arrays (copied to the device and the results copied
-back), or CuPy / Numba device arrays (anything with ``__cuda_array_interface__``;
-results are then Numba device arrays). Block sizes are parameters so the CUDA
-simulator (``NUMBA_ENABLE_CUDASIM=1``) can run them with few threads. No warp
-shuffles are used, so every kernel also runs under the simulator.
+The package exposes the fused-op API of ``kernels.cpu``: ``attention_forward``
+and ``attention_backward`` (the v2 kernels), ``ffn_forward`` and
+``ffn_backward``, with the same arguments and conventions as kernels.reference
+plus a tuning knob (``block_size``, ``tile``).
+
+Every kernel accepts NumPy arrays (copied to the device, results copied back as
+NumPy arrays), CuPy arrays (results are CuPy arrays on the same memory, no
+copies) or Numba device arrays (results are Numba device arrays); see
+``_common``. Block sizes are parameters so the CUDA simulator
+(``NUMBA_ENABLE_CUDASIM=1``) can run them with few threads. No warp shuffles
+are used, so every kernel also runs under the simulator.
 """
+from kernels.cuda.attention import attention_backward_v2 as attention_backward
+from kernels.cuda.attention import attention_forward_v2 as attention_forward
+from kernels.cuda.ffn import ffn_backward, ffn_forward
+
+__all__ = ["attention_forward", "attention_backward", "ffn_forward", "ffn_backward"]

@@ -1,22 +1,59 @@
-"""Host-side helpers shared by the CUDA kernels: moving arrays, allocating outputs, activations."""
+"""What the CUDA kernels share: the one pattern for dtypes, moving arrays, checking inputs, activations.
+
+Typed constants
+---------------
+Numba types a Python float literal in a kernel (``0.0``, ``1.0``, ``-math.inf``) as float64, and float32
+combined with float64 is computed in float64: a float32 kernel that starts a sum at ``0.0`` converts every
+element and runs its arithmetic at the float64 rate (1/2 to 1/64 of the float32 rate, depending on the GPU).
+Integer literals mixed with floats promote the same way (``2 * x`` is float64 for a float32 ``x``).
+So every kernel and device function that needs a constant is built by a factory for one dtype, cached with
+``functools.lru_cache`` (compiled once per dtype), which names its constants as NumPy scalars of that dtype::
+
+    @functools.lru_cache(maxsize=None)
+    def _row_max(dtype):
+        NEG_INF = dtype.type(-np.inf)
+
+        @cuda.jit
+        def kernel(x, out):
+            m = NEG_INF             # float32 when dtype is float32
+            ...
+
+        return kernel
+
+Numba freezes the closure's NumPy scalars into the code as constants of their own type. Compile-time sizes
+(block sizes, the head dimension) are further arguments of the same factories.
+``tests/kernels/test_cuda_ptx.py`` compiles every float32 kernel to PTX and checks it has no float64
+instruction.
+
+Arrays in and out
+-----------------
+The host functions take NumPy arrays (copied to the device; results are copied back as NumPy arrays), CuPy
+arrays (used in place; results are CuPy arrays, no copies) or Numba device arrays (results are Numba device
+arrays). Other objects with ``__cuda_array_interface__`` (PyTorch CUDA tensors, ...) are used in place and
+give Numba device arrays. The kind of the first array argument decides the kind of the results.
+"""
+import functools
 import math
 
 import numpy as np
 from numba import cuda
 
+MAX_THREADS_PER_BLOCK = 1024
+STATIC_SHARED_BYTES = 48 * 1024       # static shared memory (cuda.shared.array) one block may use
 ACTIVATION_CODES = {"identity": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+# ------------------------------------------------------------------ moving arrays
 
 
 def to_device(a):
-    """(device array, on_host): NumPy arrays are copied over, device arrays are used in place."""
+    """``a`` (checked by check_array) as a Numba device array: NumPy arrays are copied over, device arrays are
+    used in place."""
     if isinstance(a, np.ndarray):
-        return cuda.to_device(np.ascontiguousarray(a)), True
-    if hasattr(a, "__cuda_array_interface__"):           # CuPy, Numba device arrays
-        return cuda.as_cuda_array(a), False
-    return a, False                                      # the simulator's device arrays have no interface
+        return cuda.to_device(np.ascontiguousarray(a))
+    if cuda.devicearray.is_cuda_ndarray(a):              # Numba's device arrays (and the simulator's)
+        return a
+    return cuda.as_cuda_array(a)                         # CuPy, PyTorch, ...: a view, no copy
 
 
 def device_empty(shape, dtype):
@@ -24,20 +61,91 @@ def device_empty(shape, dtype):
     return cuda.device_array(shape, dtype=dtype)
 
 
-def padding_on_device(key_padding_mask, batch, tk):
-    """(B, Tk) bool device array, all False when no mask is given."""
-    if key_padding_mask is None:
-        return cuda.to_device(np.zeros((batch, tk), dtype=np.bool_))
-    if isinstance(key_padding_mask, np.ndarray):
-        return cuda.to_device(np.ascontiguousarray(key_padding_mask, dtype=np.bool_).reshape(batch, tk))
-    return to_device(key_padding_mask)[0]
+def absent(ndim, dtype):
+    """Stands for an optional array argument that was not given (the kernel gets a flag not to read it).
+
+    Zero-sized, so it costs no device allocation and no copy (Numba gives it a null pointer).
+    """
+    return cuda.device_array((0,) * ndim, dtype=dtype)
 
 
-def results(arrays, on_host):
-    """Copy results back to NumPy when the inputs came from the host, else return the device arrays."""
-    if on_host:
+def like_input(arrays, first_input):
+    """The device results ``arrays`` as the kind of array ``first_input`` is: NumPy, CuPy or Numba."""
+    if isinstance(first_input, np.ndarray):
         return tuple(a.copy_to_host() for a in arrays)
+    if type(first_input).__module__.split(".")[0] == "cupy":
+        import cupy  # only reached with CuPy inputs: CuPy is an optional dependency
+
+        return tuple(cupy.asarray(a) for a in arrays)    # a view of the same memory, no copy
     return tuple(arrays)
+
+
+def padding_on_device(key_padding_mask, batch, tk):
+    """(pad, has_pad): the key padding mask as a (B, Tk) bool device array, or ``absent`` and False.
+
+    Accepted as (B, Tk) or (B, 1, 1, Tk); a NumPy mask of any dtype is converted to bool, a device mask
+    must already be bool.
+    """
+    if key_padding_mask is None:
+        return absent(2, np.bool_), False
+    check_array("key_padding_mask", key_padding_mask)
+    shape = tuple(key_padding_mask.shape)
+    if shape not in ((batch, tk), (batch, 1, 1, tk)):
+        raise ValueError(f"key_padding_mask must have shape (B, Tk) = {(batch, tk)} or (B, 1, 1, Tk), "
+                         f"got {shape}")
+    if isinstance(key_padding_mask, np.ndarray):
+        key_padding_mask = np.ascontiguousarray(key_padding_mask, dtype=np.bool_)
+    elif key_padding_mask.dtype != np.bool_:
+        raise TypeError(f"a device key_padding_mask must have dtype bool, got {key_padding_mask.dtype}")
+    return to_device(key_padding_mask).reshape(batch, tk), True
+
+
+# ------------------------------------------------------------------ checking inputs
+
+
+def check_array(name, a):
+    """``a`` (the argument ``name``) is a NumPy array or a CUDA device array."""
+    if not (isinstance(a, np.ndarray) or cuda.devicearray.is_cuda_ndarray(a)
+            or hasattr(a, "__cuda_array_interface__")):
+        raise TypeError(f"{name} must be a NumPy array or a CUDA device array (CuPy, Numba), "
+                        f"got {type(a).__name__}")
+
+
+def check_float(**arrays):
+    """All ``arrays`` (name=array) share one dtype, float32 or float64; return it as a np.dtype."""
+    for name, a in arrays.items():
+        check_array(name, a)
+    (first, a), *rest = arrays.items()
+    dtype = np.dtype(a.dtype)
+    if dtype not in (np.float32, np.float64):
+        raise TypeError(f"{first} must be float32 or float64, got {dtype}")
+    for name, b in rest:
+        if b.dtype != dtype:
+            raise TypeError(f"{name} has dtype {np.dtype(b.dtype)} but {first} has {dtype}")
+    return dtype
+
+
+def check_shape(name, a, expected, symbols):
+    """``a`` has shape ``expected``, where None matches any size; ``symbols`` names the axes, e.g. "(B, Tk)"."""
+    shape = tuple(a.shape)
+    if len(shape) != len(expected) or any(e is not None and s != e for s, e in zip(shape, expected)):
+        sizes = ["?" if e is None else str(e) for e in expected]
+        wanted = f"({sizes[0]},)" if len(sizes) == 1 else f"({', '.join(sizes)})"
+        known = "" if all(e is None for e in expected) else f" = {wanted}"
+        raise ValueError(f"{name} must have shape {symbols}{known}, got {shape}")
+
+
+def check_block_size(name, size, square=False, power_of_two=False):
+    """``size`` (the argument ``name``) is a positive int giving at most 1024 threads per block: ``size``
+    threads, or size x size if ``square``; a power of two if ``power_of_two`` (a tree reduction halves the
+    active threads at every step)."""
+    if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
+        raise ValueError(f"{name} must be a positive int, got {size!r}")
+    threads = size * size if square else size
+    if threads > MAX_THREADS_PER_BLOCK:
+        raise ValueError(f"{name}={size} gives {threads} threads per block; the limit is {MAX_THREADS_PER_BLOCK}")
+    if power_of_two and size & (size - 1):
+        raise ValueError(f"{name} must be a power of two (a tree reduction halves it at every step), got {size}")
 
 
 def activation_code(activation):
@@ -46,16 +154,28 @@ def activation_code(activation):
     return ACTIVATION_CODES[activation]
 
 
-@cuda.jit(device=True)
-def act_and_grad(z, code):
-    """(act(z), act'(z)) for code 0 identity, 1 relu, 2 gelu, 3 gelu_tanh (formulas in kernels.reference)."""
-    if code == 0:
-        return z, 1.0
-    if code == 1:
-        return (z, 1.0) if z > 0 else (0.0, 0.0)
-    if code == 2:
-        cdf = 0.5 * (1.0 + math.erf(z * _INV_SQRT_2))
-        return z * cdf, cdf + z * math.exp(-0.5 * z * z) * _INV_SQRT_2PI
-    t = math.tanh(_SQRT_2_OVER_PI * (z + 0.044715 * z * z * z))
-    grad = 0.5 * (1.0 + t) + 0.5 * z * (1.0 - t * t) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * z * z)
-    return 0.5 * z * (1.0 + t), grad
+# ------------------------------------------------------------------ activations
+
+
+@functools.lru_cache(maxsize=None)
+def act_and_grad(dtype):
+    """Device function (act(z), act'(z)) for code 0 identity, 1 relu, 2 gelu, 3 gelu_tanh (formulas in
+    kernels.reference), in ``dtype``."""
+    ZERO, HALF, ONE = dtype.type(0), dtype.type(0.5), dtype.type(1)
+    INV_SQRT_2, INV_SQRT_2PI = dtype.type(1 / math.sqrt(2)), dtype.type(1 / math.sqrt(2 * math.pi))
+    SQRT_2_OVER_PI, C, C3 = dtype.type(math.sqrt(2 / math.pi)), dtype.type(0.044715), dtype.type(3 * 0.044715)
+
+    @cuda.jit(device=True)
+    def act_and_grad(z, code):
+        if code == 0:
+            return z, ONE
+        if code == 1:
+            return (z, ONE) if z > ZERO else (ZERO, ZERO)
+        if code == 2:
+            cdf = HALF * (ONE + math.erf(z * INV_SQRT_2))
+            return z * cdf, cdf + z * math.exp(-HALF * z * z) * INV_SQRT_2PI
+        t = math.tanh(SQRT_2_OVER_PI * (z + C * z * z * z))
+        grad = HALF * (ONE + t) + HALF * z * (ONE - t * t) * SQRT_2_OVER_PI * (ONE + C3 * z * z)
+        return HALF * z * (ONE + t), grad
+
+    return act_and_grad

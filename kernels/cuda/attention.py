@@ -9,16 +9,27 @@ A fully masked row gives o = 0, lse = -inf and zero gradients.
 v1  naive port of the reference: one thread per query row (forward, dQ) or per
     key row (dK, dV), every operand read straight from global memory. No
     (T, T) matrix is stored: scores are recomputed in each pass.
-v2  flash-style: a block of ``block_size`` threads owns a tile of
-    ``block_size`` rows (one row per thread). Tiles of the other operand are
-    staged in shared memory once per block and reused by every thread.
+v2  flash-style: a block of ``block_size`` threads owns ``block_size`` rows,
+    one per thread (B_r in the FlashAttention paper). The other operand passes
+    through shared memory ``tile`` rows at a time (B_c): all the block's
+    threads copy a tile together, neighbouring threads reading neighbouring
+    addresses (coalesced), and every thread then reuses it from shared memory.
     Forward keeps an online softmax per query (running max m, sum l, output
     acc) and saves lse; backward runs one kernel for dQ (a block per query
     tile) and one for dK, dV (a block per key tile), so no atomics are needed.
 
-The head dimension D and the block size are compile-time constants of the v2
-kernels (they size the per-thread and shared arrays); kernels are compiled
-once per (dtype, block_size, D).
+Shared memory. A block may have 48 KiB of static shared memory. The largest v2
+kernel (dK, dV) stages two (tile, D) tiles and two (tile,) vectors, i.e.
+(2 D + 2) * tile elements, so the host takes
+    tile = min(block_size, 48 KiB // ((2 D + 2) * itemsize)):
+64 rows for float32 D = 64, 47 for float32 D = 128 or float64 D = 64, 23 for
+float64 D = 128 (with the default block_size = 64).
+
+The head dimension D, block_size and tile are compile-time constants of the v2
+kernels (they size the per-thread and shared arrays); kernels are built per
+(dtype, block_size, tile, D), the v1 kernels per dtype (see _common.py).
+Grids: batch * heads in grid x (up to 2^31 - 1 blocks), the row tiles of one
+(b, h) in grid y (up to 65535, so T up to 65535 * block_size).
 """
 import functools
 import math
@@ -31,140 +42,169 @@ from kernels.cuda import _common
 
 
 @cuda.jit(device=True)
-def _visible(pad, causal, b, i, j, shift):
+def _visible(pad, has_pad, causal, b, i, j, shift):
     """Query i may attend to key j: not padded and, if causal, j <= i + shift (shift = Tk - Tq)."""
-    return not pad[b, j] and not (causal and j > i + shift)
+    return not (has_pad and pad[b, j]) and not (causal and j > i + shift)
 
 
-@cuda.jit(device=True)
-def _dot(a, b):
-    total = 0.0
-    for d in range(a.shape[0]):
-        total += a[d] * b[d]
-    return total
+@functools.lru_cache(maxsize=None)
+def _dot(dtype):
+    ZERO = dtype.type(0)
+
+    @cuda.jit(device=True)
+    def dot(a, b):
+        """sum_c a[c] b[c]"""
+        total = ZERO
+        for c in range(a.shape[0]):
+            total += a[c] * b[c]
+        return total
+
+    return dot
 
 
 # --------------------------------------------------------------------- v1
 
 
-@cuda.jit
-def _forward_v1(q, k, v, pad, causal, scale, o, lse):
-    """Thread per (b, h, i): three passes over the keys (max, sum, weighted sum of V)."""
-    n_batch, n_head, tq, d = q.shape
-    tk = k.shape[2]
-    row = cuda.grid(1)
-    if row >= n_batch * n_head * tq:
-        return
-    b, h, i = row // (n_head * tq), (row // tq) % n_head, row % tq
-    shift = tk - tq
-    m = -math.inf
-    for j in range(tk):
-        if _visible(pad, causal, b, i, j, shift):
-            m = max(m, scale * _dot(q[b, h, i], k[b, h, j]))
-    z = 0.0
-    for j in range(tk):
-        if _visible(pad, causal, b, i, j, shift):
-            z += math.exp(scale * _dot(q[b, h, i], k[b, h, j]) - m)
-    for c in range(d):
-        o[b, h, i, c] = 0.0
-    if z == 0.0:
-        lse[b, h, i] = -math.inf
-        return
-    for j in range(tk):
-        if _visible(pad, causal, b, i, j, shift):
-            p = math.exp(scale * _dot(q[b, h, i], k[b, h, j]) - m) / z
-            for c in range(d):
-                o[b, h, i, c] += p * v[b, h, j, c]
-    lse[b, h, i] = m + math.log(z)
+@functools.lru_cache(maxsize=None)
+def _v1_kernels(dtype):
+    """The v1 kernels (forward, backward_dq, backward_dkdv) for one dtype."""
+    ZERO, NEG_INF = dtype.type(0), dtype.type(-np.inf)
+    dot = _dot(dtype)
 
+    @cuda.jit
+    def forward(q, k, v, pad, has_pad, causal, scale, o, lse):
+        """Thread per (b, h, i): three passes over the keys (max, sum, weighted sum of V)."""
+        n_batch, n_head, tq, d = q.shape
+        tk = k.shape[2]
+        row = cuda.grid(1)
+        if row >= n_batch * n_head * tq:
+            return
+        b, h, i = row // (n_head * tq), (row // tq) % n_head, row % tq
+        shift = tk - tq
+        m = NEG_INF
+        for j in range(tk):
+            if _visible(pad, has_pad, causal, b, i, j, shift):
+                m = max(m, scale * dot(q[b, h, i], k[b, h, j]))
+        z = ZERO
+        for j in range(tk):
+            if _visible(pad, has_pad, causal, b, i, j, shift):
+                z += math.exp(scale * dot(q[b, h, i], k[b, h, j]) - m)
+        for c in range(d):
+            o[b, h, i, c] = ZERO
+        if z == ZERO:
+            lse[b, h, i] = NEG_INF
+            return
+        for j in range(tk):
+            if _visible(pad, has_pad, causal, b, i, j, shift):
+                p = math.exp(scale * dot(q[b, h, i], k[b, h, j]) - m) / z
+                for c in range(d):
+                    o[b, h, i, c] += p * v[b, h, j, c]
+        lse[b, h, i] = m + math.log(z)
 
-@cuda.jit
-def _backward_dq_v1(q, k, v, o, lse, do, pad, causal, scale, dq):
-    """Thread per query row: dQ_i = scale sum_j P_ij (dO_i . V_j - D_i) K_j."""
-    n_batch, n_head, tq, d = q.shape
-    tk = k.shape[2]
-    row = cuda.grid(1)
-    if row >= n_batch * n_head * tq:
-        return
-    b, h, i = row // (n_head * tq), (row // tq) % n_head, row % tq
-    di = _dot(do[b, h, i], o[b, h, i])
-    for c in range(d):
-        dq[b, h, i, c] = 0.0
-    for j in range(tk):
-        if _visible(pad, causal, b, i, j, tk - tq):
-            p = math.exp(scale * _dot(q[b, h, i], k[b, h, j]) - lse[b, h, i])
-            ds = p * (_dot(do[b, h, i], v[b, h, j]) - di)
-            for c in range(d):
-                dq[b, h, i, c] += scale * ds * k[b, h, j, c]
+    @cuda.jit
+    def backward_dq(q, k, v, o, lse, do, pad, has_pad, causal, scale, dq):
+        """Thread per query row: dQ_i = scale sum_j P_ij (dO_i . V_j - D_i) K_j."""
+        n_batch, n_head, tq, d = q.shape
+        tk = k.shape[2]
+        row = cuda.grid(1)
+        if row >= n_batch * n_head * tq:
+            return
+        b, h, i = row // (n_head * tq), (row // tq) % n_head, row % tq
+        di = dot(do[b, h, i], o[b, h, i])
+        for c in range(d):
+            dq[b, h, i, c] = ZERO
+        for j in range(tk):
+            if _visible(pad, has_pad, causal, b, i, j, tk - tq):
+                p = math.exp(scale * dot(q[b, h, i], k[b, h, j]) - lse[b, h, i])
+                ds = p * (dot(do[b, h, i], v[b, h, j]) - di)
+                for c in range(d):
+                    dq[b, h, i, c] += scale * ds * k[b, h, j, c]
 
+    @cuda.jit
+    def backward_dkdv(q, k, v, o, lse, do, pad, has_pad, causal, scale, dk, dv):
+        """Thread per key row: dV_j = sum_i P_ij dO_i,  dK_j = scale sum_i dS_ij Q_i."""
+        n_batch, n_head, tk, d = k.shape
+        tq = q.shape[2]
+        row = cuda.grid(1)
+        if row >= n_batch * n_head * tk:
+            return
+        b, h, j = row // (n_head * tk), (row // tk) % n_head, row % tk
+        for c in range(d):
+            dk[b, h, j, c] = ZERO
+            dv[b, h, j, c] = ZERO
+        for i in range(tq):
+            if _visible(pad, has_pad, causal, b, i, j, tk - tq):
+                p = math.exp(scale * dot(q[b, h, i], k[b, h, j]) - lse[b, h, i])
+                ds = p * (dot(do[b, h, i], v[b, h, j]) - dot(do[b, h, i], o[b, h, i]))
+                for c in range(d):
+                    dv[b, h, j, c] += p * do[b, h, i, c]
+                    dk[b, h, j, c] += scale * ds * q[b, h, i, c]
 
-@cuda.jit
-def _backward_dkdv_v1(q, k, v, o, lse, do, pad, causal, scale, dk, dv):
-    """Thread per key row: dV_j = sum_i P_ij dO_i,  dK_j = scale sum_i dS_ij Q_i."""
-    n_batch, n_head, tk, d = k.shape
-    tq = q.shape[2]
-    row = cuda.grid(1)
-    if row >= n_batch * n_head * tk:
-        return
-    b, h, j = row // (n_head * tk), (row // tk) % n_head, row % tk
-    for c in range(d):
-        dk[b, h, j, c] = 0.0
-        dv[b, h, j, c] = 0.0
-    for i in range(tq):
-        if _visible(pad, causal, b, i, j, tk - tq):
-            p = math.exp(scale * _dot(q[b, h, i], k[b, h, j]) - lse[b, h, i])
-            ds = p * (_dot(do[b, h, i], v[b, h, j]) - _dot(do[b, h, i], o[b, h, i]))
-            for c in range(d):
-                dv[b, h, j, c] += p * do[b, h, i, c]
-                dk[b, h, j, c] += scale * ds * q[b, h, i, c]
+    return forward, backward_dq, backward_dkdv
 
 
 # --------------------------------------------------------------------- v2
 
 
+def _flash_tile(block_size, d, dtype):
+    """Rows per shared-memory tile: block_size, or as many as fit in 48 KiB (see module docstring)."""
+    row_bytes = (2 * d + 2) * dtype.itemsize
+    fit = _common.STATIC_SHARED_BYTES // row_bytes
+    if fit < 1:
+        raise ValueError(f"head dim D={d} is too large for the v2 kernels: one row of their shared tiles needs "
+                         f"{row_bytes} bytes in {dtype}, more than the {_common.STATIC_SHARED_BYTES} bytes of "
+                         f"shared memory a block may use")
+    return min(block_size, fit)
+
+
 @functools.lru_cache(maxsize=None)
-def _flash_kernels(dtype, block, d):
-    """Compile the v2 kernels for one (dtype, block size, head dim)."""
+def _flash_kernels(dtype, block, tile, d):
+    """The v2 kernels (forward, backward_dq, backward_dkdv) for one (dtype, block size, tile rows, head dim)."""
     nb = numba.from_dtype(dtype)
+    ZERO, ONE, NEG_INF = dtype.type(0), dtype.type(1), dtype.type(-np.inf)
+    dot = _dot(dtype)
 
     @cuda.jit(device=True)
-    def load_rows(src, b, h, r0, n_rows, tile, t):
-        """Thread t copies row r0 + t of src[b, h] into tile[t] (zeros past the end)."""
-        for c in range(d):
-            tile[t, c] = src[b, h, r0 + t, c] if t < n_rows - r0 else 0.0
+    def load_tile(src, b, h, r0, dst, t):
+        """dst[r, c] = src[b, h, r0 + r, c] for the tile's rows (zeros past the end), copied by all threads:
+        thread t copies elements t, t + block, ... of the flattened (tile, D) tile (coalesced)."""
+        n_rows = src.shape[2]
+        for e in range(t, tile * d, block):
+            r, c = e // d, e % d
+            dst[r, c] = src[b, h, r0 + r, c] if r0 + r < n_rows else ZERO
 
     @cuda.jit
-    def forward(q, k, v, pad, causal, scale, o, lse):
-        """Grid (query tiles, B * H); thread t owns query row i = tile * block + t."""
+    def forward(q, k, v, pad, has_pad, causal, scale, o, lse):
+        """Grid (B * H, query tiles); thread t owns query row i = i0 + t. K, V tiles in shared memory."""
         n_head, tq = q.shape[1], q.shape[2]
         tk = k.shape[2]
         shift = tk - tq
         t = cuda.threadIdx.x
-        b, h = cuda.blockIdx.y // n_head, cuda.blockIdx.y % n_head
-        i0 = cuda.blockIdx.x * block
+        b, h = cuda.blockIdx.x // n_head, cuda.blockIdx.x % n_head
+        i0 = cuda.blockIdx.y * block
         i = i0 + t
-        k_tile = cuda.shared.array((block, d), nb)            # (block, D)
-        v_tile = cuda.shared.array((block, d), nb)            # (block, D)
+        k_tile = cuda.shared.array((tile, d), nb)             # (tile, D)
+        v_tile = cuda.shared.array((tile, d), nb)             # (tile, D)
         q_row = cuda.local.array(d, nb)                       # scaled query row
         acc = cuda.local.array(d, nb)                         # unnormalised output row
         for c in range(d):
-            q_row[c] = q[b, h, i, c] * scale if i < tq else 0.0
-            acc[c] = 0.0
-        m = -math.inf
-        l = 0.0
-        k_end = min(tk, i0 + block + shift) if causal else tk  # later keys are hidden from the whole tile
-        for j0 in range(0, k_end, block):
+            q_row[c] = q[b, h, i, c] * scale if i < tq else ZERO
+            acc[c] = ZERO
+        m = NEG_INF
+        l = ZERO
+        k_end = min(tk, i0 + block + shift) if causal else tk  # later keys are hidden from the whole block
+        for j0 in range(0, k_end, tile):
             cuda.syncthreads()                                # previous tile fully used
-            load_rows(k, b, h, j0, tk, k_tile, t)
-            load_rows(v, b, h, j0, tk, v_tile, t)
+            load_tile(k, b, h, j0, k_tile, t)
+            load_tile(v, b, h, j0, v_tile, t)
             cuda.syncthreads()
             if i < tq:
-                for jj in range(min(block, tk - j0)):
-                    if _visible(pad, causal, b, i, j0 + jj, shift):
-                        s = _dot(q_row, k_tile[jj])
+                for jj in range(min(tile, tk - j0)):
+                    if _visible(pad, has_pad, causal, b, i, j0 + jj, shift):
+                        s = dot(q_row, k_tile[jj])
                         if s > m:                             # new max: rescale what we have
                             alpha = math.exp(m - s)           # exp(-inf) = 0 for the first key
-                            l = l * alpha + 1.0
+                            l = l * alpha + ONE
                             for c in range(d):
                                 acc[c] = acc[c] * alpha + v_tile[jj, c]
                             m = s
@@ -175,44 +215,44 @@ def _flash_kernels(dtype, block, d):
                                 acc[c] += p * v_tile[jj, c]
         if i < tq:
             for c in range(d):
-                o[b, h, i, c] = acc[c] / l if l > 0.0 else 0.0
-            lse[b, h, i] = m + math.log(l) if l > 0.0 else -math.inf
+                o[b, h, i, c] = acc[c] / l if l > ZERO else ZERO
+            lse[b, h, i] = m + math.log(l) if l > ZERO else NEG_INF
 
     @cuda.jit
-    def backward_dq(q, k, v, o, lse, do, pad, causal, scale, dq):
-        """Grid (query tiles, B * H); thread t owns query row i. K, V tiles in shared memory."""
+    def backward_dq(q, k, v, o, lse, do, pad, has_pad, causal, scale, dq):
+        """Grid (B * H, query tiles); thread t owns query row i = i0 + t. K, V tiles in shared memory."""
         n_head, tq = q.shape[1], q.shape[2]
         tk = k.shape[2]
         shift = tk - tq
         t = cuda.threadIdx.x
-        b, h = cuda.blockIdx.y // n_head, cuda.blockIdx.y % n_head
-        i0 = cuda.blockIdx.x * block
+        b, h = cuda.blockIdx.x // n_head, cuda.blockIdx.x % n_head
+        i0 = cuda.blockIdx.y * block
         i = i0 + t
-        k_tile = cuda.shared.array((block, d), nb)
-        v_tile = cuda.shared.array((block, d), nb)
-        q_row = cuda.local.array(d, nb)
+        k_tile = cuda.shared.array((tile, d), nb)             # (tile, D)
+        v_tile = cuda.shared.array((tile, d), nb)             # (tile, D)
+        q_row = cuda.local.array(d, nb)                       # scaled query row
         do_row = cuda.local.array(d, nb)
         acc = cuda.local.array(d, nb)                         # dQ_i / scale
-        di = 0.0
-        row_lse = 0.0
+        di = ZERO                                             # D_i = dO_i . O_i
+        row_lse = ZERO
         if i < tq:
             for c in range(d):
                 q_row[c] = q[b, h, i, c] * scale
                 do_row[c] = do[b, h, i, c]
-                acc[c] = 0.0
+                acc[c] = ZERO
                 di += do_row[c] * o[b, h, i, c]
             row_lse = lse[b, h, i]
         k_end = min(tk, i0 + block + shift) if causal else tk
-        for j0 in range(0, k_end, block):
+        for j0 in range(0, k_end, tile):
             cuda.syncthreads()
-            load_rows(k, b, h, j0, tk, k_tile, t)
-            load_rows(v, b, h, j0, tk, v_tile, t)
+            load_tile(k, b, h, j0, k_tile, t)
+            load_tile(v, b, h, j0, v_tile, t)
             cuda.syncthreads()
             if i < tq:
-                for jj in range(min(block, tk - j0)):
-                    if _visible(pad, causal, b, i, j0 + jj, shift):
-                        p = math.exp(_dot(q_row, k_tile[jj]) - row_lse)
-                        ds = p * (_dot(do_row, v_tile[jj]) - di)
+                for jj in range(min(tile, tk - j0)):
+                    if _visible(pad, has_pad, causal, b, i, j0 + jj, shift):
+                        p = math.exp(dot(q_row, k_tile[jj]) - row_lse)
+                        ds = p * (dot(do_row, v_tile[jj]) - di)
                         for c in range(d):
                             acc[c] += ds * k_tile[jj, c]
         if i < tq:
@@ -220,52 +260,49 @@ def _flash_kernels(dtype, block, d):
                 dq[b, h, i, c] = acc[c] * scale
 
     @cuda.jit
-    def backward_dkdv(q, k, v, o, lse, do, pad, causal, scale, dk, dv):
-        """Grid (key tiles, B * H); thread t owns key row j. Q, dO, lse, D tiles in shared memory."""
+    def backward_dkdv(q, k, v, o, lse, do, pad, has_pad, causal, scale, dk, dv):
+        """Grid (B * H, key tiles); thread t owns key row j = j0 + t. Q, dO, lse, D tiles in shared memory."""
         n_head, tq = q.shape[1], q.shape[2]
         tk = k.shape[2]
         shift = tk - tq
         t = cuda.threadIdx.x
-        b, h = cuda.blockIdx.y // n_head, cuda.blockIdx.y % n_head
-        j0 = cuda.blockIdx.x * block
+        b, h = cuda.blockIdx.x // n_head, cuda.blockIdx.x % n_head
+        j0 = cuda.blockIdx.y * block
         j = j0 + t
-        q_tile = cuda.shared.array((block, d), nb)            # scaled queries
-        do_tile = cuda.shared.array((block, d), nb)
-        lse_tile = cuda.shared.array(block, nb)
-        d_tile = cuda.shared.array(block, nb)                 # D_i = dO_i . O_i
-        k_row = cuda.local.array(d, nb)
+        q_tile = cuda.shared.array((tile, d), nb)             # (tile, D)
+        do_tile = cuda.shared.array((tile, d), nb)            # (tile, D)
+        lse_tile = cuda.shared.array(tile, nb)
+        d_tile = cuda.shared.array(tile, nb)                  # D_i = dO_i . O_i
+        k_row = cuda.local.array(d, nb)                       # scaled key row
         v_row = cuda.local.array(d, nb)
-        dk_acc = cuda.local.array(d, nb)
+        dk_acc = cuda.local.array(d, nb)                      # dK_j / scale
         dv_acc = cuda.local.array(d, nb)
         for c in range(d):
-            k_row[c] = k[b, h, j, c] if j < tk else 0.0
-            v_row[c] = v[b, h, j, c] if j < tk else 0.0
-            dk_acc[c] = 0.0
-            dv_acc[c] = 0.0
+            k_row[c] = k[b, h, j, c] * scale if j < tk else ZERO
+            v_row[c] = v[b, h, j, c] if j < tk else ZERO
+            dk_acc[c] = ZERO
+            dv_acc[c] = ZERO
         i_start = max(0, j0 - shift) if causal else 0         # earlier queries see none of these keys
-        for i0 in range(i_start, tq, block):
+        for i0 in range(i_start, tq, tile):
             cuda.syncthreads()
-            i = i0 + t
-            di = 0.0
-            for c in range(d):
-                q_tile[t, c] = q[b, h, i, c] * scale if i < tq else 0.0
-                do_tile[t, c] = do[b, h, i, c] if i < tq else 0.0
-                if i < tq:
-                    di += do[b, h, i, c] * o[b, h, i, c]
-            d_tile[t] = di
-            lse_tile[t] = lse[b, h, i] if i < tq else 0.0
+            load_tile(q, b, h, i0, q_tile, t)
+            load_tile(do, b, h, i0, do_tile, t)
+            if t < tile:                                      # lse_i and D_i, a thread per row (tile <= block)
+                i = i0 + t
+                lse_tile[t] = lse[b, h, i] if i < tq else ZERO
+                d_tile[t] = dot(do[b, h, i], o[b, h, i]) if i < tq else ZERO
             cuda.syncthreads()
             if j < tk:
-                for ii in range(min(block, tq - i0)):
-                    if _visible(pad, causal, b, i0 + ii, j, shift):
-                        p = math.exp(_dot(q_tile[ii], k_row) - lse_tile[ii])
-                        ds = p * (_dot(do_tile[ii], v_row) - d_tile[ii])
+                for ii in range(min(tile, tq - i0)):
+                    if _visible(pad, has_pad, causal, b, i0 + ii, j, shift):
+                        p = math.exp(dot(q_tile[ii], k_row) - lse_tile[ii])
+                        ds = p * (dot(do_tile[ii], v_row) - d_tile[ii])
                         for c in range(d):
                             dv_acc[c] += p * do_tile[ii, c]
-                            dk_acc[c] += ds * q_tile[ii, c]       # scale is inside q_tile
+                            dk_acc[c] += ds * q_tile[ii, c]
         if j < tk:
             for c in range(d):
-                dk[b, h, j, c] = dk_acc[c]
+                dk[b, h, j, c] = dk_acc[c] * scale
                 dv[b, h, j, c] = dv_acc[c]
 
     return forward, backward_dq, backward_dkdv
@@ -274,69 +311,97 @@ def _flash_kernels(dtype, block, d):
 # ------------------------------------------------------------------- host
 
 
-def _prepare(q, arrays, key_padding_mask, scale):
-    """Move q and the other arrays to the device; return (device arrays, padding, scale, on_host)."""
-    d_q, on_host = _common.to_device(q)
-    device = [d_q] + [_common.to_device(a)[0] for a in arrays]
-    batch, _, _, d = d_q.shape
-    pad = _common.padding_on_device(key_padding_mask, batch, device[1].shape[2])
+def _prepare(q, others, key_padding_mask, scale, block_size):
+    """Check the inputs and move them to the device.
+
+    ``others``: name -> array for k, v and (backward) o, lse, do, in the kernels' argument order.
+    Returns (device arrays [q, *others], pad, has_pad, scale as a dtype scalar, dtype).
+    """
+    _common.check_block_size("block_size", block_size)
+    dtype = _common.check_float(q=q, **others)
+    _common.check_shape("q", q, (None,) * 4, "(B, H, Tq, D)")
+    batch, heads, tq, d = q.shape
+    _common.check_shape("k", others["k"], (batch, heads, None, d), "(B, H, Tk, D)")
+    tk = others["k"].shape[2]
+    for name, shape, symbols in (("v", (batch, heads, tk, d), "(B, H, Tk, D)"), ("o", q.shape, "(B, H, Tq, D)"),
+                                 ("lse", (batch, heads, tq), "(B, H, Tq)"), ("do", q.shape, "(B, H, Tq, D)")):
+        if name in others:
+            _common.check_shape(name, others[name], shape, symbols)
+    pad, has_pad = _common.padding_on_device(key_padding_mask, batch, tk)
+    device = [_common.to_device(a) for a in (q, *others.values())]
     if scale is None:
         scale = 1.0 / math.sqrt(d)
-    return device, pad, d_q.dtype.type(scale), on_host
+    return device, pad, has_pad, dtype.type(scale), dtype
 
 
 def _rows_grid(rows, block_size):
+    """(blocks, threads) for one thread per row."""
     return (rows + block_size - 1) // block_size, block_size
+
+
+def _tiles_grid(batch_heads, rows, block_size):
+    """(grid, threads) for one block per (b, h) and tile of block_size rows."""
+    return (batch_heads, (rows + block_size - 1) // block_size), block_size
 
 
 def attention_forward_v1(q, k, v, key_padding_mask=None, causal=False, scale=None, block_size=128):
     """Naive attention forward, one thread per query row. Returns (o, lse)."""
-    (d_q, d_k, d_v), pad, scale, on_host = _prepare(q, (k, v), key_padding_mask, scale)
+    (d_q, d_k, d_v), pad, has_pad, scale, dtype = _prepare(q, {"k": k, "v": v}, key_padding_mask, scale,
+                                                           block_size)
     batch, heads, tq, d = d_q.shape
-    o = _common.device_empty((batch, heads, tq, d), d_q.dtype)
-    lse = _common.device_empty((batch, heads, tq), d_q.dtype)
-    _forward_v1[_rows_grid(batch * heads * tq, block_size)](d_q, d_k, d_v, pad, bool(causal), scale, o, lse)
-    return _common.results([o, lse], on_host)
+    o = _common.device_empty((batch, heads, tq, d), dtype)
+    lse = _common.device_empty((batch, heads, tq), dtype)
+    forward, _, _ = _v1_kernels(dtype)
+    forward[_rows_grid(batch * heads * tq, block_size)](d_q, d_k, d_v, pad, has_pad, bool(causal), scale, o, lse)
+    return _common.like_input([o, lse], q)
 
 
 def attention_backward_v1(q, k, v, o, lse, do, key_padding_mask=None, causal=False, scale=None, block_size=128):
     """Naive attention backward: a thread per query row for dQ, per key row for dK, dV. Returns (dq, dk, dv)."""
-    device, pad, scale, on_host = _prepare(q, (k, v, o, lse, do), key_padding_mask, scale)
+    device, pad, has_pad, scale, dtype = _prepare(q, {"k": k, "v": v, "o": o, "lse": lse, "do": do},
+                                                  key_padding_mask, scale, block_size)
     d_q, d_k = device[0], device[1]
-    dq = _common.device_empty(d_q.shape, d_q.dtype)
-    dk = _common.device_empty(d_k.shape, d_q.dtype)
-    dv = _common.device_empty(d_k.shape, d_q.dtype)
     batch, heads, tq, _ = d_q.shape
     tk = d_k.shape[2]
-    _backward_dq_v1[_rows_grid(batch * heads * tq, block_size)](*device, pad, bool(causal), scale, dq)
-    _backward_dkdv_v1[_rows_grid(batch * heads * tk, block_size)](*device, pad, bool(causal), scale, dk, dv)
-    return _common.results([dq, dk, dv], on_host)
+    dq = _common.device_empty(d_q.shape, dtype)
+    dk = _common.device_empty(d_k.shape, dtype)
+    dv = _common.device_empty(d_k.shape, dtype)
+    _, backward_dq, backward_dkdv = _v1_kernels(dtype)
+    backward_dq[_rows_grid(batch * heads * tq, block_size)](*device, pad, has_pad, bool(causal), scale, dq)
+    backward_dkdv[_rows_grid(batch * heads * tk, block_size)](*device, pad, has_pad, bool(causal), scale, dk, dv)
+    return _common.like_input([dq, dk, dv], q)
 
 
 def attention_forward_v2(q, k, v, key_padding_mask=None, causal=False, scale=None, block_size=64):
-    """Flash-style forward: query tiles per block, K/V tiles in shared memory, online softmax. Returns (o, lse)."""
-    (d_q, d_k, d_v), pad, scale, on_host = _prepare(q, (k, v), key_padding_mask, scale)
+    """Flash-style forward: query tiles per block, K/V tiles in shared memory, online softmax. Returns (o, lse).
+
+    ``block_size``: threads (query rows) per block, at most 1024; the K/V tiles have as many rows or fewer
+    (see the module docstring on shared memory).
+    """
+    (d_q, d_k, d_v), pad, has_pad, scale, dtype = _prepare(q, {"k": k, "v": v}, key_padding_mask, scale,
+                                                           block_size)
     batch, heads, tq, d = d_q.shape
-    o = _common.device_empty((batch, heads, tq, d), d_q.dtype)
-    lse = _common.device_empty((batch, heads, tq), d_q.dtype)
-    forward, _, _ = _flash_kernels(np.dtype(d_q.dtype), block_size, d)
-    grid = ((tq + block_size - 1) // block_size, batch * heads)
-    forward[grid, block_size](d_q, d_k, d_v, pad, bool(causal), scale, o, lse)
-    return _common.results([o, lse], on_host)
+    o = _common.device_empty((batch, heads, tq, d), dtype)
+    lse = _common.device_empty((batch, heads, tq), dtype)
+    forward, _, _ = _flash_kernels(dtype, block_size, _flash_tile(block_size, d, dtype), d)
+    forward[_tiles_grid(batch * heads, tq, block_size)](d_q, d_k, d_v, pad, has_pad, bool(causal), scale, o, lse)
+    return _common.like_input([o, lse], q)
 
 
 def attention_backward_v2(q, k, v, o, lse, do, key_padding_mask=None, causal=False, scale=None, block_size=64):
-    """Flash-style backward: one tiled kernel for dQ, one for dK and dV. Returns (dq, dk, dv)."""
-    device, pad, scale, on_host = _prepare(q, (k, v, o, lse, do), key_padding_mask, scale)
+    """Flash-style backward: one tiled kernel for dQ, one for dK and dV. Returns (dq, dk, dv).
+
+    ``block_size`` as in attention_forward_v2.
+    """
+    device, pad, has_pad, scale, dtype = _prepare(q, {"k": k, "v": v, "o": o, "lse": lse, "do": do},
+                                                  key_padding_mask, scale, block_size)
     d_q, d_k = device[0], device[1]
     batch, heads, tq, d = d_q.shape
     tk = d_k.shape[2]
-    dq = _common.device_empty(d_q.shape, d_q.dtype)
-    dk = _common.device_empty(d_k.shape, d_q.dtype)
-    dv = _common.device_empty(d_k.shape, d_q.dtype)
-    _, backward_dq, backward_dkdv = _flash_kernels(np.dtype(d_q.dtype), block_size, d)
-    backward_dq[((tq + block_size - 1) // block_size, batch * heads), block_size](
-        *device, pad, bool(causal), scale, dq)
-    backward_dkdv[((tk + block_size - 1) // block_size, batch * heads), block_size](
-        *device, pad, bool(causal), scale, dk, dv)
-    return _common.results([dq, dk, dv], on_host)
+    dq = _common.device_empty(d_q.shape, dtype)
+    dk = _common.device_empty(d_k.shape, dtype)
+    dv = _common.device_empty(d_k.shape, dtype)
+    _, backward_dq, backward_dkdv = _flash_kernels(dtype, block_size, _flash_tile(block_size, d, dtype), d)
+    backward_dq[_tiles_grid(batch * heads, tq, block_size)](*device, pad, has_pad, bool(causal), scale, dq)
+    backward_dkdv[_tiles_grid(batch * heads, tk, block_size)](*device, pad, has_pad, bool(causal), scale, dk, dv)
+    return _common.like_input([dq, dk, dv], q)

@@ -10,13 +10,17 @@ Backward:
     dW1 = dh_pre^T x,  dx = dh_pre W1         plain matmuls
     db2 = sum_n dy,  db1 = sum_n dh_pre       column sums
 
-The matmul computes C = op(A) op(B) for op in {identity, transpose}: a block of
-tile x tile threads owns a tile x tile block of C; at each step the threads
-copy one tile of op(A) and one of op(B) into shared memory, synchronise, and
-each thread accumulates its dot product from shared memory. Every element of
-A and B is read from global memory M / tile (resp. N / tile) times instead of
-M (resp. N) times. Sizes need not be multiples of the tile: out-of-range
-elements load as zero.
+The matmul computes C = op(A) op(B) (M x N, inner size K) for op in {identity,
+transpose}: a block of tile x tile threads owns a tile x tile block of C; at
+each step the threads copy one tile of op(A) and one of op(B) into shared
+memory, synchronise, and each thread accumulates its dot product from shared
+memory. Every element of op(A) is read from global memory N / tile times
+instead of N times, every element of op(B) M / tile times instead of M. Sizes
+need not be multiples of the tile: out-of-range elements load as zero. The
+grid puts the row blocks in grid x (up to 2^31 - 1; M is the number of tokens
+in the forward pass) and the column blocks in grid y (up to 65535).
+
+Kernels are built per dtype (and tile); see kernels/cuda/_common.py.
 """
 import functools
 
@@ -31,8 +35,10 @@ EPILOGUE_NONE, EPILOGUE_BIAS_ACT, EPILOGUE_TIMES_ACT_GRAD = 0, 1, 2
 
 @functools.lru_cache(maxsize=None)
 def _matmul_kernel(dtype, tile):
-    """Compile the tiled matmul for one (dtype, tile)."""
+    """The tiled matmul for one (dtype, tile)."""
     nb = numba.from_dtype(dtype)
+    ZERO = dtype.type(0)
+    act_and_grad = _common.act_and_grad(dtype)
 
     @cuda.jit
     def matmul(a, b, trans_a, trans_b, act_b, code, epilogue, bias, aux, write_pre, out_pre, out):
@@ -42,26 +48,26 @@ def _matmul_kernel(dtype, tile):
         epilogue BIAS_ACT:            out_pre = C + bias (if write_pre),  out = act(C + bias)
         epilogue TIMES_ACT_GRAD:      out = C * act'(aux)
         """
-        ty, tx = cuda.threadIdx.y, cuda.threadIdx.x
-        row = cuda.blockIdx.y * tile + ty
-        col = cuda.blockIdx.x * tile + tx
+        ty, tx = cuda.threadIdx.y, cuda.threadIdx.x       # (row, column) within the tile
+        row = cuda.blockIdx.x * tile + ty
+        col = cuda.blockIdx.y * tile + tx
         m, n = out.shape
         inner = a.shape[0] if trans_a else a.shape[1]
         a_tile = cuda.shared.array((tile, tile), nb)      # op(A)[row block, k block]
         b_tile = cuda.shared.array((tile, tile), nb)      # op(B)[k block, col block]
-        acc = 0.0
+        acc = ZERO
         for k0 in range(0, inner, tile):
             ka = k0 + tx
             if row < m and ka < inner:
                 a_tile[ty, tx] = a[ka, row] if trans_a else a[row, ka]
             else:
-                a_tile[ty, tx] = 0.0
+                a_tile[ty, tx] = ZERO
             kb = k0 + ty
             if kb < inner and col < n:
                 value = b[col, kb] if trans_b else b[kb, col]
-                b_tile[ty, tx] = _common.act_and_grad(value, code)[0] if act_b else value
+                b_tile[ty, tx] = act_and_grad(value, code)[0] if act_b else value
             else:
-                b_tile[ty, tx] = 0.0
+                b_tile[ty, tx] = ZERO
             cuda.syncthreads()
             for kk in range(tile):
                 acc += a_tile[ty, kk] * b_tile[kk, tx]
@@ -71,60 +77,91 @@ def _matmul_kernel(dtype, tile):
                 z = acc + bias[col]
                 if write_pre:
                     out_pre[row, col] = z
-                out[row, col] = _common.act_and_grad(z, code)[0]
+                out[row, col] = act_and_grad(z, code)[0]
             elif epilogue == EPILOGUE_TIMES_ACT_GRAD:
-                out[row, col] = acc * _common.act_and_grad(aux[row, col], code)[1]
+                out[row, col] = acc * act_and_grad(aux[row, col], code)[1]
             else:
                 out[row, col] = acc
 
     return matmul
 
 
-@cuda.jit
-def _column_sum(x, out):
-    """out[c] = sum_r x[r, c], one thread per column."""
-    c = cuda.grid(1)
-    if c < x.shape[1]:
-        total = 0.0
-        for r in range(x.shape[0]):
-            total += x[r, c]
-        out[c] = total
+@functools.lru_cache(maxsize=None)
+def _column_sum(dtype):
+    ZERO = dtype.type(0)
+
+    @cuda.jit
+    def column_sum(x, out):
+        """out[c] = sum_r x[r, c], one thread per column."""
+        c = cuda.grid(1)
+        if c < x.shape[1]:
+            total = ZERO
+            for r in range(x.shape[0]):
+                total += x[r, c]
+            out[c] = total
+
+    return column_sum
 
 
-def _matmul(a, b, shape, tile, trans_a=False, trans_b=False, act_b=False, code=0,
+def _matmul(a, b, tile, trans_a=False, trans_b=False, act_b=False, code=0,
             epilogue=EPILOGUE_NONE, bias=None, aux=None, out_pre=None):
-    """Launch the tiled matmul; returns the new (M, N) device array ``out``."""
-    dummy = cuda.device_array((1, 1), dtype=a.dtype)
-    out = _common.device_empty(shape, a.dtype)
-    grid = ((shape[1] + tile - 1) // tile, (shape[0] + tile - 1) // tile)
-    _matmul_kernel(np.dtype(a.dtype), tile)[grid, (tile, tile)](
+    """Launch the tiled matmul on device arrays; returns the new (M, N) device array ``out``.
+
+    bias (N,) is read by EPILOGUE_BIAS_ACT, aux (M, N) by EPILOGUE_TIMES_ACT_GRAD; out_pre (M, N) is
+    written if given.
+    """
+    m, k_a = (a.shape[1], a.shape[0]) if trans_a else a.shape        # op(A): (M, K)
+    k_b, n = (b.shape[1], b.shape[0]) if trans_b else b.shape        # op(B): (K, N)
+    if k_a != k_b:
+        raise ValueError(f"matmul: op(A) is {(m, k_a)} and op(B) is {(k_b, n)}; their inner sizes differ")
+    dtype = np.dtype(a.dtype)
+    out = _common.device_empty((m, n), dtype)
+    grid = ((m + tile - 1) // tile, (n + tile - 1) // tile)
+    _matmul_kernel(dtype, tile)[grid, (tile, tile)](
         a, b, trans_a, trans_b, act_b, code, epilogue,
-        dummy[0] if bias is None else bias, dummy if aux is None else aux,
-        out_pre is not None, dummy if out_pre is None else out_pre, out)
+        _common.absent(1, dtype) if bias is None else bias,
+        _common.absent(2, dtype) if aux is None else aux,
+        out_pre is not None, _common.absent(2, dtype) if out_pre is None else out_pre, out)
     return out
 
 
 def _sum_rows(x, block=128):
     out = _common.device_empty((x.shape[1],), x.dtype)
-    _column_sum[(x.shape[1] + block - 1) // block, block](x, out)
+    _column_sum(np.dtype(x.dtype))[(x.shape[1] + block - 1) // block, block](x, out)
     return out
+
+
+def _check(tile, arrays):
+    """Check tile and the FFN arrays (name -> array: x, w1, b1, w2, b2 and, backward, h_pre, dy).
+
+    Returns (dtype, N, F).
+    """
+    _common.check_block_size("tile", tile, square=True)
+    dtype = _common.check_float(**arrays)
+    _common.check_shape("x", arrays["x"], (None, None), "(N, D)")
+    n, d = arrays["x"].shape
+    _common.check_shape("w1", arrays["w1"], (None, d), "(F, D)")
+    f = arrays["w1"].shape[0]
+    for name, shape, symbols in (("b1", (f,), "(F,)"), ("w2", (d, f), "(D, F)"), ("b2", (d,), "(D,)"),
+                                 ("h_pre", (n, f), "(N, F)"), ("dy", (n, d), "(N, D)")):
+        if name in arrays:
+            _common.check_shape(name, arrays[name], shape, symbols)
+    return dtype, n, f
 
 
 def ffn_forward(x, w1, b1, w2, b2, activation="relu", tile=16):
     """h_pre = x W1^T + b1, h = act(h_pre), y = h W2^T + b2 with fused epilogues. Returns (y, h_pre).
 
-    ``tile``: the matmul tile (tile x tile threads per block).
+    ``tile``: the matmul tile (tile x tile threads per block, at most 1024).
     """
     code = _common.activation_code(activation)
-    d_x, on_host = _common.to_device(x)
-    d_w1, d_b1, d_w2, d_b2 = (_common.to_device(a)[0] for a in (w1, b1, w2, b2))
-    n, f = d_x.shape[0], d_w1.shape[0]
-    h_pre = _common.device_empty((n, f), d_x.dtype)                           # (N, F)
-    h = _matmul(d_x, d_w1, (n, f), tile, trans_b=True, code=code,
-                epilogue=EPILOGUE_BIAS_ACT, bias=d_b1, out_pre=h_pre)         # (N, F)
-    y = _matmul(h, d_w2, (n, d_w2.shape[0]), tile, trans_b=True,
-                epilogue=EPILOGUE_BIAS_ACT, bias=d_b2)                        # (N, D), identity act
-    return _common.results([y, h_pre], on_host)
+    dtype, n, f = _check(tile, {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2})
+    d_x, d_w1, d_b1, d_w2, d_b2 = (_common.to_device(a) for a in (x, w1, b1, w2, b2))
+    h_pre = _common.device_empty((n, f), dtype)                                # (N, F)
+    h = _matmul(d_x, d_w1, tile, trans_b=True, code=code,
+                epilogue=EPILOGUE_BIAS_ACT, bias=d_b1, out_pre=h_pre)          # (N, F)
+    y = _matmul(h, d_w2, tile, trans_b=True, epilogue=EPILOGUE_BIAS_ACT, bias=d_b2)  # (N, D), identity act
+    return _common.like_input([y, h_pre], x)
 
 
 def ffn_backward(x, w1, b1, w2, b2, h_pre, dy, activation="relu", tile=16):
@@ -133,13 +170,11 @@ def ffn_backward(x, w1, b1, w2, b2, h_pre, dy, activation="relu", tile=16):
     b1 and b2 are unused (h_pre already contains b1); they keep the forward's signature.
     """
     code = _common.activation_code(activation)
-    d_x, on_host = _common.to_device(x)
-    d_w1, d_w2, d_h_pre, d_dy = (_common.to_device(a)[0] for a in (w1, w2, h_pre, dy))
-    n, d = d_x.shape
-    f = d_w1.shape[0]
-    dh_pre = _matmul(d_dy, d_w2, (n, f), tile, code=code,
-                     epilogue=EPILOGUE_TIMES_ACT_GRAD, aux=d_h_pre)           # (N, F)
-    dw2 = _matmul(d_dy, d_h_pre, (d, f), tile, trans_a=True, act_b=True, code=code)  # (D, F)
-    dw1 = _matmul(dh_pre, d_x, (f, d), tile, trans_a=True)                    # (F, D)
-    dx = _matmul(dh_pre, d_w1, (n, d), tile)                                  # (N, D)
-    return _common.results([dx, dw1, _sum_rows(dh_pre), dw2, _sum_rows(d_dy)], on_host)
+    _check(tile, {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2, "h_pre": h_pre, "dy": dy})
+    d_x, d_w1, d_w2, d_h_pre, d_dy = (_common.to_device(a) for a in (x, w1, w2, h_pre, dy))
+    dh_pre = _matmul(d_dy, d_w2, tile, code=code,
+                     epilogue=EPILOGUE_TIMES_ACT_GRAD, aux=d_h_pre)            # (N, F)
+    dw2 = _matmul(d_dy, d_h_pre, tile, trans_a=True, act_b=True, code=code)   # (D, F)
+    dw1 = _matmul(dh_pre, d_x, tile, trans_a=True)                            # (F, D)
+    dx = _matmul(dh_pre, d_w1, tile)                                          # (N, D)
+    return _common.like_input([dx, dw1, _sum_rows(dh_pre), dw2, _sum_rows(d_dy)], x)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numba
 import pytest
 from numba import cuda
 
@@ -31,6 +32,7 @@ def test_cuda_kernels_in_simulator():
     _run_check(simulator=True)
 
 
-@pytest.mark.skipif(not cuda.is_available(), reason="no CUDA GPU")
+@pytest.mark.skipif(numba.config.ENABLE_CUDASIM or not cuda.is_available(),
+                    reason="no CUDA GPU (with NUMBA_ENABLE_CUDASIM set, cuda.is_available() means the simulator)")
 def test_cuda_kernels_on_gpu():
     _run_check(simulator=False)
