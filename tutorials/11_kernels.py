@@ -397,8 +397,10 @@ for version in (1, 2, 3):
 # nothing to the sums.
 #
 # `kernels/cuda/ffn.py` uses this kernel shape for the feed-forward network, with the bias and
-# activation fused into the final write ("epilogue"). We also record which block wrote each element of
-# $C$, to draw the grid.
+# activation fused into the final write ("epilogue"). It puts the row blocks on the grid's x axis, which
+# may hold $2^{31}-1$ blocks (y holds at most 65,535: too few rows of tiles for a long batch of tokens);
+# here x counts columns, as in a picture of $C$. We also record which block wrote each element of $C$, to
+# draw the grid.
 
 # %%
 TILE = 4
