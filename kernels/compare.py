@@ -262,10 +262,18 @@ def plot(rows, path):
     plt.close(fig)
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(prog="python -m kernels.compare", description=__doc__.splitlines()[0])
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def main(argv=None, prog="python -m kernels.compare"):
+    """The command line; ``prog`` is the name its usage line shows (``minitx compare-kernels`` from the CLI)."""
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes (seconds)")
-    parser.add_argument("--repeats", type=int, default=5, help="timed calls per measurement (median)")
+    parser.add_argument("--repeats", type=_positive_int, default=5, help="timed calls per measurement (median)")
     parser.add_argument("--out", help="directory for kernels_speedup.png")
     args = parser.parse_args(argv)
     rows = run(quick=args.quick, repeats=args.repeats)

@@ -198,7 +198,7 @@ def cmd_generate(args) -> None:
 def cmd_compare_kernels(argv: list[str]) -> None:
     from kernels.compare import main as compare_main
 
-    compare_main(argv)
+    compare_main(argv, prog="minitx compare-kernels")
 
 
 def cmd_embed(argv: list[str]) -> None:

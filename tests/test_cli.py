@@ -38,7 +38,7 @@ def test_subcommand_help(command, capsys):
 
 # compare-kernels and embed are programs with their own parser: every argument after the name goes to them.
 @pytest.mark.parametrize("command, usage, options", [
-    ("compare-kernels", "usage: python -m kernels.compare", ["--quick", "--repeats", "--out"]),
+    ("compare-kernels", "usage: minitx compare-kernels", ["--quick", "--repeats", "--out"]),
     ("embed", "usage: minitx embed", ["--file", "--model", "--batch-size", "--max-length", "--out"]),
 ])
 def test_forwarded_subcommand_help_and_bad_option(command, usage, options, capsys):
@@ -71,6 +71,10 @@ def test_compare_kernels_receives_its_options(monkeypatch, capsys):
     monkeypatch.setattr(kernels.compare, "format_table", lambda rows: "table")
     assert main(["compare-kernels", "--quick", "--repeats", "2"]) == 0
     assert calls == [(True, 2)] and capsys.readouterr().out == "table\n"
+    with pytest.raises(SystemExit) as exit_info:
+        main(["compare-kernels", "--repeats", "0"])
+    assert exit_info.value.code == 2 and "--repeats: must be a positive integer, got 0" in capsys.readouterr().err
+    assert calls == [(True, 2)]  # refused before any kernel ran
 
 
 @pytest.mark.parametrize("argv, message", [
