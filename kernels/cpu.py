@@ -93,7 +93,7 @@ def _exp32(x):
     return p * two_to_n
 
 
-@numba.njit(fastmath=FASTMATH)  # not inline="always": Numba 0.68 then left softmax rows unnormalised
+@numba.njit(fastmath=FASTMATH)  # not inline="always": inlined in a prange loop, Numba 0.68.1 miscompiled it
 def _exp_inplace(x):
     """x[j] = exp(x[j]) along a 1-D array: ``_exp32`` for float32, ``math.exp`` for float64."""
     if x.itemsize == 4:
