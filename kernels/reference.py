@@ -15,13 +15,34 @@ Conventions shared by all backends
   of all zeros, output 0, lse = -inf and zero gradients -- never NaN.
 * FFN weights use PyTorch's Linear layout: w1 (F, D), b1 (F,), w2 (D, F),
   b2 (D,); x (N, D).
+* CuPy arrays in give CuPy arrays out: every function computes with the
+  array module of its inputs (``array_module``), so the same equations are
+  the GPU's reference too (benchmarks/bench_cuda.py).
 """
 import math
 
 import numpy as np
-from scipy.special import erf
 
 ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+
+
+def array_module(*arrays):
+    """``numpy``, or ``cupy`` when one of ``arrays`` is a CuPy array (CuPy is imported only then)."""
+    for a in arrays:
+        if type(a).__module__.split(".")[0] == "cupy":
+            import cupy
+
+            return cupy
+    return np
+
+
+def _erf(h):
+    """erf elementwise, from SciPy for NumPy arrays and from cupyx for CuPy arrays."""
+    if array_module(h) is np:
+        from scipy.special import erf
+    else:
+        from cupyx.scipy.special import erf
+    return erf(h)
 
 
 def softmax(x, scale=1.0, mask=None):
@@ -32,14 +53,15 @@ def softmax(x, scale=1.0, mask=None):
     ``mask`` (bool, broadcastable to x, True = masked out) sets s_ij = -inf.
     A row whose entries are all masked gives y = 0 (not NaN).
     """
+    xp = array_module(x)
     s = x * scale
     if mask is not None:
-        s = np.where(mask, -np.inf, s)
+        s = xp.where(mask, -xp.inf, s)
     m = s.max(axis=-1, keepdims=True)
-    m = np.where(np.isneginf(m), 0.0, m)  # fully masked row: exp(-inf - 0) = 0
-    e = np.exp(s - m)
+    m = xp.where(xp.isneginf(m), 0.0, m)  # fully masked row: exp(-inf - 0) = 0
+    e = xp.exp(s - m)
     z = e.sum(axis=-1, keepdims=True)
-    return e / np.where(z == 0.0, 1.0, z)
+    return e / xp.where(z == 0.0, 1.0, z)
 
 
 def logsumexp(s):
@@ -47,23 +69,24 @@ def logsumexp(s):
 
     A row of all -inf gives -inf.
     """
+    xp = array_module(s)
     m = s.max(axis=-1)
-    m = np.where(np.isneginf(m), 0.0, m)
+    m = xp.where(xp.isneginf(m), 0.0, m)
     with np.errstate(divide="ignore"):  # log(0) = -inf is the intended answer
-        return m + np.log(np.exp(s - m[..., None]).sum(axis=-1))
+        return m + xp.log(xp.exp(s - m[..., None]).sum(axis=-1))
 
 
-def attention_mask(batch, tq, tk, key_padding_mask=None, causal=False):
-    """Bool mask broadcastable to (B, H, Tq, Tk), True = key hidden from the query.
+def attention_mask(batch, tq, tk, key_padding_mask=None, causal=False, xp=np):
+    """Bool mask broadcastable to (B, H, Tq, Tk), True = key hidden from the query; an ``xp`` array.
 
     Returns None when nothing is masked. Shape (B or 1, 1, Tq or 1, Tk).
     """
     mask = None
     if key_padding_mask is not None:
-        mask = np.asarray(key_padding_mask, dtype=bool).reshape(batch, 1, 1, tk)
+        mask = xp.asarray(key_padding_mask, dtype=bool).reshape(batch, 1, 1, tk)
     if causal:
-        i = np.arange(tq)[:, None]
-        j = np.arange(tk)[None, :]
+        i = xp.arange(tq)[:, None]
+        j = xp.arange(tk)[None, :]
         future = (j > i + (tk - tq))[None, None]  # (1, 1, Tq, Tk)
         mask = future if mask is None else mask | future
     return mask
@@ -71,12 +94,13 @@ def attention_mask(batch, tq, tk, key_padding_mask=None, causal=False):
 
 def _masked_scores(q, k, key_padding_mask, causal, scale):
     """S = scale * q @ k^T with masked entries set to -inf.  # (B, H, Tq, Tk)"""
+    xp = array_module(q)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    s = (q @ np.swapaxes(k, -1, -2)) * scale  # (B, H, Tq, Tk)
-    mask = attention_mask(q.shape[0], q.shape[2], k.shape[2], key_padding_mask, causal)
+    s = (q @ xp.swapaxes(k, -1, -2)) * scale  # (B, H, Tq, Tk)
+    mask = attention_mask(q.shape[0], q.shape[2], k.shape[2], key_padding_mask, causal, xp)
     if mask is not None:
-        s = np.where(mask, -np.inf, s)
+        s = xp.where(mask, -xp.inf, s)
     return s, scale
 
 
@@ -109,15 +133,16 @@ def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False,
     Returns (dq, dk, dv) shaped like (q, k, v). Fully masked rows contribute
     nothing (P = 0 there), so their dq is 0.
     """
+    xp = array_module(q)
     s, scale = _masked_scores(q, k, key_padding_mask, causal, scale)  # (B, H, Tq, Tk)
-    lse_safe = np.where(np.isneginf(lse), 0.0, lse)                    # s = -inf there too
-    p = np.exp(s - lse_safe[..., None])                                # (B, H, Tq, Tk)
-    dv = np.swapaxes(p, -1, -2) @ do                                   # (B, H, Tk, D)
-    dp = do @ np.swapaxes(v, -1, -2)                                   # (B, H, Tq, Tk)
+    lse_safe = xp.where(xp.isneginf(lse), 0.0, lse)                    # s = -inf there too
+    p = xp.exp(s - lse_safe[..., None])                                # (B, H, Tq, Tk)
+    dv = xp.swapaxes(p, -1, -2) @ do                                   # (B, H, Tk, D)
+    dp = do @ xp.swapaxes(v, -1, -2)                                   # (B, H, Tq, Tk)
     d = (do * o).sum(axis=-1, keepdims=True)                           # (B, H, Tq, 1)
     ds = p * (dp - d)                                                  # (B, H, Tq, Tk)
     dq = (ds @ k) * scale                              # (B, H, Tq, D)
-    dk = (np.swapaxes(ds, -1, -2) @ q) * scale         # (B, H, Tk, D)
+    dk = (xp.swapaxes(ds, -1, -2) @ q) * scale         # (B, H, Tk, D)
     return dq, dk, dv
 
 
@@ -128,13 +153,14 @@ def activation_forward(h, activation):
     gelu(h)      = 0.5 h (1 + erf(h / sqrt 2))
     gelu_tanh(h) = 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))
     """
+    xp = array_module(h)
     if activation == "relu":
-        return np.maximum(h, 0)
+        return xp.maximum(h, 0)
     if activation == "gelu":
-        return 0.5 * h * (1.0 + erf(h / math.sqrt(2.0)))
+        return 0.5 * h * (1.0 + _erf(h / math.sqrt(2.0)))
     if activation == "gelu_tanh":
         u = math.sqrt(2.0 / math.pi) * (h + 0.044715 * (h * h * h))
-        return 0.5 * h * (1.0 + np.tanh(u))
+        return 0.5 * h * (1.0 + xp.tanh(u))
     raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
 
 
@@ -145,15 +171,16 @@ def activation_backward(h, activation):
     gelu'(h)      = Phi(h) + h phi(h),  Phi(h) = 0.5 (1 + erf(h / sqrt 2)),  phi(h) = exp(-h^2 / 2) / sqrt(2 pi)
     gelu_tanh'(h) = 0.5 (1 + t) + 0.5 h (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 h^2),  t = tanh(u)
     """
+    xp = array_module(h)
     if activation == "relu":
         return (h > 0).astype(h.dtype)
     if activation == "gelu":
-        cdf = 0.5 * (1.0 + erf(h / math.sqrt(2.0)))
-        pdf = np.exp(-0.5 * h * h) / math.sqrt(2.0 * math.pi)
+        cdf = 0.5 * (1.0 + _erf(h / math.sqrt(2.0)))
+        pdf = xp.exp(-0.5 * h * h) / math.sqrt(2.0 * math.pi)
         return cdf + h * pdf
     if activation == "gelu_tanh":
         c = math.sqrt(2.0 / math.pi)
-        t = np.tanh(c * (h + 0.044715 * (h * h * h)))
+        t = xp.tanh(c * (h + 0.044715 * (h * h * h)))
         return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * h * h)
     raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
 

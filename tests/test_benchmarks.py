@@ -6,8 +6,10 @@ benchmarks/RESULTS.md.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -48,3 +50,59 @@ def test_movie_reviews_minilm_on_a_few_sentences():
     fetched_or_skip(movie_reviews, "the movie reviews"), fetched_or_skip(minilm_path, "all-MiniLM-L6-v2")
     out = run_benchmark("movie_reviews_minilm.py", "--limit", "24", "--epochs", "3")
     assert "TEST ACCURACY" in out and "(24 sentences)" in out
+
+
+def test_bench_cuda_says_it_needs_a_gpu():
+    """Without a GPU (or with only the simulator) the GPU benchmark measures nothing and says so."""
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1")
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_cuda.py"), "--quick"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 2 and "needs a CUDA GPU" in done.stderr
+
+
+# A NumPy stand-in for the few CuPy calls bench_cuda.py makes, so that its logic (inputs, the kernels.cuda
+# calls, the reference, the error columns) runs under Numba's simulator; the times it gives mean nothing.
+FAKE_CUPY = textwrap.dedent("""
+    import time
+    import numpy as np
+    uint8 = np.uint8
+    def asarray(a):
+        return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
+    asnumpy = asarray
+    def from_dlpack(t):
+        return t.cpu().numpy()
+    class _Event:
+        def record(self): self.t = time.perf_counter()
+        def synchronize(self): pass
+    class _Device:
+        def synchronize(self): pass
+    class cuda:
+        Event, Device = _Event, _Device
+        @staticmethod
+        def get_elapsed_time(start, end): return (end.t - start.t) * 1e3
+""")
+DRY_RUN = textwrap.dedent("""
+    import sys
+    import bench_cuda, cupy
+    try:
+        import torch
+    except ImportError:
+        torch = None
+    rows = bench_cuda.attention_rows(cupy, torch, (2, 1, 12, 4), 1)
+    rows += bench_cuda.matmul_rows(cupy, (20, 8, 24), 1)[0] + bench_cuda.ffn_rows(cupy, (10, 4, 6), 1)
+    for bench, name, seconds, speedup, err in rows:
+        print(bench, "|", name, "|", err)
+""")
+
+
+def test_bench_cuda_logic_under_the_simulator(tmp_path):
+    (tmp_path / "cupy.py").write_text(FAKE_CUPY)
+    env = dict(os.environ, NUMBA_ENABLE_CUDASIM="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path), str(ROOT / "benchmarks"), str(ROOT)]))
+    done = subprocess.run([sys.executable, "-c", DRY_RUN], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rows = [line.split(" | ") for line in done.stdout.splitlines()]
+    names = {name for _, name, _ in rows}
+    assert {"kernels.cuda v1", "kernels.cuda v2", "kernels.cuda", "CuPy reference", "cupy.matmul"} <= names
+    assert len(rows) >= 9 and all(float(err) < 1e-5 for _, _, err in rows)
