@@ -65,6 +65,12 @@ def _dot(dtype):
 # --------------------------------------------------------------------- v1
 
 
+@cuda.jit(device=True)
+def _split_row(row, n_head, t):
+    """The (b, h, i) of flat row index row = (b * H + h) * T + i."""
+    return row // (n_head * t), (row // t) % n_head, row % t
+
+
 @functools.lru_cache(maxsize=None)
 def _v1_kernels(dtype):
     """The v1 kernels (forward, backward_dq, backward_dkdv) for one dtype."""
@@ -79,7 +85,7 @@ def _v1_kernels(dtype):
         row = cuda.grid(1)
         if row >= n_batch * n_head * tq:
             return
-        b, h, i = row // (n_head * tq), (row // tq) % n_head, row % tq
+        b, h, i = _split_row(row, n_head, tq)
         shift = tk - tq
         m = NEG_INF
         for j in range(tk):
@@ -109,7 +115,7 @@ def _v1_kernels(dtype):
         row = cuda.grid(1)
         if row >= n_batch * n_head * tq:
             return
-        b, h, i = row // (n_head * tq), (row // tq) % n_head, row % tq
+        b, h, i = _split_row(row, n_head, tq)
         di = dot(do[b, h, i], o[b, h, i])
         for c in range(d):
             dq[b, h, i, c] = ZERO
@@ -128,7 +134,7 @@ def _v1_kernels(dtype):
         row = cuda.grid(1)
         if row >= n_batch * n_head * tk:
             return
-        b, h, j = row // (n_head * tk), (row // tk) % n_head, row % tk
+        b, h, j = _split_row(row, n_head, tk)
         for c in range(d):
             dk[b, h, j, c] = ZERO
             dv[b, h, j, c] = ZERO
