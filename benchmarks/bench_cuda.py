@@ -6,7 +6,7 @@ Every array lives on the GPU (CuPy arrays; the kernels of ``kernels.cuda`` take 
 arrays back), and every time is the median over ``--repeats`` calls, each timed with CUDA events around it,
 after two warm-up calls (compilation, cuBLAS handles, caches).
 
-1. Attention, B=4 H=8 T=2048 d_h=64, causal + key padding: ``kernels.cuda`` v1 (naive) and v2 (flash-style)
+1. Attention, B=4 H=8 T=2048 d_h=64, causal + key padding: every ``kernels.cuda`` version (v1 naive, v2 flash)
    against the CuPy reference (``kernels.reference`` on CuPy arrays: the (B, H, T, T) scores through cuBLAS
    products and CuPy elementwise kernels; goal: v2 >= 2x faster) and against PyTorch's
    ``scaled_dot_product_attention`` with the same boolean mask, forward and forward + backward.
@@ -28,7 +28,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kernels  # noqa: E402, F401  (before NumPy: its process settings, see kernels/__init__.py)
+from kernels import process_settings  # noqa: E402
+
+process_settings.apply()  # before NumPy: minitx's process settings (kernels/process_settings.py)
+
 import numpy as np  # noqa: E402
 from numba import config, cuda  # noqa: E402
 
@@ -76,14 +79,15 @@ def attention_rows(cupy, torch, shape, repeats):
         return run
 
     variants = {
-        "forward": {"CuPy reference": lambda: reference.attention_forward(q, k, v, pad, True),
-                    "kernels.cuda v1": lambda: attention.attention_forward_v1(q, k, v, pad, True),
-                    "kernels.cuda v2": lambda: attention.attention_forward_v2(q, k, v, pad, True)},
+        "forward": {"CuPy reference": lambda: reference.attention_forward(q, k, v, pad, True)},
         "forward+backward": {
-            "CuPy reference": forward_backward(reference.attention_forward, reference.attention_backward),
-            "kernels.cuda v1": forward_backward(attention.attention_forward_v1, attention.attention_backward_v1),
-            "kernels.cuda v2": forward_backward(attention.attention_forward_v2, attention.attention_backward_v2)},
+            "CuPy reference": forward_backward(reference.attention_forward, reference.attention_backward)},
     }
+    for version in attention.VERSIONS.values():   # every registered version (kernels/versions.py)
+        variants["forward"][f"kernels.cuda {version.name}"] = (
+            lambda fwd=version.attention_forward: fwd(q, k, v, pad, True))
+        variants["forward+backward"][f"kernels.cuda {version.name}"] = forward_backward(
+            version.attention_forward, version.attention_backward)
     if torch is not None:   # the same function: the boolean mask allows what ours does not hide
         tq, tk, tv, tdo = (torch.from_dlpack(a) for a in (q, k, v, do))
         future = torch.ones(t, t, dtype=torch.bool, device=tq.device).triu(1)
@@ -140,7 +144,7 @@ def matmul_rows(cupy, shape, repeats):
 
 
 def ffn_rows(cupy, shape, repeats):
-    """FFN (gelu) forward + backward: kernels.cuda vs the CuPy reference."""
+    """FFN (gelu) forward + backward: every registered kernels.cuda version vs the CuPy reference."""
     from kernels.cuda import ffn
 
     n, d, f = shape
@@ -153,7 +157,8 @@ def ffn_rows(cupy, shape, repeats):
             return (y, h_pre) + tuple(module.ffn_backward(*params, h_pre, c["dy"], "gelu"))
         return run
 
-    runs = {"CuPy reference": forward_backward(reference), "kernels.cuda": forward_backward(ffn)}
+    runs = {"CuPy reference": forward_backward(reference)}
+    runs.update({f"kernels.cuda ffn {v.name}": forward_backward(v) for v in ffn.VERSIONS.values()})
     want = runs["CuPy reference"]()
     rows, base = [], None
     for name, run in runs.items():

@@ -1,16 +1,20 @@
-"""Numba CPU kernels vs the NumPy reference, float32, in one run.
+"""Numba CPU kernels vs the NumPy reference, float32, in one run: every version in the CPU registries.
 
     python benchmarks/bench_kernels.py [--quick]
 
-1. Attention forward + backward, B=8, H=4, T=512, d_h=32, causal, with a key
-   padding mask (goal: >= 3x faster, peak extra memory O(B H T), not O(B H T^2)).
-2. FFN forward + backward, 4096 tokens, D=256, F=1024, relu and gelu
-   (goal: >= 1.3x faster).
+1. Attention forward + backward, B=8, H=4, T=512, d_h=32, with a key padding mask, causal and not causal
+   (the encoder's case; goal for both: >= 3x faster, peak extra memory O(B H T), not O(B H T^2)).
+2. FFN forward + backward, 4096 tokens, D=256, F=1024, relu and gelu. Most of an FFN's time is its six
+   matrix products, which the kernels leave to BLAS as the reference does, so the most any FFN kernel can
+   gain is the GEMM ceiling: reference time / time of the six products alone ("GEMM only", timed in the same
+   rounds). Printed: the speed-up and its share of that ceiling (goals: relu >= 90% of the ceiling,
+   gelu >= 3x).
 
-``--quick`` runs tiny shapes (B=2 H=2 T=64 d_h=16; N=256 D=32 F=128): it checks that the script runs, it
-measures nothing. Time: after a warm-up call of each, 15 rounds that call the reference and the kernel
-once each, the order flipped every round, so that the machine's drift from minute to minute reaches both
-alike; printed are the median of each and the median of the 15 per-round ratios (the speed-up).
+Every version registered in kernels.cpu's families (kernels/versions.py) is timed. ``--quick`` runs tiny
+shapes (B=2 H=2 T=64 d_h=16; N=256 D=32 F=128): it checks that the script runs, it measures nothing.
+Time: after a warm-up call of each, 15 rounds that call every contender once, the order rotated every
+round, so that the machine's drift from minute to minute reaches all alike; printed are the median time of
+each and the median of the 15 per-round ratios reference / contender (the speed-up).
 Memory: growth of the peak resident set during one call (see kernels.compare.peak_extra_memory),
 measured after all the timings.
 """
@@ -22,41 +26,59 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import kernels  # noqa: E402, F401  (before NumPy: its thread settings, see kernels/__init__.py)
+from kernels import process_settings  # noqa: E402
+
+process_settings.apply()  # before NumPy: minitx's process settings (kernels/process_settings.py)
+
 import numpy as np  # noqa: E402
 
-from kernels import cpu, reference  # noqa: E402
+from kernels import reference  # noqa: E402
 from kernels.compare import peak_extra_memory  # noqa: E402
 from kernels.testing import attention_case, ffn_case, relative_error  # noqa: E402
+from kernels.versions import families  # noqa: E402
 
 ROUNDS = 15
 MIB = 2**20
 
 
-def attention(backend, c):
+def attention(impl, c, causal):
     args = (c["q"], c["k"], c["v"])
-    o, lse = backend.attention_forward(*args, c["key_padding_mask"], True)
-    return (o, lse) + tuple(backend.attention_backward(*args, o, lse, c["do"], c["key_padding_mask"], True))
+    o, lse = impl.attention_forward(*args, c["key_padding_mask"], causal)
+    return (o, lse) + tuple(impl.attention_backward(*args, o, lse, c["do"], c["key_padding_mask"], causal))
 
 
-def ffn(backend, c, activation):
+def ffn(impl, c, activation):
     params = (c["x"], c["w1"], c["b1"], c["w2"], c["b2"])
-    y, h_pre = backend.ffn_forward(*params, activation)
-    return (y, h_pre) + tuple(backend.ffn_backward(*params, h_pre, c["dy"], activation))
+    y, h_pre = impl.ffn_forward(*params, activation)
+    return (y, h_pre) + tuple(impl.ffn_backward(*params, h_pre, c["dy"], activation))
 
 
-def paired_times(run_ref, run_cpu, rounds):
-    """(median seconds of run_ref, of run_cpu, median of the per-round ratios ref / cpu)."""
-    run_ref(), run_cpu()  # warm-up: compilation, caches, first-touch of memory
-    t_ref, t_cpu = [], []
-    pair = ((run_ref, t_ref), (run_cpu, t_cpu))
+def ffn_gemms_only(c):
+    """The six matrix products of an FFN forward + backward, nothing else: what no FFN kernel can avoid."""
+    x, w1, w2, dy = c["x"], c["w1"], c["w2"], c["dy"]
+    h = x @ w1.T             # (N, F)
+    y = h @ w2.T             # (N, D)
+    dh = dy @ w2             # (N, F)
+    dw2 = dy.T @ h           # (D, F)
+    dw1 = dh.T @ x           # (F, D)
+    dx = dh @ w1             # (N, D)
+    return y, dw2, dw1, dx
+
+
+def rotated_times(runs, rounds):
+    """{name: list of seconds} for every run in ``runs`` (name -> fn), each called once per round in an order
+    rotated every round, after one warm-up call each."""
+    for run in runs.values():
+        run()   # warm-up: compilation, caches, first touch of memory
+    names = list(runs)
+    times = {name: [] for name in names}
     for r in range(rounds):
-        for run, times in (pair if r % 2 == 0 else pair[::-1]):
+        order = names[r % len(names):] + names[:r % len(names)]
+        for name in (order if r % 2 == 0 else order[::-1]):
             start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-    ratios = [a / b for a, b in zip(t_ref, t_cpu)]
-    return statistics.median(t_ref), statistics.median(t_cpu), statistics.median(ratios)
+            runs[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
 
 
 def main():
@@ -71,22 +93,43 @@ def main():
           f"one (B, H, T, T) float32 array = {b * h * t * t * 4 / MIB:.0f} MiB;  "
           f"inputs + outputs of fwd+bwd = {(8 * b * h * t * d + b * h * t) * 4 / MIB:.1f} MiB")
     f = ffn_case(rng, n, dm, ff, np.float32)
-    cases = {f"attention fwd+bwd causal+padding B={b} H={h} T={t} d_h={d}":
-             (lambda: attention(reference, c), lambda: attention(cpu, c))}
+    cpu = families("cpu")
+    cases = {}   # title -> {contender: fn}; the first contender is the reference
+    for causal, label in ((True, "causal+padding"), (False, "padding only")):
+        title = f"attention fwd+bwd {label} B={b} H={h} T={t} d_h={d}"
+        cases[title] = {"numpy": lambda causal=causal: attention(reference, c, causal)}
+        for v in cpu["attention"].values():
+            cases[title][f"cpu {v.name}"] = lambda v=v, causal=causal: attention(v, c, causal)
     for activation in ("relu", "gelu"):
-        cases[f"ffn fwd+bwd {activation} N={n} D={dm} F={ff}"] = (
-            lambda a=activation: ffn(reference, f, a), lambda a=activation: ffn(cpu, f, a))
+        title = f"ffn fwd+bwd {activation} N={n} D={dm} F={ff}"
+        cases[title] = {"numpy": lambda a=activation: ffn(reference, f, a)}
+        for v in cpu["ffn"].values():
+            cases[title][f"cpu {v.name}"] = lambda v=v, a=activation: ffn(v, f, a)
+        cases[title]["GEMM only"] = lambda: ffn_gemms_only(f)
 
-    # Every timing first, with minitx's allocator setting (made by `import kernels`, see kernels/__init__.py):
-    # peak_extra_memory then switches glibc to one mmap per large block, for the rest of the process.
-    times = {title: paired_times(*runs, ROUNDS) for title, runs in cases.items()}
-    for title, (run_ref, run_cpu) in cases.items():
-        err = max(relative_error(g, w) for g, w in zip(run_cpu(), run_ref()))
-        (t_ref, t_cpu, ratio), (m_ref, m_cpu) = times[title], (peak_extra_memory(run_ref), peak_extra_memory(run_cpu))
-        print(f"{title}\n  numpy     {t_ref * 1e3:8.1f} ms   peak extra {m_ref / MIB:7.1f} MiB"
-              f"\n  numba-cpu {t_cpu * 1e3:8.1f} ms   peak extra {m_cpu / MIB:7.1f} MiB"
-              f"\n  speed-up {ratio:.2f}x (median per round; ratio of the medians {t_ref / t_cpu:.2f}x)"
-              f"   max rel err {err:.1e}")
+    # Every timing first, with minitx's allocator setting: peak_extra_memory then switches glibc to one mmap
+    # per large block, for the rest of the process.
+    times = {title: rotated_times(runs, ROUNDS) for title, runs in cases.items()}
+    for title, runs in cases.items():
+        print(title)
+        t_ref = times[title]["numpy"]
+        ceiling = statistics.median(a / g for a, g in zip(t_ref, times[title].get("GEMM only", t_ref)))
+        want = runs["numpy"]()
+        for name, run in runs.items():
+            seconds = times[title][name]
+            ratio = statistics.median(a / s for a, s in zip(t_ref, seconds))
+            line = f"  {name:10s} {statistics.median(seconds) * 1e3:8.1f} ms"
+            if name == "GEMM only":
+                print(f"{line}   GEMM ceiling {ceiling:.2f}x (reference / GEMM only, median per round)")
+                continue
+            line += f"   peak extra {peak_extra_memory(run) / MIB:7.1f} MiB"
+            if name != "numpy":
+                err = max(relative_error(g, w) for g, w in zip(run(), want))
+                line += f"   speed-up {ratio:.2f}x"
+                if "GEMM only" in runs:
+                    line += f" ({ratio / ceiling:.0%} of the GEMM ceiling)"
+                line += f"   max rel err {err:.1e}"
+            print(line)
 
 
 if __name__ == "__main__":

@@ -23,15 +23,15 @@ minitx / PyTorch as the median of the per-round ratios (on a shared machine whos
 pairing each minitx time with the PyTorch time measured next to it is steadier than dividing the two
 medians, which is printed too). PyTorch runs with ``torch.set_num_threads(2)``. minitx is timed with
 its fused kernels off (attention and FFN composed from NumPy ops, the default) and on
-(``minitx.functional.set_fused_kernels(True)``: the Numba kernels of ``kernels/cpu.py``).
+(``minitx.functional.set_fused_kernels(True)``: the Numba kernels of ``kernels/cpu/``).
 
 Threads: ``--threads`` (default 2) for both libraries. Before anything is imported, ``OMP_WAIT_POLICY`` is
-set to ``passive`` and ``OPENBLAS_THREAD_TIMEOUT`` to 4, minitx's own settings (``kernels/__init__.py``),
+set to ``passive`` and ``OPENBLAS_THREAD_TIMEOUT`` to 4, minitx's own settings (``kernels/process_settings.py``),
 for every runtime in the process (``--wait-policy ''`` leaves each runtime's default, as when NumPy and
 torch are imported before minitx): idle OpenMP and OpenBLAS workers otherwise keep spinning after each
 parallel region and take the cores from whatever runs next, and minitx's settings come too late for a
 runtime that has already started. Passive waiting costs PyTorch some time too, so benchmarks/RESULTS.md
-records both settings. minitx's import also makes glibc keep freed memory for reuse (kernels/__init__.py);
+records both settings. minitx's import also makes glibc keep freed memory for reuse (kernels/process_settings.py);
 that holds for the whole process, PyTorch included.
 """
 from __future__ import annotations
@@ -116,7 +116,7 @@ def main() -> None:
         os.environ.setdefault(var, str(args.threads))
     if args.wait_policy:
         # Idle workers that spin (GNU OpenMP's and OpenBLAS's default) steal the cores from whatever runs next;
-        # NumPy and torch are imported before minitx, so kernels/__init__.py's own settings would come too late.
+        # NumPy and torch are imported before minitx, so kernels/process_settings.py would come too late.
         os.environ.setdefault("OMP_WAIT_POLICY", args.wait_policy)
         if args.wait_policy == "passive":
             os.environ.setdefault("OPENBLAS_THREAD_TIMEOUT", "4")

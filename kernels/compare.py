@@ -2,9 +2,10 @@
 
     python -m kernels.compare [--quick] [--repeats N] [--out DIR]
 
-Backends: ``numpy`` (kernels.reference, the baseline), ``numba-cpu``
-(kernels.cpu), ``numba-cuda`` (kernels.cuda, v3 softmax / v2 attention / tiled
-FFN; only when a GPU is available) and ``torch`` (torch.softmax and
+Backends: ``numpy`` (kernels.reference, the baseline), every version of every
+kernel family in the registries (kernels/versions.py) of ``cpu`` (kernels.cpu,
+Numba) and ``cuda`` (kernels.cuda, numba.cuda; only when a GPU is available),
+labelled like ``cpu v1`` or ``cuda v3``, and ``torch`` (torch.softmax and
 scaled_dot_product_attention, forward only; only when torch is importable).
 
 Columns
@@ -18,9 +19,10 @@ Columns
   call (Linux: the peak is reset through /proc/self/clear_refs, and glibc is
   told to serve every allocation of 64 KiB or more with its own mmap so that
   freed memory leaves the resident set). Host memory only; n/a for CUDA.
-  Measured after all the timings, which run with minitx's allocator setting
-  (made by ``import kernels``, see kernels/__init__.py), before
-  peak_extra_memory switches glibc to one mmap per large block.
+  Measured after all the timings, which run with minitx's process settings
+  (kernels/process_settings.py, applied when this tool starts unless
+  MINITX_TUNE=0), before peak_extra_memory switches glibc to one mmap per
+  large block.
 
 ``--out DIR`` also writes DIR/kernels_speedup.png, a bar chart of the speed-ups.
 """
@@ -32,10 +34,16 @@ import statistics
 import sys
 import time
 
-import numpy as np
+from kernels import process_settings
 
-from kernels import _M_MMAP_THRESHOLD, cpu, reference
-from kernels.testing import attention_case, ffn_case, max_abs_error, relative_error
+process_settings.apply()  # before NumPy starts its threads (see kernels/process_settings.py)
+
+import numpy as np  # noqa: E402
+
+from kernels import reference  # noqa: E402
+from kernels.process_settings import M_MMAP_THRESHOLD  # noqa: E402
+from kernels.testing import attention_case, ffn_case, max_abs_error, relative_error  # noqa: E402
+from kernels.versions import families  # noqa: E402
 
 
 def _use_mmap_for_large_allocations(threshold=64 * 1024):
@@ -49,7 +57,7 @@ def _use_mmap_for_large_allocations(threshold=64 * 1024):
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return
-    libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+    libc.mallopt(M_MMAP_THRESHOLD, threshold)
     libc.malloc_trim(0)
 
 
@@ -117,18 +125,6 @@ def _ffn_fwd_bwd(backend):
     return run
 
 
-class _CudaBackend:
-    """kernels.cuda behind the reference's function names."""
-
-    def __init__(self):
-        from kernels.cuda import attention, ffn, softmax
-        self.softmax = softmax.softmax_v3
-        self.attention_forward = attention.attention_forward_v2
-        self.attention_backward = attention.attention_backward_v2
-        self.ffn_forward = ffn.ffn_forward
-        self.ffn_backward = ffn.ffn_backward
-
-
 class _TorchBackend:
     """torch.softmax and scaled_dot_product_attention (forward only), on the CPU."""
 
@@ -150,21 +146,26 @@ class _TorchBackend:
 
 
 def _backends():
-    backends = {"numpy": reference, "numba-cpu": cpu}
+    """{label: {family: implementation}}: the NumPy reference, every registered CPU and (on a GPU) CUDA version,
+    and torch where it is installed. An implementation has the reference's function names."""
+    backends = {"numpy": {family: reference for family in ("softmax", "attention", "ffn")}}
     from numba import config, cuda
-    if cuda.is_available() and not config.ENABLE_CUDASIM:   # under the simulator is_available() is True
-        backends["numba-cuda"] = _CudaBackend()
+    names = ["cpu"] + (["cuda"] if cuda.is_available() and not config.ENABLE_CUDASIM else [])  # the simulator
+    for name in names:                                                     # counts as available: excluded
+        for family, versions in families(name).items():
+            for version in versions.values():
+                backends.setdefault(f"{name} {version.name}", {})[family] = version
     try:
         import torch
     except ImportError:
         torch = None
     if torch is not None:
-        backends["torch"] = _TorchBackend(torch)
+        backends["torch"] = dict.fromkeys(("softmax", "attention"), _TorchBackend(torch))
     return backends
 
 
 def _cases(quick):
-    """(kernel name, shape label, case builder, kernel factory, backends allowed or None for all)."""
+    """(kernel name, family, shape label, case builder, kernel factory, forward only)."""
     if quick:
         attn_shapes = [(2, 2, 64, 16)]
         ffn_shapes = [(256, 32, 128)]
@@ -178,17 +179,17 @@ def _cases(quick):
         def build(rng, shape=shape):
             x = rng.standard_normal(shape).astype(np.float32)
             return {"q": x, "mask": rng.random(shape[:-2] + (1, shape[-1])) < 0.2}
-        cases.append(("softmax", "x" + "x".join(map(str, shape)), build, _softmax, None))
+        cases.append(("softmax", "softmax", "x" + "x".join(map(str, shape)), build, _softmax, True))
     for b, h, t, d in attn_shapes:
         def build(rng, b=b, h=h, t=t, d=d):
             return attention_case(rng, b, h, t, t, d, np.float32)
         label = f"B{b} H{h} T{t} D{d}"
-        cases.append(("attention fwd", label, build, _attention_fwd, None))
-        cases.append(("attention fwd+bwd", label, build, _attention_fwd_bwd, {"numpy", "numba-cpu", "numba-cuda"}))
+        cases.append(("attention fwd", "attention", label, build, _attention_fwd, True))
+        cases.append(("attention fwd+bwd", "attention", label, build, _attention_fwd_bwd, False))
     for n, d, f in ffn_shapes:
         def build(rng, n=n, d=d, f=f):
             return ffn_case(rng, n, d, f, np.float32)
-        cases.append(("ffn gelu fwd+bwd", f"N{n} D{d} F{f}", build, _ffn_fwd_bwd, {"numpy", "numba-cpu", "numba-cuda"}))
+        cases.append(("ffn gelu fwd+bwd", "ffn", f"N{n} D{d} F{f}", build, _ffn_fwd_bwd, False))
     return cases
 
 
@@ -203,14 +204,14 @@ def run(quick=False, repeats=5):
     backends = _backends()
     rng = np.random.default_rng(0)
     rows, memory_calls = [], []
-    for kernel, label, build, factory, allowed in _cases(quick):
+    for kernel, family, label, build, factory, forward_only in _cases(quick):
         case = build(rng)
         want = factory(reference)(case)
         base_time = None
-        for name, backend in backends.items():
-            if allowed is not None and name not in allowed:
+        for name, implementations in backends.items():
+            if family not in implementations or (name == "torch" and not forward_only):
                 continue
-            fn = factory(backend)
+            fn = factory(implementations[family])
             got = fn(case)                                   # also the warm-up / compilation
             abs_err, rel_err = _errors(got, want[:len(got)])
             seconds = median_time(lambda: fn(case), repeats)
@@ -218,7 +219,7 @@ def run(quick=False, repeats=5):
             rows.append({"kernel": kernel, "shape": label, "backend": name, "max_abs_err": abs_err,
                          "rel_err": rel_err, "seconds": seconds, "speedup": base_time / seconds,
                          "peak_bytes": None})
-            if name != "numba-cuda":
+            if not name.startswith("cuda"):
                 memory_calls.append((rows[-1], lambda fn=fn, case=case: fn(case)))
     for row, call in memory_calls:                           # after every timing (see peak_extra_memory)
         row["peak_bytes"] = peak_extra_memory(call)

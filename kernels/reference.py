@@ -23,7 +23,7 @@ import math
 
 import numpy as np
 
-ACTIVATIONS = ("relu", "gelu", "gelu_tanh")
+from kernels.activations import ACTIVATIONS, activation_code
 
 
 def array_module(*arrays):
@@ -147,42 +147,46 @@ def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False,
 
 
 def activation_forward(h, activation):
-    """act(h) for activation in ACTIVATIONS.
+    """act(h) for activation in ACTIVATIONS (kernels/activations.py).
 
+    identity(h)  = h
     relu(h)      = max(h, 0)
     gelu(h)      = 0.5 h (1 + erf(h / sqrt 2))
     gelu_tanh(h) = 0.5 h (1 + tanh(sqrt(2/pi) (h + 0.044715 h^3)))
     """
+    activation_code(activation)  # refuses an unknown name
     xp = array_module(h)
+    if activation == "identity":
+        return h
     if activation == "relu":
         return xp.maximum(h, 0)
     if activation == "gelu":
         return 0.5 * h * (1.0 + _erf(h / math.sqrt(2.0)))
-    if activation == "gelu_tanh":
-        u = math.sqrt(2.0 / math.pi) * (h + 0.044715 * (h * h * h))
-        return 0.5 * h * (1.0 + xp.tanh(u))
-    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    u = math.sqrt(2.0 / math.pi) * (h + 0.044715 * (h * h * h))
+    return 0.5 * h * (1.0 + xp.tanh(u))                          # gelu_tanh
 
 
 def activation_backward(h, activation):
     """act'(h), the elementwise derivative.
 
+    identity'(h)  = 1
     relu'(h)      = 1 if h > 0 else 0
     gelu'(h)      = Phi(h) + h phi(h),  Phi(h) = 0.5 (1 + erf(h / sqrt 2)),  phi(h) = exp(-h^2 / 2) / sqrt(2 pi)
     gelu_tanh'(h) = 0.5 (1 + t) + 0.5 h (1 - t^2) sqrt(2/pi) (1 + 3 * 0.044715 h^2),  t = tanh(u)
     """
+    activation_code(activation)  # refuses an unknown name
     xp = array_module(h)
+    if activation == "identity":
+        return xp.ones_like(h)
     if activation == "relu":
         return (h > 0).astype(h.dtype)
     if activation == "gelu":
         cdf = 0.5 * (1.0 + _erf(h / math.sqrt(2.0)))
         pdf = xp.exp(-0.5 * h * h) / math.sqrt(2.0 * math.pi)
         return cdf + h * pdf
-    if activation == "gelu_tanh":
-        c = math.sqrt(2.0 / math.pi)
-        t = xp.tanh(c * (h + 0.044715 * (h * h * h)))
-        return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * h * h)
-    raise ValueError(f"unknown activation {activation!r}; expected one of {ACTIVATIONS}")
+    c = math.sqrt(2.0 / math.pi)                                 # gelu_tanh
+    t = xp.tanh(c * (h + 0.044715 * (h * h * h)))
+    return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * h * h)
 
 
 def ffn_forward(x, w1, b1, w2, b2, activation="relu"):

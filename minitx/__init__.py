@@ -7,8 +7,11 @@ Read it bottom-up: :mod:`minitx.backend` (where arrays live), :mod:`minitx.tenso
 
 from __future__ import annotations
 
-import kernels  # noqa: F401  (before NumPy: its process settings for speed, see kernels/__init__.py)
-import numpy as np
+from kernels import process_settings
+
+process_settings.apply()  # before NumPy: thread and allocator settings for speed; MINITX_TUNE=0 turns them off
+
+import numpy as np  # noqa: E402
 
 from . import backend, functional
 from .backend import default_dtype, get_rng_state, manual_seed, set_default_dtype, set_rng_state

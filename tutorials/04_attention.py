@@ -109,7 +109,7 @@ print("causal mask, T = 4:\n", causal_mask(4).astype(int))
 #
 # Masked entries have $P_{ij} = 0$, so $dS_{ij} = 0$: no gradient flows to a key a query could not see.
 # Note that the row sum $\sum_{j'} dP_{ij'}P_{ij'} = \sum_{d} dO_{id}\,O_{id}$. The fused attention
-# kernels (`kernels/cpu.py`, `kernels/cuda/attention.py`) use this: their forward pass keeps only $O$ and
+# kernels (`kernels/cpu/attention.py`, `kernels/cuda/attention.py`) use this: their forward pass keeps only $O$ and
 # each row's log-sum-exp, and their backward pass computes the row sums from $dO$ and $O$ first, then
 # recomputes $P$ piece by piece from the log-sum-exp, so the whole of $P$ is never stored.
 

@@ -24,7 +24,7 @@
 #    and a tiled matrix multiply. Without a GPU they run in Numba's **CUDA simulator**, which executes
 #    every GPU thread as a Python thread: slow, but exactly the same code and the same rules.
 #
-# The library's production versions of these ideas live in `kernels/` (`kernels/cpu.py`,
+# The library's production versions of these ideas live in `kernels/` (`kernels/cpu/softmax.py`,
 # `kernels/cuda/softmax.py`, `kernels/cuda/ffn.py`); we compare against them at the end.
 
 # %%
@@ -218,8 +218,8 @@ C.save(fig, CHAPTER, "online_softmax_trace")
 # Numba loop is one call of a scalar library function per element, and `prange` has a start-up cost per
 # call. On the two-core machine this chapter was last run on, NumPy beat our fused kernel on rows of 1024
 # and more (it ran at 0.8x NumPy's speed) and lost on short rows (1.6x at 64); the library's
-# `kernels.cpu.softmax`, whose `exp` is a polynomial the compiler *can* vectorise (`_exp32` in
-# `kernels/cpu.py`), beat NumPy at every length (1.3-1.6x), and PyTorch's vectorised C++ kernel was
+# `kernels.cpu.softmax`, whose `exp` is a polynomial the compiler *can* vectorise (`exp32` in
+# `kernels/cpu/_common.py`), beat NumPy at every length (1.3-1.6x), and PyTorch's vectorised C++ kernel was
 # fastest of all (3-4x NumPy). Your machine may differ. The online kernel is the slowest on
 # a CPU whatever the machine: it computes every exponential twice (once for the statistics, once for the
 # output) and its branch blocks vectorisation. Its single pass pays off where the row is *not* kept — in

@@ -38,9 +38,10 @@ import math
 import numpy as np
 from numba import cuda
 
+from kernels.activations import GELU, IDENTITY, RELU
+
 MAX_THREADS_PER_BLOCK = 1024
 STATIC_SHARED_BYTES = 48 * 1024       # static shared memory (cuda.shared.array) one block may use
-ACTIVATION_CODES = {"identity": 0, "relu": 1, "gelu": 2, "gelu_tanh": 3}
 
 
 # ------------------------------------------------------------------ moving arrays
@@ -148,18 +149,12 @@ def check_block_size(name, size, square=False, power_of_two=False):
         raise ValueError(f"{name} must be a power of two (a tree reduction halves it at every step), got {size}")
 
 
-def activation_code(activation):
-    if activation not in ACTIVATION_CODES:
-        raise ValueError(f"unknown activation {activation!r}; expected one of {tuple(ACTIVATION_CODES)}")
-    return ACTIVATION_CODES[activation]
-
-
 # ------------------------------------------------------------------ activations
 
 
 @functools.lru_cache(maxsize=None)
 def act_and_grad(dtype):
-    """Device function (act(z), act'(z)) for code 0 identity, 1 relu, 2 gelu, 3 gelu_tanh (formulas in
+    """Device function (act(z), act'(z)) for an activation code of kernels/activations.py (formulas in
     kernels.reference), in ``dtype``."""
     ZERO, HALF, ONE = dtype.type(0), dtype.type(0.5), dtype.type(1)
     INV_SQRT_2, INV_SQRT_2PI = dtype.type(1 / math.sqrt(2)), dtype.type(1 / math.sqrt(2 * math.pi))
@@ -167,14 +162,14 @@ def act_and_grad(dtype):
 
     @cuda.jit(device=True)
     def act_and_grad(z, code):
-        if code == 0:
+        if code == IDENTITY:
             return z, ONE
-        if code == 1:
+        if code == RELU:
             return (z, ONE) if z > ZERO else (ZERO, ZERO)
-        if code == 2:
+        if code == GELU:
             cdf = HALF * (ONE + math.erf(z * INV_SQRT_2))
             return z * cdf, cdf + z * math.exp(-HALF * z * z) * INV_SQRT_2PI
-        t = math.tanh(SQRT_2_OVER_PI * (z + C * z * z * z))
+        t = math.tanh(SQRT_2_OVER_PI * (z + C * z * z * z))                 # GELU_TANH
         grad = HALF * (ONE + t) + HALF * z * (ONE - t * t) * SQRT_2_OVER_PI * (ONE + C3 * z * z)
         return HALF * z * (ONE + t), grad
 

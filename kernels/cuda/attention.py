@@ -39,6 +39,7 @@ import numpy as np
 from numba import cuda
 
 from kernels.cuda import _common
+from kernels.versions import Version, registry
 
 
 @cuda.jit(device=True)
@@ -411,3 +412,11 @@ def attention_backward_v2(q, k, v, o, lse, do, key_padding_mask=None, causal=Fal
     backward_dq[_tiles_grid(batch * heads, tq, block_size)](*device, pad, has_pad, bool(causal), scale, dq)
     backward_dkdv[_tiles_grid(batch * heads, tk, block_size)](*device, pad, has_pad, bool(causal), scale, dk, dv)
     return _common.like_input([dq, dk, dv], q)
+
+
+VERSIONS = registry(
+    Version("v1", "naive port of the reference: one thread per row, operands from global memory", None,
+            attention_forward=attention_forward_v1, attention_backward=attention_backward_v1),
+    Version("v2", "flash-style: a block per row tile, K/V (or Q/dO) tiles in shared memory, online softmax",
+            "v1", attention_forward=attention_forward_v2, attention_backward=attention_backward_v2),
+)

@@ -12,6 +12,9 @@ have kernels.cpu's signature and give NumPy results for NumPy inputs.
 Block sizes are small (8 threads, 4 x 4 matmul tiles) so the simulator, which
 runs every CUDA thread as a Python thread, finishes in seconds. Prints one line
 per check and exits with status 1 if any check fails.
+
+Every version in the families' registries (``VERSIONS``, see kernels/versions.py) is checked; a tuning knob
+a version takes (``block_size``, ``tile``) is set to the tiny sizes above.
 """
 import inspect
 import sys
@@ -21,11 +24,19 @@ from numba import cuda
 
 import kernels.cuda
 from kernels import cpu, reference
+from kernels.activations import ACTIVATIONS
 from kernels.cuda import _common, attention, ffn, softmax
 from kernels.testing import TOLERANCE, attention_case, ffn_case, relative_error, softmax_case
 
 BLOCK = 8
 TILE = 4
+TINY_KNOBS = {"block_size": BLOCK, "tile": TILE}
+
+
+def tiny(fn):
+    """fn with its tuning knobs (block_size, tile) set to the simulator's tiny sizes."""
+    knobs = {k: v for k, v in TINY_KNOBS.items() if k in inspect.signature(fn).parameters}
+    return lambda *args: fn(*args, **knobs)
 
 
 def _poisoned_empty(shape, dtype):
@@ -53,30 +64,28 @@ def check_softmax(failures, rng):
     for dtype, masked in [(np.float32, True), (np.float32, False), (np.float64, True)]:
         x, mask = softmax_case(rng, (2, 3, 13), dtype, masked)
         want = reference.softmax(x, 0.7, mask)
-        for fn in (softmax.softmax_v1, softmax.softmax_v2, softmax.softmax_v3):
-            got = fn(x, 0.7, mask, block_size=BLOCK)
-            _report(failures, f"{fn.__name__} {np.dtype(dtype).name} masked={masked}", got, want)
+        for version in softmax.VERSIONS.values():
+            got = tiny(version.softmax)(x, 0.7, mask)
+            _report(failures, f"softmax {version.name} {np.dtype(dtype).name} masked={masked}", got, want)
 
 
 def check_attention(failures, rng):
     cases = [(np.float32, 13, 13, True, True), (np.float64, 5, 13, True, True),
              (np.float32, 13, 7, False, True), (np.float32, 13, 7, True, True),
              (np.float64, 13, 13, False, False)]
-    versions = [(attention.attention_forward_v1, attention.attention_backward_v1),
-                (attention.attention_forward_v2, attention.attention_backward_v2)]
     for dtype, tq, tk, causal, padding in cases:
         c = attention_case(rng, 2, 1, tq, tk, 5, dtype, padding)
         args, mask = (c["q"], c["k"], c["v"]), c["key_padding_mask"]
         o, lse = reference.attention_forward(*args, mask, causal)
         grads = reference.attention_backward(*args, o, lse, c["do"], mask, causal)
-        for forward, backward in versions:
-            label = f"{np.dtype(dtype).name} Tq={tq} Tk={tk} causal={causal} padding={padding}"
-            got_o, got_lse = forward(*args, mask, causal, block_size=BLOCK)
-            _report(failures, f"{forward.__name__} o {label}", got_o, o)
-            _report(failures, f"{forward.__name__} lse {label}", got_lse, lse)
-            got = backward(*args, o, lse, c["do"], mask, causal, block_size=BLOCK)
+        for version in attention.VERSIONS.values():
+            label = f"{version.name} {np.dtype(dtype).name} Tq={tq} Tk={tk} causal={causal} padding={padding}"
+            got_o, got_lse = tiny(version.attention_forward)(*args, mask, causal)
+            _report(failures, f"attention_forward o {label}", got_o, o)
+            _report(failures, f"attention_forward lse {label}", got_lse, lse)
+            got = tiny(version.attention_backward)(*args, o, lse, c["do"], mask, causal)
             for name, g, w in zip(["dq", "dk", "dv"], got, grads):
-                _report(failures, f"{backward.__name__} {name} {label}", g, w)
+                _report(failures, f"attention_backward {name} {label}", g, w)
 
 
 def check_small_tiles(failures, rng):
@@ -138,19 +147,20 @@ def check_device_arrays(failures, rng):
 
 
 def check_ffn(failures, rng):
-    for dtype, activation in [(np.float32, "relu"), (np.float32, "gelu"), (np.float32, "gelu_tanh"),
-                              (np.float64, "gelu")]:
+    """Every activation of kernels/activations.py in float32, gelu in float64, for every FFN version."""
+    for dtype, activation in [(np.float32, a) for a in ACTIVATIONS] + [(np.float64, "gelu")]:
         c = ffn_case(rng, 9, 5, 6, dtype)
         params = (c["x"], c["w1"], c["b1"], c["w2"], c["b2"])
         y, h_pre = reference.ffn_forward(*params, activation)
         grads = reference.ffn_backward(*params, h_pre, c["dy"], activation)
-        label = f"{np.dtype(dtype).name} {activation}"
-        got_y, got_h_pre = ffn.ffn_forward(*params, activation, tile=TILE)
-        _report(failures, f"ffn_forward y {label}", got_y, y)
-        _report(failures, f"ffn_forward h_pre {label}", got_h_pre, h_pre)
-        got = ffn.ffn_backward(*params, h_pre, c["dy"], activation, tile=TILE)
-        for name, g, w in zip(["dx", "dw1", "db1", "dw2", "db2"], got, grads):
-            _report(failures, f"ffn_backward {name} {label}", g, w)
+        for version in ffn.VERSIONS.values():
+            label = f"{version.name} {np.dtype(dtype).name} {activation}"
+            got_y, got_h_pre = tiny(version.ffn_forward)(*params, activation)
+            _report(failures, f"ffn_forward y {label}", got_y, y)
+            _report(failures, f"ffn_forward h_pre {label}", got_h_pre, h_pre)
+            got = tiny(version.ffn_backward)(*params, h_pre, c["dy"], activation)
+            for name, g, w in zip(["dx", "dw1", "db1", "dw2", "db2"], got, grads):
+                _report(failures, f"ffn_backward {name} {label}", g, w)
 
 
 def check_package_api(failures, rng):

@@ -28,7 +28,9 @@ import numba
 import numpy as np
 from numba import cuda
 
+from kernels.activations import activation_code
 from kernels.cuda import _common
+from kernels.versions import Version, registry
 
 EPILOGUE_NONE, EPILOGUE_BIAS_ACT, EPILOGUE_TIMES_ACT_GRAD = 0, 1, 2
 
@@ -154,7 +156,7 @@ def ffn_forward(x, w1, b1, w2, b2, activation="relu", tile=16):
 
     ``tile``: the matmul tile (tile x tile threads per block, at most 1024).
     """
-    code = _common.activation_code(activation)
+    code = activation_code(activation)
     dtype, n, f = _check(tile, {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2})
     d_x, d_w1, d_b1, d_w2, d_b2 = (_common.to_device(a) for a in (x, w1, b1, w2, b2))
     h_pre = _common.device_empty((n, f), dtype)                                # (N, F)
@@ -169,7 +171,7 @@ def ffn_backward(x, w1, b1, w2, b2, h_pre, dy, activation="relu", tile=16):
 
     b1 and b2 are unused (h_pre already contains b1); they keep the forward's signature.
     """
-    code = _common.activation_code(activation)
+    code = activation_code(activation)
     _check(tile, {"x": x, "w1": w1, "b1": b1, "w2": w2, "b2": b2, "h_pre": h_pre, "dy": dy})
     d_x, d_w1, d_w2, d_h_pre, d_dy = (_common.to_device(a) for a in (x, w1, w2, h_pre, dy))
     dh_pre = _matmul(d_dy, d_w2, tile, code=code,
@@ -178,3 +180,9 @@ def ffn_backward(x, w1, b1, w2, b2, h_pre, dy, activation="relu", tile=16):
     dw1 = _matmul(dh_pre, d_x, tile, trans_a=True)                            # (F, D)
     dx = _matmul(dh_pre, d_w1, tile)                                          # (N, D)
     return _common.like_input([dx, dw1, _sum_rows(dh_pre), dw2, _sum_rows(d_dy)], x)
+
+
+VERSIONS = registry(
+    Version("v1", "shared-memory tiled matmul with bias / activation fused into its prologue and epilogue",
+            None, ffn_forward=ffn_forward, ffn_backward=ffn_backward),
+)

@@ -24,6 +24,7 @@ import numpy as np
 from numba import cuda
 
 from kernels.cuda import _common
+from kernels.versions import Version, registry
 
 
 @functools.lru_cache(maxsize=None)
@@ -217,3 +218,13 @@ def softmax_v2(x, scale=1.0, mask=None, block_size=128):
 def softmax_v3(x, scale=1.0, mask=None, block_size=128):
     """Block-per-row online softmax: max and sum in one pass (see module docstring)."""
     return _softmax(3, x, scale, mask, block_size)
+
+
+VERSIONS = registry(
+    Version("v1", "one thread per row, three passes (max, sum, write); loads not coalesced", None,
+            softmax=softmax_v1),
+    Version("v2", "one block per row: coalesced strided loads, max and sum by shared-memory tree reductions",
+            "v1", softmax=softmax_v2),
+    Version("v3", "like v2, with max and sum in one pass (online softmax) and one merge of (m, z) pairs", "v2",
+            softmax=softmax_v3),
+)

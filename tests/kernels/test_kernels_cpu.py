@@ -1,72 +1,99 @@
-"""Numba CPU kernels against the NumPy references (outputs poisoned with NaN first)."""
-import os
-import subprocess
-import sys
+"""Numba CPU kernels against the NumPy references (outputs poisoned with NaN first).
+
+Every version in the CPU registries (kernels/versions.py) runs every case: a new version is tested here
+without a change to this file.
+"""
+import inspect
 
 import numba
 import numpy as np
 import pytest
 
 from kernels import cpu, reference
+from kernels.activations import ACTIVATIONS
+from kernels.cpu import _common, attention, ffn
 from kernels.testing import assert_close, attention_case, ffn_case, softmax_case
+from kernels.versions import families
 
 DTYPES = [np.float32, np.float64]
+VERSIONS = families("cpu")
+
+
+def versions(family):
+    return pytest.mark.parametrize("version", list(VERSIONS[family].values()), ids=lambda v: v.name)
 
 
 @pytest.fixture(autouse=True)
 def poison_outputs(monkeypatch):
     """Every output the kernels allocate starts as NaN, so an unwritten element fails the comparison."""
-    monkeypatch.setattr(cpu, "_empty", lambda shape, dtype: np.full(shape, np.nan, dtype=dtype))
+    monkeypatch.setattr(_common, "empty", lambda shape, dtype: np.full(shape, np.nan, dtype=dtype))
 
 
+def test_the_package_functions_are_registered_versions():
+    for family, names in (("softmax", ["softmax"]), ("attention", ["attention_forward", "attention_backward"]),
+                          ("ffn", ["ffn_forward", "ffn_backward"])):
+        registered = [v.functions for v in VERSIONS[family].values()]
+        assert any(all(getattr(cpu, name) is fns[name] for name in names) for fns in registered), family
+
+
+@versions("softmax")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("masked", [False, True])
-def test_softmax(dtype, masked):
+def test_softmax(version, dtype, masked):
     x, mask = softmax_case(np.random.default_rng(0), (2, 3, 5, 13), dtype, masked)
-    assert_close("softmax", cpu.softmax(x, 0.7, mask), reference.softmax(x, 0.7, mask))
+    assert_close("softmax", version.softmax(x, 0.7, mask), reference.softmax(x, 0.7, mask))
 
 
+def _tiles(fn, block_q, block_k):
+    """fn with the tile sizes set, for a version that has these knobs."""
+    params = inspect.signature(fn).parameters
+    knobs = {k: v for k, v in (("block_q", block_q), ("block_k", block_k)) if k in params}
+    return lambda *args, **kwargs: fn(*args, **kwargs, **knobs)
+
+
+@versions("attention")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("tq,tk,blocks", [(13, 13, (4, 5)), (5, 13, (4, 5)), (13, 7, (3, 4)), (13, 13, (64, 64))])
-def test_attention(dtype, causal, tq, tk, blocks):
+def test_attention(version, dtype, causal, tq, tk, blocks):
     c = attention_case(np.random.default_rng(tq * tk), 3, 2, tq, tk, 7, dtype)
     args = (c["q"], c["k"], c["v"])
     mask = c["key_padding_mask"]
-    block_q, block_k = blocks
     o, lse = reference.attention_forward(*args, mask, causal)
-    got_o, got_lse = cpu.attention_forward(*args, mask, causal, block_q=block_q, block_k=block_k)
+    got_o, got_lse = _tiles(version.attention_forward, *blocks)(*args, mask, causal)
     assert_close("o", got_o, o)
     assert_close("lse", got_lse, lse)
     want = reference.attention_backward(*args, o, lse, c["do"], mask, causal)
-    got = cpu.attention_backward(*args, o, lse, c["do"], mask, causal, block_q=block_q, block_k=block_k)
+    got = _tiles(version.attention_backward, *blocks)(*args, o, lse, c["do"], mask, causal)
     for name, g, w in zip(["dq", "dk", "dv"], got, want):
         assert_close(name, g, w)
 
 
+@versions("attention")
 @pytest.mark.parametrize("dtype", DTYPES)
-def test_attention_without_mask_and_custom_scale(dtype):
+def test_attention_without_mask_and_custom_scale(version, dtype):
     c = attention_case(np.random.default_rng(5), 2, 2, 9, 11, 7, dtype, padding=False)
     args = (c["q"], c["k"], c["v"])
     o, lse = reference.attention_forward(*args, scale=0.3)
-    assert_close("o", cpu.attention_forward(*args, scale=0.3)[0], o)
+    assert_close("o", version.attention_forward(*args, scale=0.3)[0], o)
     want = reference.attention_backward(*args, o, lse, c["do"], scale=0.3)
-    got = cpu.attention_backward(*args, o, lse, c["do"], scale=0.3)
+    got = version.attention_backward(*args, o, lse, c["do"], scale=0.3)
     for name, g, w in zip(["dq", "dk", "dv"], got, want):
         assert_close(name, g, w)
 
 
+@versions("ffn")
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("activation", reference.ACTIVATIONS)
-def test_ffn(dtype, activation):
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_ffn(version, dtype, activation):
     c = ffn_case(np.random.default_rng(6), 13, 7, 11, dtype)
     params = (c["x"], c["w1"], c["b1"], c["w2"], c["b2"])
     y, h_pre = reference.ffn_forward(*params, activation)
-    got_y, got_h_pre = cpu.ffn_forward(*params, activation)
+    got_y, got_h_pre = version.ffn_forward(*params, activation)
     assert_close("y", got_y, y)
     assert_close("h_pre", got_h_pre, h_pre)
     want = reference.ffn_backward(*params, h_pre, c["dy"], activation)
-    got = cpu.ffn_backward(*params, h_pre, c["dy"], activation)
+    got = version.ffn_backward(*params, h_pre, c["dy"], activation)
     for name, g, w in zip(["dx", "dw1", "db1", "dw2", "db2"], got, want):
         assert_close(name, g, w)
 
@@ -75,7 +102,7 @@ def test_ffn(dtype, activation):
 def _elementwise_exp32(x):
     out = np.empty_like(x)
     for i in range(x.shape[0]):
-        out[i] = cpu._exp32(x[i])
+        out[i] = _common.exp32(x[i])
     return out
 
 
@@ -83,7 +110,7 @@ def _elementwise_exp32(x):
 def _elementwise_normal_cdf_pdf32(z):
     cdf, pdf = np.empty_like(z), np.empty_like(z)
     for i in range(z.shape[0]):
-        cdf[i], pdf[i] = cpu._normal_cdf_pdf32(z[i])
+        cdf[i], pdf[i] = ffn._normal_cdf_pdf32(z[i])
     return cdf, pdf
 
 
@@ -117,75 +144,19 @@ def test_bad_inputs_are_rejected():
         cpu.softmax(np.arange(4))
 
 
-# Records the environment at the moment NumPy is first imported, then lets the import go on.
-_WATCH_NUMPY = """
-import os, sys
-class Watch:
-    seen = None
-    def find_spec(self, name, path=None, target=None):
-        if name == "numpy" and Watch.seen is None:
-            Watch.seen = os.environ.get("OPENBLAS_THREAD_TIMEOUT", "unset")
-sys.meta_path.insert(0, Watch())
-import minitx
-print(Watch.seen, os.environ["OPENBLAS_THREAD_TIMEOUT"], os.environ["OMP_WAIT_POLICY"])
-"""
-
-
-@pytest.mark.parametrize("preset", [None, "10"])
-def test_import_makes_idle_threads_sleep_before_numpy_loads(preset):
-    """``import minitx`` sets how idle BLAS / OpenMP threads wait (kernels/__init__.py) before NumPy starts
-    OpenBLAS, and keeps a value the user already set."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")}
-    if preset is not None:
-        env["OPENBLAS_THREAD_TIMEOUT"] = preset
-    out = subprocess.run([sys.executable, "-c", _WATCH_NUMPY], env=env, capture_output=True, text=True,
-                         check=True).stdout.split()
-    expected = preset or "4"
-    assert out == [expected, expected, "passive"]
-
-
-_FREED_MEMORY_KEPT = """
-import minitx, numpy as np
-def rss_kib():
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-before = rss_kib()
-a = np.ones(2**21, dtype=np.float32)  # 8 MiB, every page touched
-del a
-print(rss_kib() - before)
-"""
-
-
-@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc are Linux's")
-@pytest.mark.parametrize("user_choice", [None, "GLIBC_TUNABLES"])
-def test_import_keeps_freed_memory_for_reuse_unless_the_user_chose(user_choice):
-    """After ``import minitx`` a freed 8 MiB block stays in the process for reuse; with an allocator setting
-    of the user's in the environment, glibc's default returns it to the system."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GLIBC_TUNABLES", "MALLOC_TRIM_THRESHOLD_",
-                                                             "MALLOC_MMAP_THRESHOLD_")}
-    if user_choice:
-        env[user_choice] = "glibc.malloc.check=0"  # any setting at all: minitx then leaves the allocator alone
-    kept_kib = int(subprocess.run([sys.executable, "-c", _FREED_MEMORY_KEPT], env=env, capture_output=True,
-                                  text=True, check=True).stdout)
-    if user_choice:
-        assert kept_kib < 1024
-    else:
-        assert kept_kib > 6 * 1024
-
-
-@pytest.mark.skipif(cpu._SCIPY_OPENBLAS is None, reason="SciPy is not using its bundled OpenBLAS")
+@pytest.mark.skipif(_common.SCIPY_OPENBLAS is None, reason="SciPy is not using its bundled OpenBLAS")
 def test_blas_inside_the_attention_kernels_runs_on_one_thread_per_task(monkeypatch):
     """np.dot in njit code goes through SciPy's OpenBLAS; during a kernel it is limited to the calling thread
     (nested thread pools fight over the cores), and the user's setting comes back afterwards."""
-    lib = cpu._SCIPY_OPENBLAS
+    lib = _common.SCIPY_OPENBLAS
     before = lib.scipy_openblas_get_num_threads()
     seen = []
 
     def spy(*args):
         seen.append(lib.scipy_openblas_get_num_threads())
 
-    monkeypatch.setattr(cpu, "_attention_forward", spy)
-    monkeypatch.setattr(cpu, "_attention_backward", spy)
+    monkeypatch.setattr(attention, "_attention_forward", spy)
+    monkeypatch.setattr(attention, "_attention_backward", spy)
     c = attention_case(np.random.default_rng(0), 1, 1, 4, 4, 2, np.float32)
     lib.scipy_openblas_set_num_threads(2)
     try:

@@ -1,0 +1,33 @@
+"""Numba CPU kernels: fused softmax, tiled (flash-style) attention, fused FFN.
+
+Laid out like ``kernels/cuda``: one module per kernel family (``softmax``, ``attention``, ``ffn``), each ending
+with its registry of versions (``VERSIONS``, see kernels/versions.py), and ``_common`` for what they share
+(the float32 exp, dtype checks, BLAS threads inside parallel loops). Same signatures and conventions as
+``kernels.reference`` (see its docstring); the attention functions take two extra tuning knobs, ``block_q``
+and ``block_k``, the query / key tile sizes.
+
+Design
+------
+* Softmax: one parallel task per row; scale and mask are applied while the row is read, so no masked copy
+  of the input is ever built.
+* Attention forward: one task per (batch, head, query tile), walking over key tiles with an online
+  softmax; the (Tq, Tk) score matrix never exists. Backward: one task per (batch, head), rebuilding
+  P = exp(S - lse) tile by tile (see attention.py).
+* Block products (Q K^T, P V, ...) are BLAS calls (``np.dot`` inside njit), each on the thread of its task
+  (see ``_common.one_blas_thread_per_task``).
+* exp: float32 uses ``_common.exp32``, a polynomial the compiler vectorises (``math.exp`` is a scalar library
+  call, about 5x slower per element); float64 keeps ``math.exp``.
+* FFN: the matmuls are NumPy/BLAS calls; bias + activation (forward) and activation + activation-derivative
+  (backward) are fused into one pass each (see ffn.py).
+
+``fastmath`` is limited to flags that keep -inf meaningful: masked scores are -inf, so "nnan"/"ninf" are
+never enabled.
+
+The package's functions are each family's default version: ``softmax``, ``attention_forward``,
+``attention_backward``, ``ffn_forward``, ``ffn_backward``.
+"""
+from kernels.cpu.attention import attention_backward, attention_forward
+from kernels.cpu.ffn import ffn_backward, ffn_forward
+from kernels.cpu.softmax import softmax
+
+__all__ = ["softmax", "attention_forward", "attention_backward", "ffn_forward", "ffn_backward"]

@@ -1,0 +1,186 @@
+"""Numba CPU attention, flash-style: tiles, an online softmax, no (Tq, Tk) score matrix.
+
+Conventions as in kernels.reference (its ``attention_forward`` / ``attention_backward`` are the compact
+statement of the math; tutorial 04 derives the backward):
+
+    S = scale * Q K^T (masked -> -inf),  P = softmax(S),  O = P V,  lse_i = log sum_j exp(S_ij)
+
+Forward: one parallel task per (batch, head, query tile). The task walks over key tiles keeping a running
+max m, running sum l and an unnormalised output acc (the "online softmax"):
+
+    m' = max(m, max_j S_ij),  alpha = exp(m - m'),  P_ij = exp(S_ij - m')
+    l' = alpha l + sum_j P_ij,  acc' = alpha acc + P V_tile
+
+and finishes with O = acc / l, lse = m + log l. Extra memory per task is O(block_q * (block_k + D)).
+
+Backward: one task per (batch, head). For each key tile it loops over query tiles, rebuilds
+P = exp(S - lse), accumulates dK, dV of the key tile locally and adds the dQ contribution into the task's
+own rows of dq. Extra memory per task is O(T * D) (the scaled queries and D_i).
+
+    dV = P^T dO,  dS = P * (dO V^T - D_i),  D_i = sum_d dO_id O_id,  dQ = scale dS K,  dK = scale dS^T Q
+
+Block products are BLAS calls (``np.dot`` inside njit), on the task's own thread
+(``_common.one_blas_thread_per_task``).
+"""
+import math
+
+import numba
+import numpy as np
+
+from kernels.cpu import _common
+from kernels.cpu._common import FASTMATH, exp_inplace
+from kernels.versions import Version, registry
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _attention_forward(q, k, v, pad, causal, scale, block_q, block_k, o, lse):
+    """Flash-style forward. q (B, H, Tq, D), k/v (B, H, Tk, D), pad (B, Tk); writes o, lse."""
+    n_batch, n_head, tq, d = q.shape
+    tk = k.shape[2]
+    shift = tk - tq                                   # causal: key j visible to query i iff j <= i + shift
+    n_qtiles = (tq + block_q - 1) // block_q
+    for task in numba.prange(n_batch * n_head * n_qtiles):
+        b = task // (n_head * n_qtiles)
+        h = (task // n_qtiles) % n_head
+        i0 = (task % n_qtiles) * block_q
+        i1 = min(i0 + block_q, tq)
+        nq = i1 - i0
+        qs = q[b, h, i0:i1] * scale                   # (nq, D)
+        key_bias = np.where(pad[b], -np.inf, 0.0).astype(q.dtype)  # -inf on padded keys   (Tk,)
+        m = np.full(nq, -np.inf, dtype=q.dtype)       # running max      (nq,)
+        l = np.zeros(nq, dtype=q.dtype)               # running sum      (nq,)
+        acc = np.zeros((nq, d), dtype=q.dtype)        # unnormalised O   (nq, D)
+        k_end = min(tk, i1 + shift) if causal else tk
+        for j0 in range(0, k_end, block_k):
+            j1 = min(j0 + block_k, k_end)
+            s = np.dot(qs, k[b, h, j0:j1].T)          # (nq, nk)
+            for i in range(nq):
+                row = s[i]
+                row += key_bias[j0:j1]
+                if causal:                            # keys after i + shift are hidden
+                    row[max(0, i0 + i + shift + 1 - j0):] = -np.inf
+                m_new = max(m[i], row.max())
+                if m_new == -np.inf:                  # every key so far masked: P = 0
+                    row[:] = 0.0
+                else:
+                    alpha = np.exp(m[i] - m_new)      # exp(-inf) = 0 on the first visible tile
+                    row -= m_new
+                    exp_inplace(row)
+                    total = 0.0
+                    for j in range(j1 - j0):
+                        total += row[j]
+                    l[i] = alpha * l[i] + total
+                    acc[i] *= alpha
+                    m[i] = m_new
+            acc += np.dot(s, v[b, h, j0:j1])          # (nq, D)
+        for i in range(nq):
+            if l[i] == 0.0:                           # fully masked row
+                o[b, h, i0 + i] = 0.0
+                lse[b, h, i0 + i] = -np.inf
+            else:
+                o[b, h, i0 + i] = acc[i] / l[i]
+                lse[b, h, i0 + i] = m[i] + np.log(l[i])
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _attention_backward(q, k, v, o, lse, do, pad, causal, scale, block_q, block_k, dq, dk, dv):
+    """Flash-style backward, one task per (batch, head); writes dq, dk, dv."""
+    n_batch, n_head, tq, d = q.shape
+    tk = k.shape[2]
+    shift = tk - tq
+    for bh in numba.prange(n_batch * n_head):
+        b = bh // n_head
+        h = bh % n_head
+        qs = q[b, h] * scale                                       # (Tq, D)
+        key_bias = np.where(pad[b], -np.inf, 0.0).astype(q.dtype)  # -inf on padded keys   (Tk,)
+        di = np.empty(tq, dtype=q.dtype)                           # D_i = sum_d dO_id O_id  (Tq,)
+        for i in range(tq):
+            di[i] = np.dot(do[b, h, i], o[b, h, i])
+        dq[b, h] = 0.0
+        for j0 in range(0, tk, block_k):
+            j1 = min(j0 + block_k, tk)
+            kt = k[b, h, j0:j1]                                    # (nk, D)
+            vt = v[b, h, j0:j1]                                    # (nk, D)
+            dk_t = np.zeros((j1 - j0, d), dtype=q.dtype)           # (nk, D)
+            dv_t = np.zeros((j1 - j0, d), dtype=q.dtype)           # (nk, D)
+            i_start = max(0, j0 - shift) if causal else 0          # earlier queries cannot see this tile
+            for i0 in range(i_start, tq, block_q):
+                i1 = min(i0 + block_q, tq)
+                p = np.dot(qs[i0:i1], kt.T)                        # S, then P   (nq, nk)
+                for i in range(i1 - i0):
+                    row = p[i]
+                    if lse[b, h, i0 + i] == -np.inf:               # no visible key in the whole row: P = 0
+                        row[:] = 0.0
+                        continue
+                    row += key_bias[j0:j1] - lse[b, h, i0 + i]
+                    if causal:                                     # keys after i + shift are hidden
+                        row[max(0, i0 + i + shift + 1 - j0):] = -np.inf
+                    exp_inplace(row)                              # exp(-inf) = 0
+                dv_t += np.dot(p.T, do[b, h, i0:i1])               # (nk, D)
+                ds = np.dot(do[b, h, i0:i1], vt.T)                 # dP, then dS (nq, nk)
+                for i in range(i1 - i0):
+                    for j in range(j1 - j0):
+                        ds[i, j] = p[i, j] * (ds[i, j] - di[i0 + i])
+                dq[b, h, i0:i1] += np.dot(ds, kt)                  # (nq, D), scaled below
+                dk_t += np.dot(ds.T, qs[i0:i1])                    # (nk, D), scale is inside qs
+            dk[b, h, j0:j1] = dk_t
+            dv[b, h, j0:j1] = dv_t
+        dq[b, h] *= scale
+
+
+def _padding(key_padding_mask, batch, tk):
+    """(B, Tk) bool array, all False when no mask is given."""
+    if key_padding_mask is None:
+        return np.zeros((batch, tk), dtype=bool)
+    return np.ascontiguousarray(key_padding_mask, dtype=bool).reshape(batch, tk)
+
+
+def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, block_q=64, block_k=128):
+    """Tiled attention forward with online softmax (see reference.attention_forward).
+
+    O = softmax(scale * Q K^T, masked) V,   lse_i = log sum_j exp(S_ij)
+
+    Returns (o, lse) with o (B, H, Tq, D) and lse (B, H, Tq). A fully masked
+    row gives o = 0, lse = -inf. Extra memory: O(block_q * (block_k + D)) per
+    task, i.e. O(B * H * T) in total, never O(T^2).
+    """
+    dtype = _common.check_float(q, k, v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    batch, heads, tq, d = q.shape
+    o = _common.empty((batch, heads, tq, d), dtype)
+    lse = _common.empty((batch, heads, tq), dtype)
+    with _common.one_blas_thread_per_task():
+        _attention_forward(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v),
+                           _padding(key_padding_mask, batch, k.shape[2]), bool(causal), dtype.type(scale),
+                           block_q, block_k, o, lse)
+    return o, lse
+
+
+def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False, scale=None,
+                       block_q=64, block_k=128):
+    """Tiled attention backward recomputing P = exp(S - lse) (see reference.attention_backward).
+
+    dV = P^T dO,  dS = P * (dO V^T - D_i),  D_i = sum_d dO_id O_id,
+    dQ = scale dS K,  dK = scale dS^T Q
+
+    Returns (dq, dk, dv). Fully masked rows get zero gradients.
+    """
+    dtype = _common.check_float(q, k, v, o, lse, do)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    batch = q.shape[0]
+    dq = _common.empty(q.shape, dtype)
+    dk = _common.empty(k.shape, dtype)
+    dv = _common.empty(v.shape, dtype)
+    c = np.ascontiguousarray
+    with _common.one_blas_thread_per_task():
+        _attention_backward(c(q), c(k), c(v), c(o), c(lse), c(do), _padding(key_padding_mask, batch, k.shape[2]),
+                            bool(causal), dtype.type(scale), block_q, block_k, dq, dk, dv)
+    return dq, dk, dv
+
+
+VERSIONS = registry(
+    Version("v1", "flash-style tiles with an online softmax; block products through BLAS, one task per tile",
+            None, attention_forward=attention_forward, attention_backward=attention_backward),
+)

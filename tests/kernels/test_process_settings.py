@@ -1,0 +1,79 @@
+"""kernels/process_settings.py: what ``import minitx`` changes in the process, and MINITX_TUNE=0 turning it off.
+
+Each case runs in a fresh interpreter: the settings only take effect before NumPy starts, and they change the
+whole process.
+"""
+import os
+import subprocess
+import sys
+
+import pytest
+
+USER_VARIABLES = ("MINITX_TUNE", "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GLIBC_TUNABLES",
+                  "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
+
+
+def run_python(code, **env_vars):
+    """stdout of ``python -c code`` in an environment without the user's settings, plus ``env_vars``."""
+    env = {k: v for k, v in os.environ.items() if k not in USER_VARIABLES}
+    env.update(env_vars)
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
+                          check=True).stdout.split()
+
+
+# Records the thread variables at the moment NumPy is first imported, then lets the import go on.
+WATCH_NUMPY = """
+import os, sys
+class Watch:
+    seen = None
+    def find_spec(self, name, path=None, target=None):
+        if name == "numpy" and Watch.seen is None:
+            Watch.seen = [os.environ.get(v, "unset") for v in ("OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY")]
+sys.meta_path.insert(0, Watch())
+import minitx
+print(*Watch.seen)
+"""
+
+# How much of a freed 8 MiB block the process keeps (KiB).
+FREED_MEMORY_KEPT = """
+import minitx, numpy as np
+def rss_kib():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+before = rss_kib()
+a = np.ones(2**21, dtype=np.float32)  # 8 MiB, every page touched
+del a
+print(rss_kib() - before)
+"""
+
+
+@pytest.mark.parametrize("tune, expected", [(None, ["4", "passive"]), ("1", ["4", "passive"]),
+                                            ("0", ["unset", "unset"])])
+def test_idle_threads_sleep_before_numpy_loads_unless_minitx_tune_is_0(tune, expected):
+    """``import minitx`` sets how idle BLAS / OpenMP threads wait before NumPy starts OpenBLAS;
+    MINITX_TUNE=0 leaves both unset."""
+    env = {} if tune is None else {"MINITX_TUNE": tune}
+    assert run_python(WATCH_NUMPY, **env) == expected
+
+
+def test_a_thread_setting_of_the_user_is_kept():
+    assert run_python(WATCH_NUMPY, OPENBLAS_THREAD_TIMEOUT="10") == ["10", "passive"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc and /proc are Linux's")
+@pytest.mark.parametrize("env, kept", [({}, True), ({"MINITX_TUNE": "0"}, False),
+                                       ({"GLIBC_TUNABLES": "glibc.malloc.check=0"}, False)])
+def test_freed_memory_is_kept_for_reuse_unless_turned_off_or_the_user_chose(env, kept):
+    """After ``import minitx`` a freed 8 MiB block stays in the process for reuse; with MINITX_TUNE=0, or an
+    allocator setting of the user's in the environment, glibc's default returns it to the system."""
+    kept_kib = int(run_python(FREED_MEMORY_KEPT, **env)[0])
+    assert kept_kib > 6 * 1024 if kept else kept_kib < 1024
+
+
+def test_importing_kernels_alone_changes_nothing():
+    """The settings are minitx's choice, applied by name: ``import kernels`` (and its reference) leave the
+    process alone, and ``applied`` says what apply() did."""
+    code = ("import os, kernels, kernels.reference, kernels.process_settings as p; "
+            "print(os.environ.get('OMP_WAIT_POLICY', 'unset'), len(p.applied)); p.apply(); "
+            "print(os.environ['OMP_WAIT_POLICY'], len(p.applied))")
+    assert run_python(code) == ["unset", "0", "passive", "3"]
