@@ -20,7 +20,7 @@ import minitx
 import minitx.functional as F
 from minitx import Tensor, no_grad
 from minitx.data.fetch import minilm_path, movie_reviews
-from minitx.models.pretrained import load_pretrained
+from minitx.hub import load_pretrained
 from minitx.models.task_adapter import TaskAdapter
 from minitx.optim import AdamW
 from minitx.pipelines import adapter_features

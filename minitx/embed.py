@@ -5,7 +5,8 @@ A BERT encoder gives one hidden state h_t per token; the sentence vector is thei
 
     u = Σ_t m_t h_t / Σ_t m_t,        e = u / max(‖u‖₂, ε)
 
-Since every e has length one, the cosine similarity of two texts is the plain dot product e·e'.
+Since every e has length one, the cosine similarity of two texts is the plain dot product e·e'. Both steps
+are :func:`minitx.functional.mean_pool` and :func:`minitx.functional.l2_normalize`.
 
 ``minitx embed`` (see :func:`embed_main`) prints the cosine-similarity matrix of a few texts or writes the
 embeddings to a ``.npy`` file.
@@ -20,25 +21,8 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .tensor import Tensor, no_grad
-
-
-def mean_pool(hidden: Tensor, attention_mask) -> Tensor:
-    """u = Σ_t m_t h_t / Σ_t m_t: the mean of the hidden states over the real tokens.
-
-    hidden (B, T, D), attention_mask (B, T) with 1 = real token, 0 = padding -> (B, D).
-    """
-    xp = hidden.xp
-    mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
-    mask = xp.asarray(mask).astype(hidden.dtype)[:, :, None]  # (B, T, 1)
-    counts = xp.maximum(mask.sum(axis=1), 1)  # (B, 1); a row without real tokens divides by 1, not 0
-    return (hidden * Tensor(mask)).sum(axis=1) / Tensor(counts)  # (B, D)
-
-
-def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """e = x / max(‖x‖₂, ε) along the last axis: x (…, D) -> (…, D)."""
-    norm = (x * x).sum(axis=-1, keepdims=True).sqrt()  # (…, 1)
-    return x / norm.masked_fill(norm.data < eps, eps)
+from .functional import l2_normalize, mean_pool
+from .tensor import no_grad
 
 
 def embed(texts: Sequence[str], model, tokenizer, batch_size: int = 32, max_length: int = 256,
@@ -79,7 +63,7 @@ def cosine_similarity_table(texts: Sequence[str], vectors: np.ndarray, width: in
 def embed_main(argv: Sequence[str] | None = None) -> int:
     """``minitx embed``: embed texts with a pretrained BERT and print their cosine similarities (or save them)."""
     from .data.fetch import minilm_path
-    from .models.pretrained import load_pretrained
+    from .hub import load_pretrained
 
     parser = argparse.ArgumentParser(
         prog="minitx embed",

@@ -12,9 +12,13 @@ from __future__ import annotations
 import contextlib
 import math
 
-from . import ops
+import numpy as np
+
+from . import backend, ops
 from .ops.fused import FusedAttention, FusedFeedForward
 from .tensor import Tensor
+
+IGNORE_INDEX = -100  # a target that takes no part in cross_entropy (padding, unmasked MLM tokens, no SOP label)
 
 # ------------------------------------------------------------------------------------ fused-kernel switch
 _use_fused = False
@@ -169,12 +173,13 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     return ops.Dropout.apply(x, p=p)
 
 
-def cross_entropy(logits: Tensor, target, ignore_index: int = -100, label_smoothing: float = 0.0,
+def cross_entropy(logits: Tensor, target, ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
                   reduction: str = "mean") -> Tensor:
     """Cross-entropy of ``logits`` (…, C) against integer ``target`` (…).
 
     Classes are on the LAST axis (so (B, T, V) language-model logits go in as they are, with (B, T)
-    targets); PyTorch puts them on axis 1.
+    targets); PyTorch puts them on axis 1. Targets equal to ``ignore_index`` (:data:`IGNORE_INDEX`, -100,
+    PyTorch's value) are skipped; "mean" divides by the number of the others (NaN when there are none).
     """
     target = target if isinstance(target, Tensor) else Tensor(target)
     if target.dtype.kind not in "iu":
@@ -283,3 +288,48 @@ def feed_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, acti
         return y.reshape(*lead, w2.shape[0])
     hidden = _ACTIVATIONS[activation](linear(x, w1, b1))  # (…, F)
     return linear(dropout(hidden, dropout_p, training), w2, b2)  # (…, D)
+
+
+# ------------------------------------------------------------------------------- masks and pooling
+
+
+def padding_mask_from_attention_mask(attention_mask, shape: tuple | None = None, device: str | None = None,
+                                     of: str = "input_ids"):
+    """Hugging Face's attention_mask (B, T), 1 = real token, 0 = padding -> key_padding_mask (B, T), True =
+    padding (masked out), the convention of :func:`scaled_dot_product_attention`. None stays None.
+
+    ``attention_mask`` is an integer or boolean array, list or Tensor; ``shape`` (if given) is the (B, T) it
+    must have (``of`` names what that shape belongs to, for the error message); ``device`` (if given) is where
+    the result lives, else where the mask already is.
+    """
+    if attention_mask is None:
+        return None
+    mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
+    mask = mask if hasattr(mask, "dtype") else np.asarray(mask)
+    if mask.dtype.kind not in "iub":
+        raise TypeError(f"attention_mask must hold integers (1 = real token, 0 = padding), got dtype {mask.dtype} "
+                        f"(shape {tuple(mask.shape)})")
+    if shape is not None and tuple(mask.shape) != tuple(shape):
+        raise ValueError(f"attention_mask must have the shape of {of} {tuple(shape)}, got {tuple(mask.shape)}")
+    if device is not None:
+        mask = backend.to_device(mask, device)
+    return mask == 0
+
+
+def mean_pool(hidden: Tensor, attention_mask) -> Tensor:
+    """u = Σ_t m_t h_t / max(Σ_t m_t, 1): the mean of the hidden states over the real tokens (m_t = 1).
+
+    hidden (B, T, D), attention_mask (B, T) with 1 = real token, 0 = padding -> (B, D). A row without real
+    tokens divides by 1, not 0, and gives the zero vector.
+    """
+    xp = hidden.xp
+    mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
+    mask = xp.asarray(mask).astype(hidden.dtype)[:, :, None]  # (B, T, 1)
+    counts = xp.maximum(mask.sum(axis=1), 1)  # (B, 1)
+    return (hidden * Tensor(mask)).sum(axis=1) / Tensor(counts)  # (B, D)
+
+
+def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """e = x / max(‖x‖₂, ε) along the last axis: x (…, D) -> (…, D), each row of length one (or zero)."""
+    norm = (x * x).sum(axis=-1, keepdims=True).sqrt()  # (…, 1)
+    return x / norm.masked_fill(norm.data < eps, eps)

@@ -21,8 +21,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import functional as F
+from .functional import IGNORE_INDEX
 from . import optim
-from .data import IGNORE_INDEX, DataLoader, ListDataset, SOPMLMCollator, sentence_order_pairs
+from .data import DataLoader, ListDataset, SOPMLMCollator, sentence_order_pairs
 from .models import (BertConfig, BertForPretraining, GPT, GPTConfig, GPTForSequenceClassification,
                      TaskAdapter)
 from .tensor import Tensor, no_grad
@@ -96,16 +97,8 @@ def pretrain_bert(documents: list[list[str]], tokenizer: WordPieceTokenizer, con
     model = BertForPretraining(config).to(device)
     optimizer, scheduler = adamw_with_schedule(model.parameters(), lr, steps)
 
-    def loss_fn(model, batch):
-        b = to_device(batch, device)
-        mlm_logits, sop_logits = model(b["input_ids"], b["attention_mask"], b["token_type_ids"])
-        mlm = F.cross_entropy(mlm_logits, b["labels"], ignore_index=IGNORE_INDEX)
-        ordered = batch["sop_labels"] != IGNORE_INDEX  # the pairs that have an order label
-        if not ordered.any():  # only MLM texts in this batch: no SOP term (its mean would be 0/0)
-            return mlm, {"mlm_loss": mlm.item()}
-        sop = F.cross_entropy(sop_logits, b["sop_labels"], ignore_index=IGNORE_INDEX)
-        sop_acc = float((sop_logits.argmax(axis=-1).numpy() == batch["sop_labels"])[ordered].mean())
-        return mlm + sop, {"mlm_loss": mlm.item(), "sop_loss": sop.item(), "sop_acc": sop_acc}
+    def loss_fn(model, batch):  # the model's own L_MLM + L_SOP (MLM-only batches: L_MLM alone)
+        return model.loss(to_device(batch, device), return_metrics=True)
 
     def eval_fn(model):
         # A fixed masking seed, so every evaluation sees the same masked tokens.

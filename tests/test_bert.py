@@ -8,8 +8,8 @@ import pytest
 
 import minitx
 from minitx import Tensor, gradcheck, no_grad
+from minitx.hub import hf_name_map, load_hf_weights
 from minitx.models.bert import BertConfig, BertForPretraining, BertModel
-from minitx.models.pretrained import hf_name_map, load_hf_weights
 from minitx.optim import AdamW
 
 TINY = BertConfig(vocab_size=40, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
@@ -112,6 +112,24 @@ def test_loss_is_mlm_plus_sop_on_masked_positions_only():
     masked = batch["labels"] != -100
     expected = nll(mlm[masked], batch["labels"][masked]) + nll(sop, batch["sop_labels"])
     assert loss == pytest.approx(expected, rel=1e-5)
+
+
+def test_loss_of_a_batch_without_order_labels_is_the_mlm_loss_not_nan():
+    """MLM-only texts carry the order label IGNORE_INDEX: the SOP term is left out, not a 0/0 mean."""
+    minitx.manual_seed(0)
+    model = BertForPretraining(TINY).eval()
+    batch = pretraining_batch(np.random.default_rng(2))
+    batch["sop_labels"] = np.full(len(batch["sop_labels"]), minitx.functional.IGNORE_INDEX)
+    with no_grad():
+        mlm_logits, _ = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        mlm_only = minitx.functional.cross_entropy(mlm_logits, batch["labels"]).item()
+        loss = model.loss(batch).item()
+        assert math.isfinite(loss) and loss == pytest.approx(mlm_only, rel=1e-6)
+        total, metrics = model.loss(batch, return_metrics=True)
+    assert total.item() == loss and metrics == {"mlm_loss": pytest.approx(mlm_only, rel=1e-6)}  # no SOP metrics
+    batch["labels"][:] = minitx.functional.IGNORE_INDEX
+    with pytest.raises(ValueError, match="no masked token and no order label"):
+        model.loss(batch)
 
 
 def test_gradcheck_of_the_pretraining_loss():

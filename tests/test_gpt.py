@@ -12,9 +12,16 @@ import minitx
 import minitx.functional as F
 from minitx import Tensor, gradcheck, no_grad
 from minitx.models import GPT, GPTConfig, GPTForSequenceClassification
-from minitx.models.gpt import (apply_temperature, next_token_probabilities, sample_next_token, softmax, top_k_filter,
-                               top_p_filter)
+from minitx.models.sampling import (apply_temperature, next_token_probabilities, sample_next_token, top_k_filter,
+                                    top_p_filter)
 from minitx.optim import AdamW
+
+
+def softmax(z):
+    """The oracle: exp(z - max z) / Σ exp(z - max z) in plain NumPy."""
+    e = np.exp(z - z.max())
+    return e / e.sum()
+
 
 TINY = GPTConfig(vocab_size=23, max_len=12, d_model=16, num_heads=4, num_layers=2, ff_dim=40, dropout=0.0)
 
@@ -328,7 +335,7 @@ def test_forward_argument_errors():
         model(np.zeros((1, 3)))
     with pytest.raises(ValueError, match=r"\(B, T\)"):
         model(np.zeros(3, dtype=np.int64))
-    with pytest.raises(ValueError, match="attention_mask must have shape"):
+    with pytest.raises(ValueError, match=r"attention_mask must have the shape of the cached and the new tokens \(B, P \+ T\)"):
         model(np.zeros((2, 3), dtype=np.int64), np.ones((2, 4), dtype=np.int64))
     _, past = model(np.zeros((1, 10), dtype=np.int64), use_cache=True)
     with pytest.raises(ValueError, match="10 cached \\+ 3 new tokens exceed max_len=12"):

@@ -6,7 +6,7 @@ import numpy as np
 
 from minitx import backend
 from minitx.data import IGNORE_INDEX, ordered_documents, sentence_order_pairs, sentiment_sentences
-from minitx.models import BertConfig, GPTConfig
+from minitx.models import BertConfig, BertForPretraining, GPTConfig
 from minitx.pipelines import (finetune_adapter, finetune_gpt_classifier, generate_text, labelled_splits, lm_windows,
                               pretrain_bert, split, train_gpt, train_tokenizers)
 
@@ -74,8 +74,12 @@ def test_every_stage_runs_and_reports(tmp_path):
     assert 0 <= classifier.metrics["test_acc"] <= 1
 
 
-def test_pretraining_with_only_mlm_texts_in_a_batch():
-    """A batch holding only MLM texts (order label IGNORE_INDEX) trains MLM alone instead of a 0/0 SOP loss."""
+def test_pretraining_with_only_mlm_texts_in_a_batch(monkeypatch):
+    """A batch holding only MLM texts (order label IGNORE_INDEX) trains MLM alone instead of a 0/0 SOP loss,
+    and the loss trained on is the model's own BertForPretraining.loss."""
+    calls = []
+    model_loss = BertForPretraining.loss
+    monkeypatch.setattr(BertForPretraining, "loss", lambda self, *a, **k: calls.append(1) or model_loss(self, *a, **k))
     backend.manual_seed(0)
     documents = ordered_documents(20, seed=0)
     texts = [f"sentence number {i} is here" for i in range(200)]  # 18 pairs vs 200 texts: MLM-only batches
@@ -86,4 +90,5 @@ def test_pretraining_with_only_mlm_texts_in_a_batch():
     rows = result.history.rows
     assert all(math.isfinite(r["loss"]) for r in rows)
     assert any("sop_loss" not in r for r in rows)  # some batches had no ordered pair
+    assert len(calls) >= 12  # every training step (and each evaluation batch) went through the model's loss
     assert IGNORE_INDEX == -100

@@ -8,8 +8,8 @@ from safetensors.numpy import save_file
 
 import minitx
 from minitx import no_grad
+from minitx.hub import config_from_hf, hf_name_map, load_bert, load_hf_weights
 from minitx.models.bert import BertConfig, BertModel
-from minitx.models.pretrained import config_from_hf, from_pretrained, hf_name_map, load_hf_weights
 
 TINY = dict(vocab_size=30, hidden_size=8, num_hidden_layers=2, num_attention_heads=2, intermediate_size=16,
             max_position_embeddings=12, type_vocab_size=2, layer_norm_eps=1e-12, hidden_act="gelu",
@@ -37,7 +37,7 @@ def test_round_trip_through_a_safetensors_folder(tmp_path):
     source = BertModel(config_from_hf(TINY)).eval()
     save_file(hf_checkpoint(source), tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(TINY))
-    loaded = BertModel.from_pretrained(tmp_path)
+    loaded = load_bert(tmp_path)
     assert not loaded.training and loaded.config == source.config
     ids = np.array([[2, 5, 9, 3, 0]])
     mask = (ids != 0).astype(np.int64)
@@ -87,4 +87,4 @@ def test_weights_load_as_float32(tmp_path):
     tensors = {k: v.astype(np.float64) if v.dtype.kind == "f" else v for k, v in hf_checkpoint(model).items()}
     save_file(tensors, tmp_path / "model.safetensors")
     (tmp_path / "config.json").write_text(json.dumps(TINY))
-    assert {p.dtype for _, p in from_pretrained(tmp_path).named_parameters()} == {np.dtype(np.float32)}
+    assert {p.dtype for _, p in load_bert(tmp_path).named_parameters()} == {np.dtype(np.float32)}

@@ -1,6 +1,6 @@
 """Parity with Hugging Face ``transformers`` on the real all-MiniLM-L6-v2 checkpoint.
 
-The same texts go through minitx (its own WordPiece tokeniser, :func:`from_pretrained`, :func:`embed`) and
+The same texts go through minitx (its own WordPiece tokeniser, :func:`minitx.hub.load_pretrained`, :func:`embed`) and
 through ``transformers``' BertModel in float32, eval mode; hidden states and sentence embeddings must agree
 to 1e-4. Skipped (with the reason) only when the checkpoint cannot be fetched or transformers is missing.
 """
@@ -19,7 +19,7 @@ from helpers import fetched_or_skip  # noqa: E402
 from minitx import no_grad  # noqa: E402
 from minitx.data.fetch import minilm_path  # noqa: E402
 from minitx.embed import embed  # noqa: E402
-from minitx.models.pretrained import load_pretrained  # noqa: E402
+from minitx.hub import load_pretrained  # noqa: E402
 
 TEXTS = [
     "A gripping, beautifully acted drama.",

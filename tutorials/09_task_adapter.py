@@ -56,7 +56,7 @@ mx.manual_seed(0)
 # which costs nothing to make. Its mean-pooled states are a random non-linear projection of the text: they
 # keep which words occur (a random "bag of words" with some mixing between positions), but no learned
 # notion of negation. Section 6 measures exactly what such features can and cannot do. With a real
-# pre-trained encoder (`BertModel.from_pretrained`, e.g. all-MiniLM-L6-v2) the code is the same; see
+# pre-trained encoder (`minitx.hub.load_bert`, e.g. all-MiniLM-L6-v2) the code is the same; see
 # `benchmarks/` for that run.
 
 # %%

@@ -36,7 +36,7 @@ import minitx.functional as F
 from minitx import optim
 from minitx.data import corpus_text
 from minitx.models import GPT, GPTConfig, SequenceEncoder
-from minitx.models import gpt as G
+from minitx.models import sampling as G
 from minitx.tokenizers import CharTokenizer
 
 import _common as C
@@ -138,7 +138,7 @@ check_next_token_loss(next_token_loss)
 #   mass reaches $p$, i.e. the first $m$ with $\sum_{j\le m} p_{(j)} \ge p$, and renormalise. Unlike top-$k$
 #   it adapts: few candidates when the model is sure, many when it is not.
 #
-# Applied in that order (temperature, top-$k$, top-$p$), as `minitx.models.gpt.next_token_probabilities`
+# Applied in that order (temperature, top-$k$, top-$p$), as `minitx.models.sampling.next_token_probabilities`
 # and Hugging Face's `generate` do. Each by hand, on NumPy vectors:
 
 # %%

@@ -22,9 +22,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..functional import IGNORE_INDEX
 from ..tokenizers.base import Tokenizer
-
-IGNORE_INDEX = -100
 
 
 class MLMCollator:

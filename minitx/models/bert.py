@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import functional as F
-from ..backend import default_dtype, get_array_module
+from ..backend import default_dtype, device_of, get_array_module
 from ..nn import (Dropout, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear, Module, Parameter,
                   TransformerEncoder, TransformerEncoderLayer)
 from ..tensor import Tensor
@@ -86,7 +86,7 @@ class BertModel(Module):
     """The BERT encoder: ids (B, T) -> last hidden states (B, T, D); see the module docstring.
 
     ``pooler=True`` adds pool = tanh(W_p h_[CLS] + b_p), read by :meth:`pool` (sentence-level heads).
-    Load published weights with :meth:`from_pretrained`. Sub-modules: ``embeddings`` (``tokens``,
+    Load published weights with :func:`minitx.hub.load_bert`. Sub-modules: ``embeddings`` (``tokens``,
     ``positions``, ``token_types``, ``norm``), ``encoder.layers.{i}`` (post-norm
     :class:`~minitx.nn.TransformerEncoderLayer` with GELU), ``pooler``.
     """
@@ -121,9 +121,7 @@ class BertModel(Module):
         if token_type_ids is None:
             token_type_ids = xp.zeros_like(ids)  # every token in segment 0
         token_type_ids = _ids_array("token_type_ids", token_type_ids, ids.shape, xp)
-        padding = None
-        if attention_mask is not None:
-            padding = _ids_array("attention_mask", attention_mask, ids.shape, xp) == 0  # (B, T), True = pad
+        padding = F.padding_mask_from_attention_mask(attention_mask, ids.shape, device_of(ids))  # (B, T), True = pad
         h = self.embeddings(ids, token_type_ids)  # (B, T, D)
         return self.encoder(h, key_padding_mask=padding)  # (B, T, D)
 
@@ -139,10 +137,9 @@ class BertModel(Module):
 
     @classmethod
     def from_pretrained(cls, folder) -> "BertModel":
-        """A BertModel with the weights of a Hugging Face checkpoint folder (``config.json``, ``model.safetensors``)."""
-        from .pretrained import from_pretrained
-
-        return from_pretrained(folder)
+        """Moved to :func:`minitx.hub.load_bert`: reading published files lives above the models."""
+        raise ImportError("BertModel.from_pretrained has moved: use minitx.hub.load_bert(folder) "
+                          "(or minitx.hub.load_pretrained(folder) for the model and its tokenizer)")
 
 
 class BertForPretraining(Module):
@@ -169,9 +166,33 @@ class BertForPretraining(Module):
         sop_logits = self.sop(self.bert.pool(h))  # (B, 2)
         return mlm_logits, sop_logits
 
-    def loss(self, batch: dict) -> Tensor:
-        """L = L_MLM + L_SOP: mean cross-entropy over the masked positions (``labels`` ≠ -100) plus the mean
-        cross-entropy of the order labels (``sop_labels``, 1 = swapped)."""
+    def loss(self, batch: dict, return_metrics: bool = False):
+        """L = L_MLM + L_SOP: the mean cross-entropy over the masked positions (``labels`` ≠ IGNORE_INDEX) plus
+        the mean cross-entropy of the order labels (``sop_labels``, 1 = swapped, IGNORE_INDEX = none).
+
+        A term whose targets are all IGNORE_INDEX is left out rather than added as a 0/0 = NaN mean: a batch
+        of single texts (MLM only, no order label) trains MLM alone. With ``return_metrics`` the result is
+        ``(L, metrics)``, metrics = {"mlm_loss", and when the batch has order labels "sop_loss", "sop_acc"}.
+        """
         mlm_logits, sop_logits = self(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        return (F.cross_entropy(mlm_logits, batch["labels"], ignore_index=-100)
-                + F.cross_entropy(sop_logits, batch["sop_labels"]))
+        terms, metrics = [], {}
+        for name, logits, labels in (("mlm", mlm_logits, batch["labels"]), ("sop", sop_logits, batch["sop_labels"])):
+            counted = _as_array(labels) != F.IGNORE_INDEX  # (B, T) for MLM, (B,) for SOP
+            if counted.any():
+                terms.append(F.cross_entropy(logits, labels, ignore_index=F.IGNORE_INDEX))
+                if return_metrics:
+                    metrics[f"{name}_loss"] = terms[-1].item()
+        if not terms:
+            raise ValueError("BertForPretraining.loss: the batch has no masked token and no order label "
+                             "(every labels and sop_labels entry is IGNORE_INDEX)")
+        total = terms[0] if len(terms) == 1 else terms[0] + terms[1]
+        if return_metrics and "sop_loss" in metrics:
+            order = _as_array(batch["sop_labels"])  # (B,)
+            hits = (sop_logits.data.argmax(axis=-1) == order)[order != F.IGNORE_INDEX]
+            metrics["sop_acc"] = float(hits.mean())
+        return (total, metrics) if return_metrics else total
+
+
+def _as_array(value):
+    """The array inside a Tensor, or ``value`` itself as an array."""
+    return value.data if isinstance(value, Tensor) else get_array_module(value).asarray(value)

@@ -12,7 +12,7 @@ the final hidden state with v's input vector, and one (V, D) parameter receives 
 
 Training minimises the mean next-token cross-entropy  L = -(1/N) Σ_t log P(x_{t+1} | x_≤t).
 Generation repeats: compute z_T for the last position, turn it into a distribution (temperature, top-k,
-top-p — the functions below), draw a token, append it. A KV cache keeps every layer's keys and values so
+top-p: :mod:`minitx.models.sampling`), draw a token, append it. A KV cache keeps every layer's keys and values so
 each new token costs one position instead of re-running the whole prefix.
 
 :class:`GPTForSequenceClassification` reads the final hidden state of each sequence's last real token (the
@@ -27,7 +27,6 @@ GPT-2's fused ``c_attn`` (D, 3D) is our q/k/v projections, and its Conv1D weight
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,9 +37,9 @@ from ..nn import (DecoderBlock, Dropout, Embedding, LayerNorm, LearnedPositional
                   ModuleList, init)
 from ..tensor import Tensor, no_grad
 from .init import normal_init_
+from .sampling import check_sampling_arguments, sample_next_token
 
 INIT_STD = 0.02  # GPT-2's initializer_range
-IGNORE_INDEX = -100  # targets that take no part in the loss
 
 
 def _is_int_at_least(value, minimum: int) -> bool:
@@ -74,23 +73,21 @@ class GPTConfig:
 
 
 # ------------------------------------------------------------------------------------ inputs and masks
-def _as_int_array(values, name: str, device: str, kinds: str = "iu"):
+def _as_int_array(values, name: str, device: str):
     """``values`` (Tensor, NumPy/CuPy array or nested list of ints) as an integer array on ``device``."""
     array = values.data if isinstance(values, Tensor) else values
     if not hasattr(array, "dtype"):
         array = np.asarray(array)
-    if array.dtype.kind not in kinds:
+    if array.dtype.kind not in "iu":
         raise TypeError(f"GPT: {name} must hold integers, got dtype {array.dtype} (shape {tuple(array.shape)})")
     return backend.to_device(array, device)
 
 
 def real_token_mask(attention_mask, shape: tuple, device: str):
-    """HF-style attention_mask (B, T), 1 = real token, 0 = padding -> boolean (B, T), True = real token."""
-    mask = _as_int_array(attention_mask, "attention_mask", device, kinds="iub")
-    if tuple(mask.shape) != tuple(shape):
-        raise ValueError(f"GPT: attention_mask must have shape (B, T) = {tuple(shape)} (with a KV cache: the past "
-                         f"and the new tokens), got {tuple(mask.shape)}")
-    return mask != 0
+    """HF-style attention_mask (B, T), 1 = real token, 0 = padding -> boolean (B, T) on ``device``, True = real
+    token (the complement of :func:`minitx.functional.padding_mask_from_attention_mask`)."""
+    return ~F.padding_mask_from_attention_mask(attention_mask, shape, device,
+                                               of="the cached and the new tokens (B, P + T) =")
 
 
 def last_token_index(real):
@@ -218,11 +215,11 @@ class GPT(Module):
         input_mask = None
         if attention_mask is not None:
             real = real_token_mask(attention_mask, ids.shape, self.device)  # (B, T)
-            targets[~(real[:, 1:] & real[:, :-1])] = IGNORE_INDEX
+            targets[~(real[:, 1:] & real[:, :-1])] = F.IGNORE_INDEX
             input_mask = real[:, :-1]
         h = self.hidden_states(ids[:, :-1], input_mask)  # (B, T-1, D)
         logits = self.lm_head(h)  # (B, T-1, V): the predictions of tokens 1…T-1
-        return F.cross_entropy(logits, Tensor(targets), ignore_index=IGNORE_INDEX)
+        return F.cross_entropy(logits, Tensor(targets))  # IGNORE_INDEX targets are skipped
 
     # ------------------------------------------------------------------------------------ generation
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
@@ -231,7 +228,8 @@ class GPT(Module):
         """Continue ``prompt_ids`` (1-D ids) by up to ``max_new_tokens`` tokens -> 1-D int64 NumPy array of the
         prompt followed by the new ids (stops early after emitting ``eos_token_id``).
 
-        Each step turns the last position's logits into a distribution with :func:`next_token_probabilities`
+        Each step turns the last position's logits into a distribution with
+        :func:`~minitx.models.sampling.next_token_probabilities`
         (temperature, then top-k, then top-p) and draws from it, or takes the argmax when ``greedy``. Draws come
         from ``numpy.random.default_rng(seed)`` when a seed is given (the same seed gives the same text), else
         from minitx's global generator (reproducible through :func:`minitx.manual_seed`).
@@ -287,73 +285,6 @@ class GPT(Module):
         return backend.to_numpy(logits.data[0, -1]).astype(np.float64), past
 
 
-# --------------------------------------------------------------------- the next-token distribution
-def check_sampling_arguments(temperature: float, top_k: int | None, top_p: float | None, greedy: bool) -> None:
-    """Raise a ValueError naming the argument when a sampling setting is out of range."""
-    if not greedy and not (isinstance(temperature, numbers.Real) and temperature > 0):
-        raise ValueError(f"generate: temperature must be > 0 (greedy=True decodes by argmax), got {temperature!r}")
-    if top_k is not None and not _is_int_at_least(top_k, 1):
-        raise ValueError(f"generate: top_k must be an integer >= 1 (or None), got {top_k!r}")
-    if top_p is not None and not (isinstance(top_p, numbers.Real) and 0 < top_p <= 1):
-        raise ValueError(f"generate: top_p must lie in (0, 1] (or None), got {top_p!r}")
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """p_i = exp(z_i - max z) / Σ_j exp(z_j - max z); entries of -inf get probability 0."""
-    shifted = np.exp(logits - logits.max())
-    return shifted / shifted.sum()
-
-
-def apply_temperature(logits: np.ndarray, temperature: float) -> np.ndarray:
-    """z_i / τ. In softmax(z/τ), τ < 1 sharpens the distribution (τ → 0: all mass on the argmax), τ > 1
-    flattens it (τ → ∞: uniform), τ = 1 leaves it unchanged."""
-    return logits / temperature
-
-
-def top_k_filter(logits: np.ndarray, k: int) -> np.ndarray:
-    """Keep the k largest logits and set the rest to -inf, so sampling picks among the k likeliest tokens:
-    z'_i = z_i if i is among the k largest, else -inf. Exactly k survive (ties go to the lower id)."""
-    if k >= logits.size:
-        return logits.copy()
-    keep = np.argsort(-logits, kind="stable")[:k]
-    filtered = np.full_like(logits, -np.inf)
-    filtered[keep] = logits[keep]
-    return filtered
-
-
-def top_p_filter(logits: np.ndarray, p: float) -> np.ndarray:
-    """Nucleus filter (Holtzman et al., 2020): sort the probabilities p_(1) ≥ p_(2) ≥ …, keep the smallest
-    prefix m with Σ_{j≤m} p_(j) ≥ p and set the other logits to -inf. The nucleus grows when the model is
-    unsure and shrinks to a few tokens when it is confident; p = 1 keeps every token of nonzero probability."""
-    order = np.argsort(-logits, kind="stable")
-    cumulative = np.cumsum(softmax(logits[order]))
-    m = min(int(np.searchsorted(cumulative, p)) + 1, logits.size)  # the first prefix whose mass reaches p
-    filtered = np.full_like(logits, -np.inf)
-    filtered[order[:m]] = logits[order[:m]]
-    return filtered
-
-
-def next_token_probabilities(logits: np.ndarray, temperature: float = 1.0, top_k: int | None = None,
-                             top_p: float | None = None) -> np.ndarray:
-    """The sampling distribution softmax(filter(z/τ)) over the vocabulary, from logits (V,): temperature
-    first, then the top-k filter, then the top-p filter (the order of Hugging Face's ``generate``)."""
-    z = apply_temperature(np.asarray(logits, dtype=np.float64), temperature)
-    if top_k is not None:
-        z = top_k_filter(z, top_k)
-    if top_p is not None:
-        z = top_p_filter(z, top_p)
-    return softmax(z)
-
-
-def sample_next_token(logits: np.ndarray, rng: np.random.Generator, temperature: float = 1.0,
-                      top_k: int | None = None, top_p: float | None = None, greedy: bool = False) -> int:
-    """One token id: argmax z when ``greedy``, else a draw from :func:`next_token_probabilities`."""
-    if greedy:
-        return int(np.argmax(logits))
-    probs = next_token_probabilities(logits, temperature, top_k, top_p)
-    return int(rng.choice(probs.size, p=probs))
-
-
 # ---------------------------------------------------------------------------------- classification
 class GPTForSequenceClassification(Module):
     """A GPT trunk and a linear ``score`` head (no bias, as in Hugging Face's GPT2ForSequenceClassification):
@@ -401,3 +332,14 @@ class GPTForSequenceClassification(Module):
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}"
+
+
+_MOVED_TO_SAMPLING = {"apply_temperature", "top_k_filter", "top_p_filter", "next_token_probabilities"}
+
+
+def __getattr__(name: str):
+    """Old imports of the sampling functions, which now live in :mod:`minitx.models.sampling`, fail naming it."""
+    if name in _MOVED_TO_SAMPLING or name == "softmax":
+        new = "probabilities" if name == "softmax" else name
+        raise ImportError(f"minitx.models.gpt.{name} has moved: use minitx.models.sampling.{new}")
+    raise AttributeError(f"module 'minitx.models.gpt' has no attribute {name!r}")

@@ -13,18 +13,10 @@ from __future__ import annotations
 
 import math
 
-from ..backend import get_array_module
+from ..functional import padding_mask_from_attention_mask
 from ..nn import (Embedding, Linear, Module, MultiHeadAttention, PositionalEncoding, TransformerEncoder,
                   TransformerEncoderLayer, init)
 from ..tensor import Tensor
-
-
-def padding_mask_from_attention_mask(attention_mask):
-    """HF-style attention_mask (B, T), 1 = real token, 0 = padding -> key_padding_mask (B, T), True = pad."""
-    if attention_mask is None:
-        return None
-    mask = attention_mask.data if isinstance(attention_mask, Tensor) else attention_mask
-    return get_array_module(mask).asarray(mask) == 0
 
 
 class SequenceEncoder(Module):

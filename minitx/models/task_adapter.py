@@ -20,8 +20,8 @@ encoder stays in evaluation mode (no dropout) while the classifier trains, as a 
 
 from __future__ import annotations
 
+from .. import functional as F
 from ..backend import get_array_module
-from ..embed import mean_pool
 from ..nn import Linear, Module
 from ..tensor import Tensor, no_grad
 
@@ -83,7 +83,7 @@ class TaskAdapter(Module):
             if hidden.shape != expected:
                 raise ValueError(f"TaskAdapter: encoder.encode returned shape {hidden.shape}, expected (B, T, D) = "
                                  f"{expected}")
-            return mean_pool(hidden, mask)  # (B, D)
+            return F.mean_pool(hidden, mask)  # (B, D)
 
     def forward(self, input_ids, attention_mask=None) -> Tensor:
         """logits = classifier(features): input_ids (B, T), attention_mask (B, T) -> (B, num_classes)."""

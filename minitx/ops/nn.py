@@ -138,8 +138,8 @@ class CrossEntropy(Function):
     Gradient: dloss/dlogits = softmax(logits) - q, per counted position (times 1/n for "mean").
     """
 
-    def forward(self, logits, target, ignore_index: int = -100, label_smoothing: float = 0.0,
-                reduction: str = "mean"):
+    def forward(self, logits, target, ignore_index: int, label_smoothing: float = 0.0,
+                reduction: str = "mean"):  # ignore_index: no default here, F.cross_entropy passes IGNORE_INDEX
         xp = get_array_module(logits)
         num_classes = logits.shape[-1]
         self.valid = target != ignore_index  # (…)
