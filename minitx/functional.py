@@ -76,6 +76,11 @@ def sigmoid(x):
     return ops.Sigmoid.apply(x)
 
 
+def silu(x):
+    """SiLU(x) = x·σ(x) (also called swish)."""
+    return ops.SiLU.apply(x)
+
+
 def relu(x):
     return ops.ReLU.apply(x)
 
@@ -98,6 +103,11 @@ def concat(tensors, axis: int = 0):
 
 def stack(tensors, axis: int = 0):
     return ops.Stack.apply(*tensors, axis=axis)
+
+
+def repeat_interleave(x, repeats: int, axis: int = 0):
+    """Each slice of ``x`` along ``axis`` repeated ``repeats`` times in a row: [a, b] -> [a, a, b, b]."""
+    return ops.RepeatInterleave.apply(x, repeats=repeats, axis=axis)
 
 
 def split(x: Tensor, size_or_sections, axis: int = 0) -> list[Tensor]:
@@ -164,6 +174,28 @@ def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: 
     return ops.LayerNorm.apply(x, weight, bias, normalized_ndim=len(normalized_shape), eps=eps)
 
 
+def rms_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, eps: float = 1e-6) -> Tensor:
+    """y = x / √(mean(x²) + ε) · γ over the trailing ``normalized_shape`` axes (``ops.RMSNorm``)."""
+    normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+    if x.shape[-len(normalized_shape):] != normalized_shape:
+        raise ValueError(f"rms_norm: input shape {x.shape} does not end with normalized_shape {normalized_shape}")
+    weight = weight if weight is not None else Tensor(x.xp.ones(normalized_shape, dtype=x.dtype))
+    return ops.RMSNorm.apply(x, weight, normalized_ndim=len(normalized_shape), eps=eps)
+
+
+def rotary_embedding(x: Tensor, cos, sin, interleaved: bool = False) -> Tensor:
+    """Rotate every feature pair of x (…, T, d) by its angle θ (``ops.Rotary``): cos, sin (T, d/2) hold
+    cos θ and sin θ for each position and pair (:class:`minitx.nn.RotaryEmbedding` computes them).
+
+    ``interleaved``: the pairs are adjacent features (x_2i, x_2i+1), as in llama.cpp/GGUF; otherwise the two
+    halves (x_i, x_i+d/2), as in Hugging Face's Llama.
+    """
+    cos = cos.data if isinstance(cos, Tensor) else cos
+    sin = sin.data if isinstance(sin, Tensor) else sin
+    return ops.Rotary.apply(x, cos=cos.astype(x.dtype, copy=False), sin=sin.astype(x.dtype, copy=False),
+                            interleaved=interleaved)
+
+
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     """Zero each element with probability ``p`` and scale the rest by 1/(1-p); identity when not training."""
     if not 0 <= p <= 1:
@@ -197,7 +229,7 @@ def cross_entropy(logits: Tensor, target, ignore_index: int = IGNORE_INDEX, labe
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, key_padding_mask=None,
                                  is_causal: bool = False, dropout_p: float = 0.0, training: bool = True,
                                  scale: float | None = None, return_weights: bool = False,
-                                 fused: bool | None = None):
+                                 fused: bool | None = None, enable_gqa: bool = False):
     """Attention(Q, K, V) = softmax(Q Kᵀ / √d_k + M) V, composed from primitive ops.
 
     Shapes: q (…, Tq, d_k), k (…, Tk, d_k), v (…, Tk, d_v) -> (…, Tq, d_v); with heads, … = (B, H).
@@ -210,7 +242,13 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     ``fused`` picks the implementation: the composed ops below (False), the fused kernel of
     ``kernels/`` (True: (B, H, T, d) inputs, boolean padding/causal masks only, no dropout, no weights), or
     the global setting (None, see :func:`set_fused_kernels`).
+
+    Grouped-query attention (``enable_gqa``, as in PyTorch): k and v (B, H_kv, Tk, d) have fewer heads than
+    q (B, H, Tq, d), H a multiple of H_kv; key/value head j serves the query heads j·g … j·g + g - 1,
+    g = H / H_kv. Both paths repeat k and v to H heads first (a copy of g·Tk·d per key/value head).
     """
+    if enable_gqa and k.shape[-3] != q.shape[-3]:
+        k, v = _repeat_kv_heads(q, k, v)
     unsupported = [name for name, used in (("attn_mask", attn_mask is not None), ("return_weights", return_weights),
                                            ("dropout", dropout_p > 0 and training),
                                            ("inputs that are not (B, H, T, d)", q.ndim != 4)) if used]
@@ -229,6 +267,16 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     weights = softmax(scores, axis=-1)  # (…, Tq, Tk)
     out = dropout(weights, dropout_p, training) @ v  # (…, Tq, d_v)
     return (out, weights) if return_weights else out
+
+
+def _repeat_kv_heads(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """k, v (…, H_kv, Tk, d) -> (…, H, Tk, d), each key/value head repeated for its g = H / H_kv query heads."""
+    heads, kv_heads = q.shape[-3], k.shape[-3]
+    if q.ndim < 3 or heads % kv_heads or v.shape[-3] != kv_heads:
+        raise ValueError(f"scaled_dot_product_attention: with enable_gqa, q (…, H, Tq, d) needs H a multiple of "
+                         f"k's and v's head count; got q {q.shape}, k {k.shape}, v {v.shape}")
+    group = heads // kv_heads
+    return repeat_interleave(k, group, axis=-3), repeat_interleave(v, group, axis=-3)
 
 
 def combine_masks(scores_shape: tuple, attn_mask, key_padding_mask, is_causal: bool, xp):
@@ -269,7 +317,7 @@ def combine_masks(scores_shape: tuple, attn_mask, key_padding_mask, is_causal: b
 _ACTIVATIONS = {"relu": relu, "gelu": gelu, "gelu_tanh": lambda x: gelu(x, approximate="tanh")}
 
 
-def feed_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, activation: str = "relu",
+def feed_forward(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, activation: str = "relu",
                  dropout_p: float = 0.0, training: bool = True, fused: bool | None = None) -> Tensor:
     """FFN(x) = act(x W₁ᵀ + b₁) W₂ᵀ + b₂, applied to every position on its own (act = ReLU gives the
     paper's max(0, xW₁ + b₁)W₂ + b₂; weights stored (out, in) as in PyTorch).
@@ -277,17 +325,37 @@ def feed_forward(x: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor, acti
     Shapes: x (…, D), w1 (F, D), b1 (F,), w2 (D, F), b2 (D,) -> (…, D). ``activation`` is "relu", "gelu"
     (exact erf) or "gelu_tanh"; dropout with probability ``dropout_p`` acts on the hidden layer (…, F), as
     in ``torch.nn.TransformerEncoderLayer``. ``fused`` picks the implementation as in
-    :func:`scaled_dot_product_attention` (the fused kernel has no dropout).
+    :func:`scaled_dot_product_attention` (the fused kernel has no dropout and needs both biases).
     """
     if activation not in _ACTIVATIONS:
         raise ValueError(f"feed_forward: activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
     dropping = dropout_p > 0 and training
-    if _choose_fused(fused, not dropping, "dropout", "feed_forward"):
+    no_bias = b1 is None or b2 is None
+    if _choose_fused(fused, not (dropping or no_bias), "dropout" if dropping else "a missing bias", "feed_forward"):
         lead = x.shape[:-1]
         y = FusedFeedForward.apply(x.reshape(-1, x.shape[-1]), w1, b1, w2, b2, activation=activation)  # (N, D)
         return y.reshape(*lead, w2.shape[0])
     hidden = _ACTIVATIONS[activation](linear(x, w1, b1))  # (…, F)
     return linear(dropout(hidden, dropout_p, training), w2, b2)  # (…, D)
+
+
+_GATE_ACTIVATIONS = {**_ACTIVATIONS, "silu": silu}
+
+
+def gated_feed_forward(x: Tensor, w_gate: Tensor, w_up: Tensor, w_down: Tensor, activation: str = "silu",
+                       b_gate: Tensor | None = None, b_up: Tensor | None = None,
+                       b_down: Tensor | None = None) -> Tensor:
+    """Gated FFN (Shazeer, 2020): FFN(x) = (act(x W_gateᵀ) ⊙ x W_upᵀ) W_downᵀ, biases optional.
+
+    One hidden projection is passed through the activation and gates the other elementwise; with act =
+    SiLU this is SwiGLU, Llama's feed-forward (with GELU, GeGLU). Shapes: x (…, D), w_gate and w_up (F, D),
+    w_down (D, F) -> (…, D).
+    """
+    if activation not in _GATE_ACTIVATIONS:
+        raise ValueError(f"gated_feed_forward: activation must be one of {tuple(_GATE_ACTIVATIONS)}, "
+                         f"got {activation!r}")
+    gate = _GATE_ACTIVATIONS[activation](linear(x, w_gate, b_gate))  # (…, F)
+    return linear(gate * linear(x, w_up, b_up), w_down, b_down)  # (…, D)
 
 
 # ------------------------------------------------------------------------------- masks and pooling

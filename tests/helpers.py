@@ -471,6 +471,77 @@ def _draw_attention(data):
     return arrays, {"causal": data.draw(st.booleans()), "kinds": tuple(kinds), "float_mask": float_mask}
 
 
+_unary("silu", lambda x: F.silu(x), lambda x: _tF().silu(x))
+
+
+@case("rms_norm", lambda x, *w, ndim, eps: F.rms_norm(x, x.shape[x.ndim - ndim:], *w, eps=eps),
+      lambda x, *w, ndim, eps: _tF().rms_norm(x, x.shape[x.ndim - ndim:], *w, eps=eps))
+def _draw_rms_norm(data):
+    """Normalised over 1 or 2 trailing axes, with or without a weight; ε large and small."""
+    shape = data.draw(shapes(min_dims=1))
+    ndim = data.draw(st.integers(1, min(2, len(shape))))
+    rng = np.random.default_rng(data.draw(seed()))
+    arrays = [normal(rng, shape)]
+    if data.draw(st.booleans()):
+        arrays.append(normal(rng, shape[-ndim:]))
+    return arrays, {"ndim": ndim, "eps": data.draw(st.sampled_from([1e-6, 0.1]))}
+
+
+def _torch_rotary(x, angle, interleaved):
+    """The rotation by a torch route of its own: Hugging Face's x·cos + rotate_half(x)·sin, or (interleaved)
+    the product of each adjacent pair, read as a complex number, with e^{iθ} (Meta's reference Llama)."""
+    torch = _torch()
+    angle = torch.as_tensor(angle)
+    if interleaved:
+        pairs = torch.view_as_complex(x.reshape(*x.shape[:-1], -1, 2))
+        turned = pairs * torch.polar(torch.ones_like(angle), angle).to(pairs.dtype)
+        return torch.view_as_real(turned).reshape(x.shape)
+    half = x.shape[-1] // 2
+    cos, sin = torch.cat([angle.cos()] * 2, -1).to(x.dtype), torch.cat([angle.sin()] * 2, -1).to(x.dtype)
+    return x * cos + torch.cat([-x[..., half:], x[..., :half]], -1) * sin
+
+
+@case("rotary", lambda x, angle, interleaved: F.rotary_embedding(x, np.cos(angle), np.sin(angle), interleaved),
+      _torch_rotary)
+def _draw_rotary(data):
+    """x (…, T, d), d even, and one angle per position and pair (T, d/2), in both layouts."""
+    lead = data.draw(st.sampled_from([(), (2,), (2, 3)]))
+    steps, half = data.draw(st.integers(1, 4)), data.draw(st.integers(1, 3))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, lead + (steps, 2 * half))], {"angle": rng.uniform(-4, 4, (steps, half)),
+                                                      "interleaved": data.draw(st.booleans())}
+
+
+@case("repeat_interleave", lambda x, repeats, axis: F.repeat_interleave(x, repeats, axis),
+      lambda x, repeats, axis: _torch().repeat_interleave(x, repeats, dim=axis))
+def _draw_repeat_interleave(data):
+    shape = data.draw(shapes(min_dims=1))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape)], {"repeats": data.draw(st.integers(1, 3)),
+                                  "axis": data.draw(st.integers(-len(shape), len(shape) - 1))}
+
+
+@case("attention_gqa",
+      lambda q, k, v, causal: F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True, fused=False),
+      lambda q, k, v, causal: _tF().scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=True))
+def _draw_attention_gqa(data):
+    """Grouped-query attention: q (B, H, T, d), k and v (B, H_kv, T, d), H = g·H_kv (g = 1 included)."""
+    b, kv_heads, group, t, d = (data.draw(st.integers(1, n)) for n in (2, 2, 3, 3, 2))
+    rng = np.random.default_rng(data.draw(seed()))
+    q = normal(rng, (b, kv_heads * group, t, d))
+    return [q, normal(rng, (b, kv_heads, t, d)), normal(rng, (b, kv_heads, t, d))], {"causal": data.draw(st.booleans())}
+
+
+@case("gated_feed_forward", lambda x, wg, wu, wd: F.gated_feed_forward(x, wg, wu, wd),
+      lambda x, wg, wu, wd: (_tF().silu(x @ wg.T) * (x @ wu.T)) @ wd.T)
+def _draw_gated_feed_forward(data):
+    """SwiGLU: x (…, D), W_gate and W_up (F, D), W_down (D, F)."""
+    lead = data.draw(st.sampled_from([(), (3,), (2, 3)]))
+    d, f = data.draw(st.integers(1, 3)), data.draw(st.integers(1, 4))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, lead + (d,)), normal(rng, (f, d)), normal(rng, (f, d)), normal(rng, (d, f))], {}
+
+
 CASES_BY_NAME = {c.name: c for c in CASES}
 
 

@@ -1,20 +1,23 @@
 """Layers and models built from :mod:`minitx.functional`, with PyTorch's parameter names and shapes.
 
 Read in this order: :mod:`.module` (Parameter, Module, ModuleList, Sequential), :mod:`.init`,
-:mod:`.layers` (Linear, Embedding, Dropout, LayerNorm, positional encodings, FeedForward),
-:mod:`.attention` (MultiHeadAttention), :mod:`.transformer` (encoder layer and stack, decoder block).
+:mod:`.layers` (Linear, Embedding, Dropout, LayerNorm, RMSNorm, positional encodings, FeedForward,
+GatedFeedForward), :mod:`.rotary` (RotaryEmbedding), :mod:`.attention` (MultiHeadAttention, grouped-query
+included), :mod:`.transformer` (encoder layer and stack, decoder block, with pluggable parts).
 """
 
 from . import init
 from .attention import MultiHeadAttention
-from .layers import (Dropout, Embedding, FeedForward, LayerNorm, LearnedPositionalEmbedding, Linear,
-                     PositionalEncoding, sinusoidal_table)
+from .layers import (Dropout, Embedding, FeedForward, GatedFeedForward, LayerNorm, LearnedPositionalEmbedding,
+                     Linear, PositionalEncoding, RMSNorm, sinusoidal_table)
 from .module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential
+from .rotary import RotaryEmbedding, interleaved_to_rotate_half, rotate_half_to_interleaved, rotary_cos_sin
 from .transformer import DecoderBlock, TransformerEncoder, TransformerEncoderLayer
 
 __all__ = [
     "DecoderBlock", "Dropout", "Embedding", "FeedForward", "IncompatibleKeys", "LayerNorm",
     "LearnedPositionalEmbedding", "Linear", "Module", "ModuleList", "MultiHeadAttention", "Parameter",
     "PositionalEncoding", "Sequential", "TransformerEncoder", "TransformerEncoderLayer", "init",
-    "sinusoidal_table",
+    "sinusoidal_table", "GatedFeedForward", "RMSNorm", "RotaryEmbedding", "interleaved_to_rotate_half",
+    "rotary_cos_sin", "rotate_half_to_interleaved",
 ]

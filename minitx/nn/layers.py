@@ -1,4 +1,5 @@
-"""The basic layers: Linear, Embedding, Dropout, LayerNorm, the two positional encodings and the FFN.
+"""The basic layers: Linear, Embedding, Dropout, LayerNorm and RMSNorm, the two additive positional encodings
+and the FFNs (plain and gated). (The rotary position embedding acts inside attention: :mod:`.rotary`.)
 
 Parameter names and shapes are PyTorch's (``Linear.weight`` is (out, in)), so weights copy over 1:1.
 """
@@ -108,6 +109,29 @@ class LayerNorm(Module):
         return f"{self.normalized_shape}, eps={self.eps}"
 
 
+class RMSNorm(Module):
+    """y = x / √(mean(x²) + ε) · γ over the last axis (or axes) ``normalized_shape``; γ = 1 at init.
+
+    LayerNorm without the mean subtraction and without β (see :class:`minitx.ops.RMSNorm`): one statistic
+    per row instead of two, and in practice as good; Llama, Mistral and T5 use it (``torch.nn.RMSNorm``).
+    """
+
+    def __init__(self, normalized_shape, eps: float = 1e-6, elementwise_affine: bool = True, dtype=None,
+                 device=None):
+        super().__init__()
+        self.normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
+        self.eps = eps
+        self.weight = None
+        if elementwise_affine:
+            self.weight = Parameter(init.ones_(Tensor(_empty(self.normalized_shape, dtype, device))))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.normalized_shape}, eps={self.eps}"
+
+
 def sinusoidal_table(max_len: int, d_model: int) -> np.ndarray:
     """PE(pos, 2i) = sin(pos / 10000^(2i/d)),  PE(pos, 2i+1) = cos(pos / 10000^(2i/d)):  (max_len, d_model).
 
@@ -169,14 +193,15 @@ class LearnedPositionalEmbedding(Module):
 class FeedForward(Module):
     """FFN(x) = act(x W₁ᵀ + b₁) W₂ᵀ + b₂ (see :func:`minitx.functional.feed_forward`): (…, D) -> (…, D).
 
-    ``linear1`` (D -> d_ff) and ``linear2`` (d_ff -> D) hold the weights; ``dropout`` acts on the hidden layer.
+    ``linear1`` (D -> dim_feedforward) and ``linear2`` (dim_feedforward -> D) hold the weights (with biases
+    unless ``bias=False``); ``dropout`` acts on the hidden layer.
     """
 
-    def __init__(self, d_model: int, d_ff: int, dropout: float = 0.0, activation: str = "relu", dtype=None,
-                 device=None):
+    def __init__(self, d_model: int, dim_feedforward: int, dropout: float = 0.0, activation: str = "relu", dtype=None,
+                 device=None, bias: bool = True):
         super().__init__()
-        self.linear1 = Linear(d_model, d_ff, dtype=dtype, device=device)
-        self.linear2 = Linear(d_ff, d_model, dtype=dtype, device=device)
+        self.linear1 = Linear(d_model, dim_feedforward, bias, dtype=dtype, device=device)
+        self.linear2 = Linear(dim_feedforward, d_model, bias, dtype=dtype, device=device)
         self.dropout, self.activation = dropout, activation
 
     def forward(self, x: Tensor) -> Tensor:
@@ -185,3 +210,28 @@ class FeedForward(Module):
 
     def extra_repr(self) -> str:
         return f"activation={self.activation!r}, dropout={self.dropout}"
+
+
+class GatedFeedForward(Module):
+    """FFN(x) = (act(x W_gateᵀ) ⊙ x W_upᵀ) W_downᵀ (see :func:`minitx.functional.gated_feed_forward`):
+    (…, D) -> (…, D). With the default act = SiLU it is SwiGLU, Llama's feed-forward.
+
+    ``gate_proj`` and ``up_proj`` (D -> dim_feedforward), ``down_proj`` (dim_feedforward -> D): Llama's names;
+    no biases unless ``bias=True``. Three matrices instead of two, so a gated FFN of the same parameter count
+    has a hidden size of about 2/3 of the plain one's (Llama: 8/3·D instead of 4·D).
+    """
+
+    def __init__(self, d_model: int, dim_feedforward: int, activation: str = "silu", bias: bool = False,
+                 dtype=None, device=None):
+        super().__init__()
+        self.gate_proj = Linear(d_model, dim_feedforward, bias, dtype=dtype, device=device)
+        self.up_proj = Linear(d_model, dim_feedforward, bias, dtype=dtype, device=device)
+        self.down_proj = Linear(dim_feedforward, d_model, bias, dtype=dtype, device=device)
+        self.activation = activation
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.gated_feed_forward(x, self.gate_proj.weight, self.up_proj.weight, self.down_proj.weight,
+                                    self.activation, self.gate_proj.bias, self.up_proj.bias, self.down_proj.bias)
+
+    def extra_repr(self) -> str:
+        return f"activation={self.activation!r}"

@@ -4,14 +4,32 @@ Post-norm (the original Transformer, BERT, PyTorch's default):
     x = LayerNorm(x + Dropout(SelfAttention(x)));   x = LayerNorm(x + Dropout(FFN(x)))
 Pre-norm (GPT-2 and most recent models; trains more stably when deep):
     x = x + Dropout(SelfAttention(LayerNorm(x)));   x = x + Dropout(FFN(LayerNorm(x)))
+
+The parts are arguments, so that a newer block is configuration rather than a new class: the norm
+(``norm=LayerNorm`` or ``RMSNorm``), the position treatment (``rotary=None``: positions are added to the
+input outside the block, or a :class:`~minitx.nn.RotaryEmbedding` that rotates q and k inside attention),
+grouped-query attention (``num_kv_heads``), the FFN (``activation``, and ``gated=True`` for a gated FFN such as
+SwiGLU) and the biases (``bias``). A Llama decoder layer is
+
+    DecoderBlock(d_model, num_heads, dim_feedforward, num_kv_heads=…, norm=RMSNorm, bias=False,
+                 rotary=RotaryEmbedding(d_model // num_heads, base), activation="silu", gated=True, eps=…)
 """
 
 from __future__ import annotations
 
 from ..tensor import Tensor
 from .attention import MultiHeadAttention
-from .layers import Dropout, FeedForward, LayerNorm
+from .layers import Dropout, FeedForward, GatedFeedForward, LayerNorm
 from .module import Module, ModuleList
+
+
+def _feed_forward(d_model: int, dim_feedforward: int, dropout: float, activation: str, gated: bool, bias: bool,
+                  dtype, device) -> Module:
+    """The block's FFN: ``GatedFeedForward`` (gate_proj, up_proj, down_proj; no inner dropout) or
+    ``FeedForward`` (linear1, linear2; ``dropout`` on its hidden layer)."""
+    if gated:
+        return GatedFeedForward(d_model, dim_feedforward, activation, bias, dtype=dtype, device=device)
+    return FeedForward(d_model, dim_feedforward, dropout, activation, dtype=dtype, device=device, bias=bias)
 
 
 class TransformerEncoderLayer(Module):
@@ -20,18 +38,23 @@ class TransformerEncoderLayer(Module):
     Sub-modules (names as PyTorch's where they exist): ``self_attn``, ``ff`` (``ff.linear1``, ``ff.linear2``),
     ``norm1``, ``norm2``, ``dropout1``, ``dropout2``. ``dropout`` acts on both residual branches and inside
     the FFN; ``attention_dropout`` on the attention weights (default: ``dropout``, as in PyTorch).
+    ``norm``, ``num_kv_heads``, ``rotary``, ``gated`` and ``bias`` swap parts as described in the module's
+    docstring (a gated ``ff`` has ``gate_proj``, ``up_proj``, ``down_proj`` and no inner dropout).
     """
 
-    def __init__(self, d_model: int, nhead: int, dim_feedforward: int = 2048, dropout: float = 0.1,
+    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int = 2048, dropout: float = 0.1,
                  activation: str = "relu", norm_first: bool = False, eps: float = 1e-5,
-                 attention_dropout: float | None = None, dtype=None, device=None):
+                 attention_dropout: float | None = None, dtype=None, device=None, *, norm=LayerNorm,
+                 num_kv_heads: int | None = None, rotary: Module | None = None, gated: bool = False,
+                 bias: bool = True):
         super().__init__()
         attention_dropout = dropout if attention_dropout is None else attention_dropout
         self.norm_first = norm_first
-        self.self_attn = MultiHeadAttention(d_model, nhead, attention_dropout, dtype=dtype, device=device)
-        self.ff = FeedForward(d_model, dim_feedforward, dropout, activation, dtype=dtype, device=device)
-        self.norm1 = LayerNorm(d_model, eps, dtype=dtype, device=device)
-        self.norm2 = LayerNorm(d_model, eps, dtype=dtype, device=device)
+        self.self_attn = MultiHeadAttention(d_model, num_heads, attention_dropout, bias, dtype, device,
+                                            num_kv_heads=num_kv_heads, rotary=rotary)
+        self.ff = _feed_forward(d_model, dim_feedforward, dropout, activation, gated, bias, dtype, device)
+        self.norm1 = norm(d_model, eps, dtype=dtype, device=device)
+        self.norm2 = norm(d_model, eps, dtype=dtype, device=device)
         self.dropout1 = Dropout(dropout)
         self.dropout2 = Dropout(dropout)
 
@@ -78,18 +101,27 @@ class DecoderBlock(Module):
 
         x = x + Dropout(CausalSelfAttention(LayerNorm(x)));   x = x + Dropout(MLP(LayerNorm(x)))
 
-    with MLP(x) = GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂, hidden size ``d_ff`` (default 4·D). Sub-modules ``ln_1``,
-    ``attn``, ``ln_2``, ``mlp``. For generation, ``use_cache=True`` also returns the attention's
+    with MLP(x) = GELU(x W₁ᵀ + b₁) W₂ᵀ + b₂, hidden size ``dim_feedforward`` (default 4·D). Sub-modules
+    ``ln_1``, ``attn``, ``ln_2``, ``mlp``. For generation, ``use_cache=True`` also returns the attention's
     (keys, values), to pass back as ``past_kv`` with the next tokens only.
+
+    ``norm``, ``num_kv_heads``, ``rotary``, ``gated`` and ``bias`` swap parts as described in the module's
+    docstring: with ``norm=RMSNorm``, ``rotary=RotaryEmbedding(…)``, ``num_kv_heads`` < ``num_heads``,
+    ``activation="silu"``, ``gated=True`` and ``bias=False`` this is a Llama decoder layer (``mlp`` then has
+    ``gate_proj``, ``up_proj``, ``down_proj``).
     """
 
-    def __init__(self, d_model: int, num_heads: int, d_ff: int | None = None, dropout: float = 0.0,
-                 activation: str = "gelu", eps: float = 1e-5, dtype=None, device=None):
+    def __init__(self, d_model: int, num_heads: int, dim_feedforward: int | None = None, dropout: float = 0.0,
+                 activation: str = "gelu", eps: float = 1e-5, dtype=None, device=None, *, norm=LayerNorm,
+                 num_kv_heads: int | None = None, rotary: Module | None = None, gated: bool = False,
+                 bias: bool = True):
         super().__init__()
-        self.ln_1 = LayerNorm(d_model, eps, dtype=dtype, device=device)
-        self.attn = MultiHeadAttention(d_model, num_heads, dropout, dtype=dtype, device=device)
-        self.ln_2 = LayerNorm(d_model, eps, dtype=dtype, device=device)
-        self.mlp = FeedForward(d_model, d_ff or 4 * d_model, 0.0, activation, dtype=dtype, device=device)
+        self.ln_1 = norm(d_model, eps, dtype=dtype, device=device)
+        self.attn = MultiHeadAttention(d_model, num_heads, dropout, bias, dtype, device, num_kv_heads=num_kv_heads,
+                                       rotary=rotary)
+        self.ln_2 = norm(d_model, eps, dtype=dtype, device=device)
+        self.mlp = _feed_forward(d_model, dim_feedforward or 4 * d_model, 0.0, activation, gated, bias, dtype,
+                                 device)
         self.dropout1 = Dropout(dropout)
         self.dropout2 = Dropout(dropout)
 

@@ -4,14 +4,16 @@ Each op's ``forward`` works on raw arrays (NumPy or CuPy: ``xp = get_array_modul
 ``backward`` sits right below it, with the derivative written in the docstring.
 """
 
-from .elementwise import GELU, Abs, Add, Div, Exp, Log, Mul, Neg, Pow, ReLU, Sigmoid, Sqrt, Sub, Tanh
+from .elementwise import GELU, Abs, Add, Div, Exp, Log, Mul, Neg, Pow, ReLU, Sigmoid, SiLU, Sqrt, Sub, Tanh
 from .linalg import Linear, MatMul
-from .nn import CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, Softmax
+from .nn import CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, RMSNorm, Rotary, Softmax
 from .reduce import Max, Mean, Sum, Var
-from .shape import Cast, Concat, GetItem, MaskedFill, Permute, Reshape, Stack, ToDevice, Where
+from .shape import (Cast, Concat, GetItem, MaskedFill, Permute, RepeatInterleave, Reshape, Stack, ToDevice,
+                    Where)
 
 __all__ = [
     "Abs", "Add", "Cast", "Concat", "CrossEntropy", "Div", "Dropout", "Embedding", "Exp", "GELU", "GetItem",
     "LayerNorm", "Linear", "Log", "LogSoftmax", "MaskedFill", "MatMul", "Max", "Mean", "Mul", "Neg", "Permute", "Pow",
     "ReLU", "Reshape", "Sigmoid", "Softmax", "Sqrt", "Stack", "Sub", "Sum", "Tanh", "ToDevice", "Var", "Where",
+    "RMSNorm", "RepeatInterleave", "Rotary", "SiLU",
 ]

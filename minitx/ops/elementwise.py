@@ -156,16 +156,34 @@ class Tanh(Function):
         return grad * (1 - self.z * self.z)
 
 
+def _sigmoid(x):
+    """σ(x) = 1/(1+e⁻ˣ), computed as exp(-log(1+e⁻ˣ)) so no exp overflows."""
+    xp = get_array_module(x)
+    return xp.exp(-xp.logaddexp(x.dtype.type(0), -x))
+
+
 class Sigmoid(Function):
-    """z = σ(x) = 1/(1+e⁻ˣ), computed as exp(-log(1+e⁻ˣ)) so no exp overflows;  dz/dx = z(1-z)."""
+    """z = σ(x) = 1/(1+e⁻ˣ) (see :func:`_sigmoid`);  dz/dx = z(1-z)."""
 
     def forward(self, x):
-        xp = get_array_module(x)
-        self.z = xp.exp(-xp.logaddexp(x.dtype.type(0), -x))
+        self.z = _sigmoid(x)
         return self.z
 
     def backward(self, grad):
         return grad * self.z * (1 - self.z)
+
+
+class SiLU(Function):
+    """z = SiLU(x) = x·σ(x) (the "swish" with β = 1; the gate of Llama's SwiGLU feed-forward);
+    dz/dx = σ(x) + x·σ(x)(1 - σ(x)) = σ(x)(1 + x(1 - σ(x))).
+    """
+
+    def forward(self, x):
+        self.x, self.s = x, _sigmoid(x)
+        return x * self.s
+
+    def backward(self, grad):
+        return grad * self.s * (1 + self.x * (1 - self.s))
 
 
 class ReLU(Function):

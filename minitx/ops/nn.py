@@ -1,5 +1,5 @@
-"""Neural-network ops with hand-derived backward passes: softmax, log-softmax, layer norm, dropout,
-cross-entropy and the embedding lookup.
+"""Neural-network ops with hand-derived backward passes: softmax, log-softmax, layer norm, RMS norm, the
+rotary position embedding, dropout, cross-entropy and the embedding lookup.
 
 Each of these could be composed from the primitive ops, but a fused op saves memory (one saved array
 instead of a chain of them) and its backward formula is worth reading on its own.
@@ -108,6 +108,79 @@ class LayerNorm(Function):
             dx -= self.xhat * (g * self.xhat).sum(axis=self.axes, keepdims=True)  # - x̂ · Σ(g ⊙ x̂)
             dx *= self.rstd / self.n  # · r/N
         return dx, dweight, dbias
+
+
+class RMSNorm(Function):
+    """y = x / RMS(x) · γ,  RMS(x) = √(mean(x²) + ε) over the last ``normalized_ndim`` axes (N elements):
+    LayerNorm without the centring and without β (Zhang & Sennrich, 2019; Llama's norm).
+
+    With r = 1/RMS(x), x̂ = x·r and g = dL/dy · γ: since y_i = γ_i x_i r and ∂r/∂x_j = -r³ x_j / N,
+        dL/dx_j = g_j r + Σ_i g_i x_i · (-r³ x_j / N) = r · (g_j - x̂_j · mean(g ⊙ x̂)),
+        dL/dγ = Σ_rows dL/dy ⊙ x̂
+    (one subtracted term, the path through r; LayerNorm has a second one, through the mean).
+    """
+
+    def forward(self, x, weight, normalized_ndim: int = 1, eps: float = 1e-6):
+        xp = get_array_module(x)
+        self.axes = tuple(range(x.ndim - normalized_ndim, x.ndim))
+        self.rstd = 1 / xp.sqrt((x * x).mean(axis=self.axes, keepdims=True) + x.dtype.type(eps))  # (…, 1)
+        self.xhat = x * self.rstd  # (…, N)
+        self.weight = weight
+        return self.xhat * weight
+
+    def backward(self, grad):
+        batch_axes = tuple(range(grad.ndim - self.weight.ndim))
+        dweight = (grad * self.xhat).sum(axis=batch_axes) if self.needs_grad[1] else None
+        dx = None
+        if self.needs_grad[0]:
+            g = grad * self.weight
+            dx = g - self.xhat * (g * self.xhat).mean(axis=self.axes, keepdims=True)  # g - x̂ · mean(g ⊙ x̂)
+            dx *= self.rstd  # · r
+        return dx, dweight
+
+
+def _pairs(x, interleaved: bool):
+    """The two coordinates (a, b) of every rotated pair of x (…, d), as views: adjacent features
+    (x_2i, x_2i+1) when ``interleaved`` (llama.cpp, GGUF, the RoFormer paper), else the two halves
+    (x_i, x_i+d/2) (Hugging Face's "rotate_half")."""
+    if interleaved:
+        return x[..., 0::2], x[..., 1::2]
+    half = x.shape[-1] // 2
+    return x[..., :half], x[..., half:]
+
+
+def _rotate(x, cos, sin, interleaved: bool):
+    """Every pair (a, b) of x turned by its angle θ: (a cos θ - b sin θ, a sin θ + b cos θ)."""
+    out = get_array_module(x).empty_like(x)
+    a, b = _pairs(x, interleaved)
+    out_a, out_b = _pairs(out, interleaved)
+    out_a[...] = a * cos - b * sin
+    out_b[...] = a * sin + b * cos
+    return out
+
+
+class Rotary(Function):
+    """Rotary position embedding (Su et al., 2021): the d features of a query or key at position m form d/2
+    pairs, and pair i is rotated by the angle θ = m·ω_i (``cos``, ``sin`` hold cos θ, sin θ, shape (…, T, d/2),
+    broadcast against x (…, T, d)):
+
+        (a, b) -> (a cos θ - b sin θ,  a sin θ + b cos θ).
+
+    Which features form a pair is the ``interleaved`` choice (see :func:`_pairs`); the two layouts are the
+    same map up to a fixed permutation of the features. The map is a rotation R(θ), so its Jacobian is
+    R(θ) itself and backward applies the transpose, R(θ)ᵀ = R(-θ): the same formula with sin negated,
+        dL/dx = R(-θ) · dL/dy.
+    """
+
+    def forward(self, x, cos, sin, interleaved: bool = False):
+        if x.shape[-1] % 2 or cos.shape[-1] != x.shape[-1] // 2 or sin.shape != cos.shape:
+            raise ValueError(f"rotary: x (…, d) needs an even d and cos, sin of shape (…, d/2); got x "
+                             f"{tuple(x.shape)}, cos {tuple(cos.shape)}, sin {tuple(sin.shape)}")
+        self.cos, self.sin, self.interleaved = cos, sin, interleaved
+        return _rotate(x, cos, sin, interleaved)
+
+    def backward(self, grad):
+        return _rotate(grad, self.cos, -self.sin, self.interleaved)
 
 
 class Dropout(Function):

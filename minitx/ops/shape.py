@@ -108,6 +108,29 @@ class Stack(Function):
         return tuple(xp.moveaxis(grad, self.axis, 0))
 
 
+class RepeatInterleave(Function):
+    """z = x with each slice along ``axis`` repeated ``repeats`` times in a row: [a, b] -> [a, a, b, b]
+    (``torch.repeat_interleave`` with an int; grouped-query attention uses it to let one key/value head
+    serve ``repeats`` query heads).
+
+    Each input slice feeds ``repeats`` neighbouring output slices, so dL/dx is the sum of their gradients:
+    split that axis of dL/dz into (n, repeats) and sum over the repeats.
+    """
+
+    def forward(self, x, repeats: int, axis: int):
+        if not isinstance(repeats, int) or repeats < 1:
+            raise ValueError(f"repeat_interleave: repeats must be a positive int, got {repeats!r}")
+        if not -x.ndim <= axis < x.ndim:
+            raise ValueError(f"repeat_interleave: axis {axis} is out of range for shape {tuple(x.shape)}")
+        self.axis, self.repeats = axis % x.ndim, repeats
+        return get_array_module(x).repeat(x, repeats, axis=self.axis)
+
+    def backward(self, grad):
+        a = self.axis
+        grouped = grad.reshape(grad.shape[:a] + (grad.shape[a] // self.repeats, self.repeats) + grad.shape[a + 1:])
+        return grouped.sum(axis=a + 1)
+
+
 def _check_same_dtype(op: str, xs) -> None:
     if len({x.dtype for x in xs}) > 1:
         raise TypeError(f"{op}: all tensors must share a dtype, got {[str(x.dtype) for x in xs]}")
