@@ -132,10 +132,11 @@ class CrossEntropy(Function):
     Per position, with log-probabilities ℓ = log_softmax(logits) and smoothing ε:
         loss = -(1 - ε)·ℓ[target] - ε · (1/C) Σ_c ℓ_c
     (the cross-entropy against the target distribution q = (1 - ε)·onehot + ε/C). Positions whose target is
-    ``ignore_index`` contribute nothing; ``reduction="mean"`` divides by the number of the others
-    (as PyTorch does, this is NaN when every target is ignored).
+    ``ignore_index`` contribute nothing; ``reduction="mean"`` divides by the number n of the others.
 
-    Gradient: dloss/dlogits = softmax(logits) - q, per counted position (times 1/n for "mean").
+    Gradient: dloss/dlogits = softmax(logits) - q, per counted position (times 1/n for "mean"), 0 at ignored
+    positions. When every target is ignored, "mean" is 0/0 = NaN, as in PyTorch, but the gradient is 0 (no
+    position counts), also as in PyTorch: a batch of padding alone must not put NaN into the weights.
     """
 
     def forward(self, logits, target, ignore_index: int = -100, label_smoothing: float = 0.0,
@@ -171,8 +172,8 @@ class CrossEntropy(Function):
             dlogits -= self.eps / num_classes  # q's share on every class
         rows = dlogits.reshape(-1, num_classes)  # a view: writing to it writes dlogits
         rows[xp.arange(rows.shape[0]), self.target.reshape(-1)] -= 1 - self.eps  # q's extra mass on the target
-        if self.reduction == "mean":
-            grad = grad / self.count.astype(grad.dtype)
+        if self.reduction == "mean":  # 1/n; with n = 0 every position is masked out below anyway
+            grad = grad / xp.maximum(self.count, 1).astype(grad.dtype)
         dlogits *= (self.valid * grad)[..., None]  # in place: dlogits is our own array
         return dlogits, None
 
