@@ -76,7 +76,13 @@ class Div(_Binary):
 
 
 class Pow(_Binary):
-    """z = a ** b;  dz/da = b·a^(b-1), dz/db = z·ln(a) (defined for a > 0)."""
+    """z = a ** b;  dz/da = b·a^(b-1), dz/db = z·ln(a).
+
+    Where the formulas give 0·∞ at a = 0, the limits PyTorch uses are taken instead:
+    dz/da = 0 where b = 0 (z = a⁰ = 1 is constant in a; the formula gives 0·0⁻¹ = NaN), and
+    dz/db = 0 where a = 0 and b ≥ 0 (z = 0ᵇ is constant for b > 0; the formula gives 0·ln 0 = NaN).
+    Elsewhere the formulas stand: ±∞ for a = 0, b < 0 (or 0 < b < 1 in dz/da), NaN for dz/db at a < 0.
+    """
 
     def forward(self, a, b):
         a, b = self.prepare(a, b)
@@ -86,8 +92,13 @@ class Pow(_Binary):
 
     def backward(self, grad):
         xp = get_array_module(grad)
-        da = unbroadcast(grad * self.b * self.a ** (self.b - 1), self.a_shape) if self.needs_grad[0] else None
-        db = unbroadcast(grad * self.z * xp.log(self.a), self.b_shape) if self.needs_grad[1] else None
+        zero = grad.dtype.type(0)
+        da = db = None
+        if self.needs_grad[0]:
+            da = unbroadcast(xp.where(self.b == 0, zero, grad * self.b * self.a ** (self.b - 1)), self.a_shape)
+        if self.needs_grad[1]:
+            constant = (self.a == 0) & (self.b >= 0)
+            db = unbroadcast(xp.where(constant, zero, grad * self.z * xp.log(self.a)), self.b_shape)
         return da, db
 
 
