@@ -1,7 +1,8 @@
 """Elementwise ops: arithmetic with NumPy broadcasting, and the usual nonlinearities.
 
 For a binary op ``z = f(x, y)`` the inputs may have different shapes that broadcast together; the gradient
-reaching each input is summed back to that input's own shape (:func:`unbroadcast`).
+reaching each input is summed back to that input's own shape (:func:`unbroadcast`). Ops whose result is not
+an integer (division, exp, tanh...) turn integer inputs into the default float dtype first (:func:`as_float`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from .. import backend
 from ..backend import get_array_module
 from ..tensor import Function
-from ._util import check_broadcast, match_dtypes, unbroadcast
+from ._util import as_float, check_broadcast, match_dtypes, unbroadcast
 
 
 class _Binary(Function):
@@ -65,6 +66,7 @@ class Div(_Binary):
 
     def forward(self, a, b):
         a, b = self.prepare(a, b)
+        a, b = as_float(a), as_float(b)  # true division: 7 / 2 = 3.5
         self.b = b
         self.z = a / b
         return self.z
@@ -116,7 +118,7 @@ class Exp(Function):
     """z = eˣ;  dz/dx = eˣ = z."""
 
     def forward(self, x):
-        self.z = get_array_module(x).exp(x)
+        self.z = get_array_module(x).exp(as_float(x))
         return self.z
 
     def backward(self, grad):
@@ -127,7 +129,7 @@ class Log(Function):
     """z = ln x;  dz/dx = 1/x."""
 
     def forward(self, x):
-        self.x = x
+        self.x = x = as_float(x)
         return get_array_module(x).log(x)
 
     def backward(self, grad):
@@ -138,7 +140,7 @@ class Sqrt(Function):
     """z = √x;  dz/dx = 1/(2√x) = 1/(2z)."""
 
     def forward(self, x):
-        self.z = get_array_module(x).sqrt(x)
+        self.z = get_array_module(x).sqrt(as_float(x))
         return self.z
 
     def backward(self, grad):
@@ -160,7 +162,7 @@ class Tanh(Function):
     """z = tanh x;  dz/dx = 1 - z²."""
 
     def forward(self, x):
-        self.z = get_array_module(x).tanh(x)
+        self.z = get_array_module(x).tanh(as_float(x))
         return self.z
 
     def backward(self, grad):
@@ -172,6 +174,7 @@ class Sigmoid(Function):
 
     def forward(self, x):
         xp = get_array_module(x)
+        x = as_float(x)
         self.z = xp.exp(-xp.logaddexp(x.dtype.type(0), -x))
         return self.z
 
@@ -202,6 +205,7 @@ class GELU(Function):
 
     def forward(self, x, approximate: str = "none"):
         xp = get_array_module(x)
+        x = as_float(x)
         self.x, self.approximate = x, approximate
         if approximate == "none":
             self.cdf = 0.5 * (1 + backend.erf(x * x.dtype.type(1 / math.sqrt(2))))
