@@ -234,7 +234,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
 
     Shapes: q (…, Tq, d_k), k (…, Tk, d_k), v (…, Tk, d_v) -> (…, Tq, d_v); with heads, … = (B, H).
     Masks say where a query may NOT look (True = masked out, as in ``torch.nn.MultiheadAttention``):
-    ``attn_mask`` bool broadcastable to (…, Tq, Tk), or a float mask added to the scores;
+    ``attn_mask`` bool broadcastable to (…, Tq, Tk), or a float mask added to the scores (a Tensor that
+    requires grad, such as a learnable attention bias, gets its gradient; an integer mask is refused);
     ``key_padding_mask`` bool (B, Tk) marks padded keys; ``is_causal`` hides keys after the query.
     A query whose keys are all masked gets all-zero weights and a zero output (see ``softmax``).
     With ``return_weights=True`` the attention weights (…, Tq, Tk) are returned as well.
@@ -258,12 +259,13 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     d_k = q.shape[-1]
     scale = 1.0 / math.sqrt(d_k) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (…, Tq, Tk)
-    mask = combine_masks(scores.shape, attn_mask, key_padding_mask, is_causal, scores.xp)
+    mask = combine_masks(scores.shape, attn_mask, key_padding_mask, is_causal, scores.xp)  # bool or None
+    if attn_mask is not None and not isinstance(attn_mask, Tensor):
+        attn_mask = Tensor(scores.xp.asarray(attn_mask))
+    if attn_mask is not None and attn_mask.dtype != bool:  # a float bias, part of the graph
+        scores = scores + attn_mask.astype(scores.dtype)
     if mask is not None:
-        if mask.dtype == bool:
-            scores = scores.masked_fill(Tensor(mask), -math.inf)
-        else:
-            scores = scores + Tensor(mask.astype(scores.dtype))
+        scores = scores.masked_fill(Tensor(mask), -math.inf)
     weights = softmax(scores, axis=-1)  # (…, Tq, Tk)
     out = dropout(weights, dropout_p, training) @ v  # (…, Tq, d_v)
     return (out, weights) if return_weights else out
@@ -280,10 +282,11 @@ def _repeat_kv_heads(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def combine_masks(scores_shape: tuple, attn_mask, key_padding_mask, is_causal: bool, xp):
-    """One mask broadcastable to the scores (…, Tq, Tk) from the three ways of masking, or None.
+    """One boolean mask broadcastable to the scores (…, Tq, Tk) from the three ways of masking, or None.
 
-    Boolean masks are OR-ed (True = masked out); a float ``attn_mask`` is returned with -inf added where the
-    boolean masks hide a key.
+    Boolean masks are OR-ed (True = masked out). A float ``attn_mask`` is only checked here (its shape): it
+    is a bias that the caller adds to the scores. An integer ``attn_mask`` is refused, as in PyTorch: read as
+    a bias, its 0/1 entries would hide nothing.
     """
     tq, tk = scores_shape[-2:]
     masks = []
@@ -295,23 +298,21 @@ def combine_masks(scores_shape: tuple, attn_mask, key_padding_mask, is_causal: b
             raise ValueError(f"key_padding_mask must be a boolean (B, Tk={tk}) array, got dtype {kpm.dtype} "
                              f"and shape {tuple(kpm.shape)}")
         masks.append(kpm.reshape(kpm.shape[0], *([1] * (len(scores_shape) - 2)), tk))  # (B, 1, …, 1, Tk)
-    float_mask = None
     if attn_mask is not None:
         am = attn_mask.data if isinstance(attn_mask, Tensor) else xp.asarray(attn_mask)
+        if am.dtype != bool and am.dtype.kind != "f":
+            raise TypeError(f"attn_mask must be boolean (True = masked out) or floating (added to the scores), "
+                            f"got dtype {am.dtype} (shape {tuple(am.shape)}); for a 0/1 mask pass mask.astype(bool)")
         if am.shape[-2:] != (tq, tk) and am.shape[-2:] != (1, tk):
             raise ValueError(f"attn_mask's last two axes must be (Tq, Tk) = ({tq}, {tk}), got shape {tuple(am.shape)}")
         if am.dtype == bool:
             masks.append(am)
-        else:
-            float_mask = am
     if not masks:
-        return float_mask
+        return None
     combined = masks[0]
     for m in masks[1:]:
         combined = combined | m
-    if float_mask is None:
-        return combined
-    return xp.where(combined, -xp.inf, float_mask)
+    return combined
 
 
 _ACTIVATIONS = {"relu": relu, "gelu": gelu, "gelu_tanh": lambda x: gelu(x, approximate="tanh")}

@@ -427,34 +427,35 @@ def _attention_mask(kpm, attn, causal, tq, tk):
     return mask
 
 
-def _mx_sdpa(q, k, v, *consts, causal, kinds, float_mask):
+def _mx_sdpa(q, k, v, *consts, causal, kinds):
     consts = dict(zip(kinds, consts))
-    attn = consts.get("attn", float_mask)
+    attn = consts.get("attn", consts.get("bias"))
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn, key_padding_mask=consts.get("kpm"),
                                           is_causal=causal, fused=False)
 
 
-def _torch_sdpa(q, k, v, *consts, causal, kinds, float_mask):
+def _torch_sdpa(q, k, v, *consts, causal, kinds):
     """PyTorch's attention with one additive mask (its boolean masks mean the opposite: True = attend)."""
     torch = _torch()
     consts = dict(zip(kinds, consts))
     mask = _attention_mask(consts.get("kpm"), consts.get("attn"), causal, q.shape[-2], k.shape[-2])
     bias = torch.zeros(mask.shape, dtype=q.dtype).masked_fill(torch.as_tensor(mask), -math.inf)
-    if float_mask is not None:
-        bias = bias + torch.as_tensor(float_mask, dtype=q.dtype)
+    if "bias" in consts:
+        bias = bias + consts["bias"]
     return _tF().scaled_dot_product_attention(q, k, v, attn_mask=bias)
 
 
 @case("attention", _mx_sdpa, _torch_sdpa)
 def _draw_attention(data):
     """q (B, H, Tq, D), k (B, H, Tk, D), v (B, H, Tk, Dv) with Tq <= Tk; boolean attn mask, float attn
-    mask, key padding and causal masks in any combination. Key 0 is never masked, so no row is empty
-    (PyTorch gives NaN for an empty row, minitx zeros; that case has its own test)."""
+    mask (a learnable bias: a differentiable input), key padding and causal masks in any combination. Key 0
+    is never masked, so no row is empty (PyTorch gives NaN for an empty row, minitx zeros; that case has its
+    own test)."""
     b, h, tq, d = (data.draw(st.integers(1, 2)) for _ in range(4))
     tk, dv = tq + data.draw(st.integers(0, 2)), data.draw(st.integers(1, 2))
     rng = np.random.default_rng(data.draw(seed()))
     arrays = [normal(rng, (b, h, tq, d)), normal(rng, (b, h, tk, d)), normal(rng, (b, h, tk, dv))]
-    kinds, float_mask = [], None  # boolean masks are constant arrays; a float mask goes in the kwargs
+    kinds = []  # what each array after q, k, v is: boolean masks are constants, the float bias an input
     attn_kind = data.draw(st.sampled_from(["none", "bool", "float"]))
     if attn_kind == "bool":
         attn = rng.random((tq, tk)) < 0.4
@@ -462,13 +463,14 @@ def _draw_attention(data):
         arrays.append(attn)
         kinds.append("attn")
     elif attn_kind == "float":
-        float_mask = normal(rng, (tq, tk))
+        arrays.append(normal(rng, (tq, tk)))
+        kinds.append("bias")
     if data.draw(st.booleans()):
         kpm = rng.random((b, tk)) < 0.4
         kpm[:, 0] = False
         arrays.append(kpm)
         kinds.append("kpm")
-    return arrays, {"causal": data.draw(st.booleans()), "kinds": tuple(kinds), "float_mask": float_mask}
+    return arrays, {"causal": data.draw(st.booleans()), "kinds": tuple(kinds)}
 
 
 _unary("silu", lambda x: F.silu(x), lambda x: _tF().silu(x))

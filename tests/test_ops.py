@@ -192,3 +192,119 @@ def test_getitem_variants_against_torch(index):
     np.testing.assert_array_equal(y.numpy(), ty.detach().numpy())
     np.testing.assert_allclose(t.grad, tx.grad.numpy(), rtol=1e-12, atol=1e-15)
     assert np.abs(t.grad).sum() > 0
+
+
+# ---------------------------------------------------------------------- issue 16: engine defects vs PyTorch
+def test_a_learnable_float_attention_mask_gets_its_gradient_like_torch():
+    """Regression: a float attn_mask was added as a constant, so a learnable bias got grad None."""
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.standard_normal((1, 2, 3, 4)) for _ in range(3))
+    bias = rng.standard_normal((3, 3))
+    mq, mk, mv, mb = (mx.Tensor(a, requires_grad=True) for a in (q, k, v, bias))
+    F.scaled_dot_product_attention(mq, mk, mv, attn_mask=mb, is_causal=True, fused=False).sum().backward()
+    tq, tk, tv, tb = (torch.tensor(a, requires_grad=True) for a in (q, k, v, bias))
+    causal = torch.ones(3, 3, dtype=torch.bool).triu(1)
+    tF = torch.nn.functional
+    tF.scaled_dot_product_attention(tq, tk, tv, attn_mask=tb.masked_fill(causal, -np.inf)).sum().backward()
+    assert mb.grad is not None
+    np.testing.assert_allclose(mb.grad, tb.grad.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_array_equal(mb.grad[causal.numpy()], 0.0)  # hidden keys: no gradient
+    np.testing.assert_allclose(mq.grad, tq.grad.numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.int64, np.int32, np.uint8])
+def test_an_integer_attention_mask_is_refused_like_torch(dtype):
+    """Regression: an integer mask (0/1) was silently added to the scores as if it were a float bias."""
+    q = mx.Tensor(np.zeros((1, 2, 2)), requires_grad=True)
+    mask = np.array([[0, 1], [0, 0]], dtype=dtype)
+    with pytest.raises(TypeError, match=r"attn_mask.*bool.*float.*" + np.dtype(dtype).name):
+        F.scaled_dot_product_attention(q, q, q, attn_mask=mask, fused=False)
+    with pytest.raises(TypeError, match="attn_mask"):
+        F.scaled_dot_product_attention(q, q, q, attn_mask=mx.Tensor(mask), fused=False)
+
+
+@pytest.mark.parametrize("label_smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_cross_entropy_with_every_target_ignored_has_a_zero_gradient_like_torch(reduction, label_smoothing):
+    """Regression: the mean's 1/count was 1/0, which made the gradient NaN. The loss itself matches PyTorch:
+    NaN for "mean" (0/0: no target is counted), 0 for "sum", zeros for "none"."""
+    z = np.random.default_rng(0).standard_normal((2, 3))
+    target = np.array([-100, -100])
+    x = mx.Tensor(z, requires_grad=True)
+    with np.errstate(invalid="ignore"):
+        loss = F.cross_entropy(x, target, reduction=reduction, label_smoothing=label_smoothing)
+    loss.sum().backward()
+    tx = torch.tensor(z, requires_grad=True)
+    t_loss = torch.nn.functional.cross_entropy(tx, torch.as_tensor(target), reduction=reduction,
+                                               label_smoothing=label_smoothing)
+    t_loss.sum().backward()
+    np.testing.assert_array_equal(loss.numpy(), t_loss.detach().numpy())  # NaN == NaN here
+    np.testing.assert_array_equal(x.grad, tx.grad.numpy())
+    np.testing.assert_array_equal(x.grad, 0.0)
+
+
+@pytest.mark.parametrize("form", ["tensor_tensor", "tensor_scalar", "scalar_tensor"])
+def test_pow_at_base_zero_has_torch_gradients(form):
+    """Regression: d/da a**0 at a = 0 was 0·0⁻¹ = NaN, and d/db 0**b was 0·ln 0 = NaN or -inf; PyTorch
+    defines both as 0 (for b >= 0); a negative exponent keeps its infinite slopes, as in PyTorch."""
+    a = np.array([0.0, 0.0, 0.0, 0.0, 0.0, 2.0, 0.0])
+    b = np.array([0.0, 0.5, 1.0, 2.0, -1.0, 0.0, 3.0])
+    if form == "tensor_scalar":
+        a, b = np.zeros(3), 0.0
+    elif form == "scalar_tensor":
+        a, b = 0.0, np.array([0.0, 0.5, 2.0, -1.0])
+    wrap_mx = lambda v: mx.Tensor(v, requires_grad=True) if isinstance(v, np.ndarray) else v  # noqa: E731
+    wrap_t = lambda v: torch.tensor(v, requires_grad=True) if isinstance(v, np.ndarray) else v  # noqa: E731
+    ma, mb, ta, tb = wrap_mx(a), wrap_mx(b), wrap_t(a), wrap_t(b)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = ma**mb
+        out.sum().backward()
+    t_out = ta**tb
+    t_out.sum().backward()
+    np.testing.assert_array_equal(out.numpy(), t_out.detach().numpy())
+    for m, t in ((ma, ta), (mb, tb)):
+        if isinstance(m, mx.Tensor):
+            np.testing.assert_array_equal(m.grad, t.grad.numpy())
+
+
+@pytest.mark.parametrize("method", ["sum", "mean", "max", "min", "prod", "logsumexp", "std_0", "softmax",
+                                    "log_softmax", "cumsum", "argmax", "argmin"])
+@pytest.mark.parametrize("axis", [0, -1])
+def test_reductions_of_a_0d_tensor_along_axis_0_or_minus_1_like_torch(method, axis):
+    """Regression: a 0-d tensor's only axes, 0 and -1 (as PyTorch allows), crashed or were refused."""
+    name, extra = ("std", {"correction": 0}) if method == "std_0" else (method, {})
+    x = mx.Tensor(np.array(1.5), requires_grad=True)
+    tx = torch.tensor(1.5, dtype=torch.float64, requires_grad=True)
+    y, t_y = getattr(x, name)(axis, **extra), getattr(tx, name)(axis, **extra)
+    if name in ("max", "min"):
+        t_y = t_y.values  # torch's max(dim) also returns indices; minitx's max(axis) is torch's amax
+    assert y.shape == () and y.item() == t_y.item()
+    if name not in ("argmax", "argmin"):
+        y.backward()
+        t_y.backward()
+        assert x.grad == tx.grad.item()
+
+
+def test_float_ops_promote_integer_tensors_to_the_default_float_dtype_like_torch():
+    """Regression: ``ints / 2`` and ``ints.exp()`` were float64 while ``ints * 0.5`` was float32, so mixing
+    them raised a dtype error. Every op whose result is not an integer gives the default float dtype."""
+    ints = mx.Tensor(np.array([1, 2, 4]))
+    t_ints = torch.tensor([1, 2, 4])
+    results = {
+        "div": (ints / 2, t_ints / 2), "rdiv": (2 / ints, 2 / t_ints), "div_ints": (ints / ints, t_ints / t_ints),
+        "mul": (ints * 0.5, t_ints * 0.5), "exp": (ints.exp(), t_ints.exp()), "log": (ints.log(), t_ints.log()),
+        "sqrt": (ints.sqrt(), t_ints.sqrt()), "tanh": (ints.tanh(), t_ints.tanh()),
+        "sigmoid": (ints.sigmoid(), t_ints.sigmoid()), "sin": (ints.sin(), t_ints.sin()),
+        "cos": (ints.cos(), t_ints.cos()), "rsqrt": (ints.rsqrt(), t_ints.rsqrt()),
+        "mean": (ints.mean(), t_ints.float().mean()), "std": (ints.std(), t_ints.float().std()),
+        "var": (ints.var(), t_ints.float().var()), "softmax": (ints.softmax(), t_ints.float().softmax(-1)),
+        "logsumexp": (ints.logsumexp(-1), t_ints.logsumexp(-1)), "gelu": (F.gelu(ints), None),
+    }
+    for name, (y, t_y) in results.items():
+        assert y.dtype == np.float32, f"{name}: {y.dtype}"
+        if t_y is not None:
+            assert t_y.dtype == torch.float32
+            np.testing.assert_allclose(y.numpy(), t_y.numpy(), rtol=1e-6, err_msg=name)
+    assert (ints / 2 + ints * 0.5).dtype == np.float32  # this mix raised before
+    mx.set_default_dtype(np.float64)
+    assert (ints / 2).dtype == np.float64 and ints.exp().dtype == np.float64

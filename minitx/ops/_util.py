@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..backend import default_dtype
+
 
 def unbroadcast(grad, shape: tuple):
     """Sum ``grad`` back down to ``shape``, undoing NumPy broadcasting.
@@ -36,16 +38,28 @@ def check_broadcast(op: str, *shapes) -> tuple:
 
 
 def normalize_axes(axis, ndim: int) -> tuple:
-    """``axis`` (None, int or tuple, negatives allowed) as a sorted tuple of non-negative axes."""
+    """``axis`` (None, int or tuple, negatives allowed) as a sorted tuple of non-negative axes.
+
+    A 0-d tensor has no axes, but accepts 0 and -1 as its one "axis", as PyTorch does: the result is the
+    empty tuple, so a reduction over it reduces nothing and returns the value.
+    """
     if axis is None:
         return tuple(range(ndim))
     axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
-    out = []
+    bound = max(ndim, 1)
     for a in axes:
-        if not -ndim <= a < max(ndim, 1):
+        if not -bound <= a < bound:
             raise np.exceptions.AxisError(f"axis {a} is out of range for a tensor with {ndim} dimensions")
-        out.append(a % max(ndim, 1))
-    return tuple(sorted(out))
+    return tuple(sorted(a % ndim for a in axes)) if ndim else ()
+
+
+def as_float(x):
+    """``x`` itself when it is floating; integers and booleans become the default float dtype.
+
+    Ops whose result is not an integer (true division, exp, log, mean, softmax...) apply this to their
+    inputs, as PyTorch does: ``ints / 2`` and ``ints.exp()`` are float32 like ``ints * 0.5``, not float64.
+    """
+    return x if x.dtype.kind == "f" else x.astype(default_dtype())
 
 
 def expand_reduced(grad, shape: tuple, axes: tuple, keepdims: bool):

@@ -1,7 +1,8 @@
 """Elementwise ops: arithmetic with NumPy broadcasting, and the usual nonlinearities.
 
 For a binary op ``z = f(x, y)`` the inputs may have different shapes that broadcast together; the gradient
-reaching each input is summed back to that input's own shape (:func:`unbroadcast`).
+reaching each input is summed back to that input's own shape (:func:`unbroadcast`). Ops whose result is not
+an integer (division, exp, tanh...) turn integer inputs into the default float dtype first (:func:`as_float`).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ import math
 from .. import backend
 from ..backend import get_array_module
 from ..tensor import Function
-from ._util import check_broadcast, match_dtypes, unbroadcast
+from ._util import as_float, check_broadcast, match_dtypes, unbroadcast
 
 
 class _Binary(Function):
@@ -65,6 +66,7 @@ class Div(_Binary):
 
     def forward(self, a, b):
         a, b = self.prepare(a, b)
+        a, b = as_float(a), as_float(b)  # true division: 7 / 2 = 3.5
         self.b = b
         self.z = a / b
         return self.z
@@ -76,7 +78,13 @@ class Div(_Binary):
 
 
 class Pow(_Binary):
-    """z = a ** b;  dz/da = b·a^(b-1), dz/db = z·ln(a) (defined for a > 0)."""
+    """z = a ** b;  dz/da = b·a^(b-1), dz/db = z·ln(a).
+
+    Where the formulas give 0·∞ at a = 0, the limits PyTorch uses are taken instead:
+    dz/da = 0 where b = 0 (z = a⁰ = 1 is constant in a; the formula gives 0·0⁻¹ = NaN), and
+    dz/db = 0 where a = 0 and b ≥ 0 (z = 0ᵇ is constant for b > 0; the formula gives 0·ln 0 = NaN).
+    Elsewhere the formulas stand: ±∞ for a = 0, b < 0 (or 0 < b < 1 in dz/da), NaN for dz/db at a < 0.
+    """
 
     def forward(self, a, b):
         a, b = self.prepare(a, b)
@@ -86,8 +94,13 @@ class Pow(_Binary):
 
     def backward(self, grad):
         xp = get_array_module(grad)
-        da = unbroadcast(grad * self.b * self.a ** (self.b - 1), self.a_shape) if self.needs_grad[0] else None
-        db = unbroadcast(grad * self.z * xp.log(self.a), self.b_shape) if self.needs_grad[1] else None
+        zero = grad.dtype.type(0)
+        da = db = None
+        if self.needs_grad[0]:
+            da = unbroadcast(xp.where(self.b == 0, zero, grad * self.b * self.a ** (self.b - 1)), self.a_shape)
+        if self.needs_grad[1]:
+            constant = (self.a == 0) & (self.b >= 0)
+            db = unbroadcast(xp.where(constant, zero, grad * self.z * xp.log(self.a)), self.b_shape)
         return da, db
 
 
@@ -105,7 +118,7 @@ class Exp(Function):
     """z = eˣ;  dz/dx = eˣ = z."""
 
     def forward(self, x):
-        self.z = get_array_module(x).exp(x)
+        self.z = get_array_module(x).exp(as_float(x))
         return self.z
 
     def backward(self, grad):
@@ -116,7 +129,7 @@ class Log(Function):
     """z = ln x;  dz/dx = 1/x."""
 
     def forward(self, x):
-        self.x = x
+        self.x = x = as_float(x)
         return get_array_module(x).log(x)
 
     def backward(self, grad):
@@ -127,7 +140,7 @@ class Sqrt(Function):
     """z = √x;  dz/dx = 1/(2√x) = 1/(2z)."""
 
     def forward(self, x):
-        self.z = get_array_module(x).sqrt(x)
+        self.z = get_array_module(x).sqrt(as_float(x))
         return self.z
 
     def backward(self, grad):
@@ -149,7 +162,7 @@ class Tanh(Function):
     """z = tanh x;  dz/dx = 1 - z²."""
 
     def forward(self, x):
-        self.z = get_array_module(x).tanh(x)
+        self.z = get_array_module(x).tanh(as_float(x))
         return self.z
 
     def backward(self, grad):
@@ -166,7 +179,7 @@ class Sigmoid(Function):
     """z = σ(x) = 1/(1+e⁻ˣ) (see :func:`_sigmoid`);  dz/dx = z(1-z)."""
 
     def forward(self, x):
-        self.z = _sigmoid(x)
+        self.z = _sigmoid(as_float(x))
         return self.z
 
     def backward(self, grad):
@@ -179,7 +192,8 @@ class SiLU(Function):
     """
 
     def forward(self, x):
-        self.x, self.s = x, _sigmoid(x)
+        self.x = x = as_float(x)
+        self.s = _sigmoid(x)
         return x * self.s
 
     def backward(self, grad):
@@ -209,6 +223,7 @@ class GELU(Function):
 
     def forward(self, x, approximate: str = "none"):
         xp = get_array_module(x)
+        x = as_float(x)
         self.x, self.approximate = x, approximate
         if approximate == "none":
             self.cdf = 0.5 * (1 + backend.erf(x * x.dtype.type(1 / math.sqrt(2))))

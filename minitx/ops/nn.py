@@ -10,9 +10,10 @@ from __future__ import annotations
 from .. import backend
 from ..backend import get_array_module
 from ..tensor import Function
+from ._util import as_float, normalize_axes
 
 
-def _stable_softmax(x, axis: int):
+def _stable_softmax(x, axis):
     """softmax(x) = exp(x - max x) / Σ exp(x - max x): subtracting the max changes nothing mathematically
     (it cancels) but keeps exp from overflowing.
 
@@ -22,13 +23,14 @@ def _stable_softmax(x, axis: int):
     xp = get_array_module(x)
     m = x.max(axis=axis, keepdims=True)
     e = x - xp.where(m == -xp.inf, x.dtype.type(0), m)  # all -inf row: exp(-inf) = 0 everywhere
+    e = xp.asarray(e)  # a 0-d x gives a NumPy scalar here, which out= below cannot write into
     xp.exp(e, out=e)  # in place, here and below: one new array instead of three (they are large in attention)
     total = e.sum(axis=axis, keepdims=True)
     e /= xp.where(total == 0, x.dtype.type(1), total)
     return e
 
 
-def _log_softmax(x, axis: int):
+def _log_softmax(x, axis):
     """log softmax(x) = x - logsumexp(x), with logsumexp(x) = m + log Σ exp(x - m), m = max x."""
     xp = get_array_module(x)
     shifted = x - x.max(axis=axis, keepdims=True)
@@ -43,8 +45,8 @@ class Softmax(Function):
     """
 
     def forward(self, x, axis: int = -1):
-        self.axis = axis
-        self.y = _stable_softmax(x, axis)
+        self.axis = normalize_axes(axis, x.ndim)  # a tuple: () for a 0-d x, whose softmax is 1
+        self.y = _stable_softmax(as_float(x), self.axis)
         return self.y
 
     def backward(self, grad):
@@ -61,8 +63,8 @@ class LogSoftmax(Function):
     """
 
     def forward(self, x, axis: int = -1):
-        self.axis = axis
-        self.y = _log_softmax(x, axis)
+        self.axis = normalize_axes(axis, x.ndim)  # a tuple: () for a 0-d x, whose log-softmax is 0
+        self.y = _log_softmax(as_float(x), self.axis)
         return self.y
 
     def backward(self, grad):
@@ -205,10 +207,11 @@ class CrossEntropy(Function):
     Per position, with log-probabilities ℓ = log_softmax(logits) and smoothing ε:
         loss = -(1 - ε)·ℓ[target] - ε · (1/C) Σ_c ℓ_c
     (the cross-entropy against the target distribution q = (1 - ε)·onehot + ε/C). Positions whose target is
-    ``ignore_index`` contribute nothing; ``reduction="mean"`` divides by the number of the others
-    (as PyTorch does, this is NaN when every target is ignored).
+    ``ignore_index`` contribute nothing; ``reduction="mean"`` divides by the number n of the others.
 
-    Gradient: dloss/dlogits = softmax(logits) - q, per counted position (times 1/n for "mean").
+    Gradient: dloss/dlogits = softmax(logits) - q, per counted position (times 1/n for "mean"), 0 at ignored
+    positions. When every target is ignored, "mean" is 0/0 = NaN, as in PyTorch, but the gradient is 0 (no
+    position counts), also as in PyTorch: a batch of padding alone must not put NaN into the weights.
     """
 
     def forward(self, logits, target, ignore_index: int, label_smoothing: float = 0.0,
@@ -244,8 +247,8 @@ class CrossEntropy(Function):
             dlogits -= self.eps / num_classes  # q's share on every class
         rows = dlogits.reshape(-1, num_classes)  # a view: writing to it writes dlogits
         rows[xp.arange(rows.shape[0]), self.target.reshape(-1)] -= 1 - self.eps  # q's extra mass on the target
-        if self.reduction == "mean":
-            grad = grad / self.count.astype(grad.dtype)
+        if self.reduction == "mean":  # 1/n; with n = 0 every position is masked out below anyway
+            grad = grad / xp.maximum(self.count, 1).astype(grad.dtype)
         dlogits *= (self.valid * grad)[..., None]  # in place: dlogits is our own array
         return dlogits, None
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from ..backend import get_array_module
 from ..tensor import Function
-from ._util import expand_reduced, normalize_axes
+from ._util import as_float, expand_reduced, normalize_axes
 
 
 class Sum(Function):
@@ -28,6 +28,7 @@ class Mean(Function):
     """z = (1/N) Σ_axis x over N elements;  dz/dx = 1/N."""
 
     def forward(self, x, axis=None, keepdims: bool = False):
+        x = as_float(x)
         self.shape, self.keepdims = x.shape, keepdims
         self.axes = normalize_axes(axis, x.ndim)
         self.count = 1
@@ -71,6 +72,7 @@ class Var(Function):
     """
 
     def forward(self, x, axis=None, keepdims: bool = False, correction: int = 1):
+        x = as_float(x)
         self.keepdims = keepdims
         self.axes = normalize_axes(axis, x.ndim)
         count = 1
