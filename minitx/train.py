@@ -136,11 +136,16 @@ class Trainer:
                 metrics[name] = metrics.get(name, 0.0) + value / k
         row = {"step": self.step + 1, "loss": total_loss, "lr": self.optimizer.lr}
         params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.config.clip_norm is not None:
-            row["grad_norm"] = clip_grad_norm_(params, self.config.clip_norm)
-        if not math.isfinite(total_loss):
-            raise FloatingPointError(f"loss became {total_loss} at step {self.step + 1}; lower the learning rate "
-                                     "or enable clipping (clip_norm)")
+        try:
+            if not math.isfinite(total_loss):
+                raise FloatingPointError(f"loss became {total_loss} at step {self.step + 1}; lower the learning "
+                                         "rate or enable clipping (clip_norm)")
+            if self.config.clip_norm is not None:
+                row["grad_norm"] = clip_grad_norm_(params, self.config.clip_norm)
+        except FloatingPointError:
+            for p in params:  # NaN gradients left in .grad would poison the next step
+                p.grad = None
+            raise
         self.optimizer.step()
         self.optimizer.zero_grad()
         if self.scheduler is not None:

@@ -105,3 +105,111 @@ def test_checkpoint_that_does_not_fit_changes_neither_model_nor_optimizer(tmp_pa
     assert other_opt.state == {}
     for name, value in other.state_dict().items():
         np.testing.assert_array_equal(value, before[name])
+
+
+def _checkpoint(tmp_path, step=5):
+    path = tmp_path / "ckpt.safetensors"
+    net = model()
+    opt = optim.Adam(net.parameters(), lr=1e-3)
+    train_steps(net, opt, [IDS])
+    io.save_checkpoint(path, net, opt, step=step, extra={"epoch": 1})
+    return path
+
+
+def _rewrite_metadata(path, edit):
+    """Re-encode the file's header after ``edit(metadata)``, keeping its checksum entry as it was."""
+    from safetensors.numpy import save
+    tensors, metadata = io.read_state_dict_file(path)
+    edit(metadata)
+    path.write_bytes(save(tensors, metadata=metadata))
+
+
+@pytest.mark.parametrize("edit", [
+    lambda m: m.__setitem__("minitx.step", "4"),
+    lambda m: m.__setitem__("minitx.extra", '{"epoch": 2}'),
+    lambda m: m.__setitem__("minitx.optimizer", m["minitx.optimizer"].replace('"lr": 0.001', '"lr": 0.002')),
+])
+def test_the_checksum_covers_the_metadata(tmp_path, edit):
+    path = _checkpoint(tmp_path)
+    _rewrite_metadata(path, edit)
+    with pytest.raises(io.CheckpointError, match="checksum"):
+        io.load_checkpoint(path, model(), optim.Adam(model().parameters()))
+
+
+@pytest.mark.parametrize("header", [b"[1, 2]", b'"text"', b'{"__metadata__": [1]}', b'{"__metadata__": {"a": 1}}'])
+def test_a_header_of_valid_json_but_the_wrong_type_raises_checkpoint_error(tmp_path, header):
+    path = tmp_path / "weights.safetensors"
+    path.write_bytes(len(header).to_bytes(8, "little") + header)
+    with pytest.raises(io.CheckpointError, match="weights.safetensors"):
+        io.read_state_dict_file(path)
+
+
+def _legacy_checkpoint(tmp_path, **changes):
+    """A checkpoint as written before the metadata was covered: only the tensors' digest (minitx.sha256)."""
+    path = _checkpoint(tmp_path)
+
+    def edit(m):
+        tensors = io.read_state_dict_file(path)[0]
+        del m["minitx.sha256-all"]
+        m["minitx.sha256"] = io._digest(tensors)
+        m.update(changes)
+    _rewrite_metadata(path, edit)
+    return path
+
+
+def test_an_old_checkpoint_with_the_tensors_only_checksum_still_loads(tmp_path):
+    path = _legacy_checkpoint(tmp_path)
+    info = io.load_checkpoint(path, model(), optim.Adam(model().parameters()))
+    assert info == {"step": 5, "extra": {"epoch": 1}}
+
+
+@pytest.mark.parametrize("changes, match", [
+    ({"minitx.extra": '{"epoch": '}, "Expecting value"),
+    ({"minitx.extra": "[1]"}, "extra must be a JSON object"),
+    ({"minitx.step": "five"}, "minitx.step"),
+    ({"minitx.optimizer": '{"param_groups": 3}'}, "minitx.optimizer"),
+    ({"minitx.optimizer": '{"param_groups": [], "scalars": {}}'}, "groups hold"),
+])
+def test_broken_metadata_raises_before_anything_is_assigned(tmp_path, changes, match):
+    path = _legacy_checkpoint(tmp_path, **changes)
+    target = model()
+    opt = optim.Adam(target.parameters())
+    before = target.state_dict()
+    with pytest.raises(io.CheckpointError, match=match):
+        io.load_checkpoint(path, target, opt)
+    assert opt.state == {}
+    for name, value in target.state_dict().items():
+        np.testing.assert_array_equal(value, before[name])
+
+
+def test_stale_temp_files_are_removed_on_the_next_save_but_a_live_writers_are_not(tmp_path):
+    import time
+    host, old = io._host(), time.time() - 2 * 3600
+    dead = tmp_path / f".tmp-{host}-999999999-abcd1234.safetensors"  # no such pid: its writer was killed
+    live = tmp_path / f".tmp-{host}-{os.getpid()}-efgh5678.safetensors"  # a concurrent writer, even if old
+    fresh_other = tmp_path / ".tmp-otherhost-12-ijkl9012.safetensors"  # another host's, written just now
+    old_legacy = tmp_path / ".tmp-mnop3456.safetensors"  # an older minitx's, untouched for two hours
+    fresh_legacy = tmp_path / ".tmp-qrst7890.safetensors"
+    unrelated = tmp_path / ".tmp-notes.txt"
+    for f in (dead, live, fresh_other, old_legacy, fresh_legacy, unrelated):
+        f.write_bytes(b"partial")
+    os.utime(live, (old, old))
+    os.utime(old_legacy, (old, old))
+    os.symlink(tmp_path / "target", tmp_path / ".tmp-uvwx1234.safetensors")  # not a file of ours: kept
+    os.utime(tmp_path / ".tmp-uvwx1234.safetensors", (old, old), follow_symlinks=False)
+    io.save_state_dict(model().state_dict(), tmp_path / "w.safetensors")
+    left = sorted(os.listdir(tmp_path))
+    assert left == sorted([live.name, fresh_other.name, fresh_legacy.name, unrelated.name,
+                           ".tmp-uvwx1234.safetensors", "w.safetensors"])
+
+
+def test_files_get_the_permissions_of_the_umask(tmp_path):
+    old = os.umask(0o022)
+    try:
+        io.save_state_dict(model().state_dict(), tmp_path / "w.safetensors")
+        os.umask(0o077)
+        io.save_state_dict(model().state_dict(), tmp_path / "private.safetensors")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644
+    assert (tmp_path / "private.safetensors").stat().st_mode & 0o777 == 0o600

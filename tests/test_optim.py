@@ -126,3 +126,85 @@ def test_warmup_schedules(kind):
     restored = make(opt, warmup_steps=4, total_steps=14, min_lr_ratio=0.1)
     restored.load_state_dict({**sched.state_dict(), "last_step": 9})
     assert math.isclose(opt.lr, halfway)
+
+
+# ----------------------------------------------------------------------------------- argument checks
+@pytest.mark.parametrize("make, match", [
+    (lambda ps: optim.SGD(ps[0], lr=0.1), "iterable of Parameters"),  # a single Tensor, not a list
+    (lambda ps: optim.SGD(ps, lr=-0.1), "lr"),
+    (lambda ps: optim.Adam(ps, lr=float("inf")), "lr"),
+    (lambda ps: optim.Adam(ps, lr=float("nan")), "lr"),
+    (lambda ps: optim.Adam(ps, betas=(0.9, 1.0)), "betas"),
+    (lambda ps: optim.Adam(ps, betas=(-0.1, 0.9)), "betas"),
+    (lambda ps: optim.Adam(ps, betas=(0.9,)), "betas"),
+    (lambda ps: optim.Adam(ps, eps=0.0), "eps"),
+    (lambda ps: optim.AdamW(ps, weight_decay=-1e-2), "weight_decay"),
+    (lambda ps: optim.SGD(ps, momentum=-0.9), "momentum"),
+    (lambda ps: optim.SGD([{"params": ps, "lr": -1.0}], lr=0.1), "lr"),
+    (lambda ps: optim.SGD([{"params": ps, "momentun": 0.9}], lr=0.1), "momentun"),
+])
+def test_constructor_refuses_bad_arguments(make, match):
+    params = list(nn.Linear(2, 2).parameters())
+    with pytest.raises((TypeError, ValueError), match=match):
+        make(params)
+
+
+@pytest.mark.parametrize("max_norm", [0.0, -1.0, float("nan")])
+def test_clip_grad_norm_refuses_max_norm_not_positive(max_norm):
+    p = nn.Linear(2, 2).weight
+    p.grad = np.ones((2, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="max_norm"):
+        optim.clip_grad_norm_([p], max_norm)
+    np.testing.assert_array_equal(p.grad, 1.0)
+
+
+def test_clip_grad_norm_refuses_a_non_finite_norm():
+    p = nn.Linear(2, 2).weight
+    p.grad = np.array([[1.0, np.nan], [0.0, 0.0]], dtype=np.float32)
+    with pytest.raises(FloatingPointError, match="norm"):
+        optim.clip_grad_norm_([p], 1.0)
+
+
+def _stepped_adam():
+    model, _ = models()
+    opt = optim.Adam(model.parameters())
+    our_loss(model, np.ones((2, 6)), np.array([0, 1])).backward()
+    opt.step()
+    return model, opt
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda s: s.pop("state"), "keys"),
+    (lambda s: s.__setitem__("param_groups", "x"), "list of dicts"),
+    (lambda s: s["param_groups"][0].pop("eps"), "hyperparameters"),
+    (lambda s: s["param_groups"][0].__setitem__("lr", -1.0), "lr"),
+    (lambda s: s["param_groups"][0].__setitem__("betas", [0.9, 2.0]), "betas"),
+    (lambda s: s["state"].__setitem__("a", {}), "indices"),
+    (lambda s: s["state"][0].__setitem__("momentum_buffer", np.zeros((8, 6))), "keys among"),
+    (lambda s: s["state"][0].__setitem__("step", "7"), "number"),
+    (lambda s: s["state"].__setitem__(1, [1, 2]), "dict"),
+])
+def test_load_state_dict_checks_types_and_keys_before_assigning(damage, match):
+    _, opt = _stepped_adam()
+    state = opt.state_dict()
+    damage(state)
+    model, _ = models()
+    fresh = optim.Adam(model.parameters(), lr=0.5)
+    with pytest.raises(ValueError, match=match):
+        fresh.load_state_dict(state)
+    assert fresh.state == {} and fresh.lr == 0.5
+
+
+def test_step_checks_every_gradient_before_updating_any():
+    model, _ = models()
+    opt = optim.Adam(model.parameters())
+    params = list(model.parameters())
+    for p in params:
+        p.grad = np.ones(p.shape)
+    params[-1].grad = np.ones((7,))  # broadcastable into a (3,) bias? no: a wrong shape
+    before = [p.numpy().copy() for p in params]
+    with pytest.raises(ValueError, match="shape"):
+        opt.step()
+    for p, b in zip(params, before):
+        np.testing.assert_array_equal(p.numpy(), b)
+    assert opt.state == {}

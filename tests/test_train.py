@@ -188,3 +188,24 @@ def test_errors():
 def test_history_last():
     h = History(rows=[{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.0, "acc": 0.5}])
     assert h.last("loss") == 1.0 and h.last("acc") == 0.5 and h.last("missing") is None
+
+
+@pytest.mark.parametrize("clip", [None, 1.0])
+def test_a_nan_loss_leaves_no_nan_gradient_behind(clip):
+    """After fit() raises on a NaN loss, the gradients are cleared: a later fit() does not poison the weights."""
+    model = _model()
+    trainer = _trainer(model, steps=3, scheduler=False)
+    trainer.config.clip_norm = clip
+    calls = {"n": 0}
+
+    def nan_once(model, batch):
+        loss, metrics = _loss_fn(model, batch)
+        calls["n"] += 1
+        return (loss * float("nan") if calls["n"] == 2 else loss), metrics
+
+    trainer.loss_fn = nan_once
+    with pytest.raises(FloatingPointError, match="loss became nan"):
+        trainer.fit()
+    assert all(p.grad is None for p in model.parameters())
+    trainer.fit()  # continues from step 1 with finite losses
+    assert all(np.isfinite(w).all() for w in _weights(model).values())

@@ -18,9 +18,11 @@ class Adam(Optimizer):
     The last line is evaluated as θ ← θ - (lr / (1 - β₁ᵗ)) · m / (√v / √(1 - β₂ᵗ) + ε), PyTorch's order.
     """
 
+    state_keys = frozenset({"step", "exp_avg", "exp_avg_sq"})
+
     def __init__(self, params, lr: float = 1e-3, betas: tuple = (0.9, 0.999), eps: float = 1e-8,
                  weight_decay: float = 0.0):
-        super().__init__(params, dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay))
+        super().__init__(params, dict(lr=lr, betas=tuple(betas) if isinstance(betas, (list, tuple)) else betas, eps=eps, weight_decay=weight_decay))
 
     def decay(self, param, grad, group):
         """Adam's weight decay: λθ added to the gradient."""

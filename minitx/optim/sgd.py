@@ -14,6 +14,8 @@ class SGD(Optimizer):
         θ ← θ - lr·g
     """
 
+    state_keys = frozenset({"momentum_buffer"})
+
     def __init__(self, params, lr: float = 1e-3, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False):
         if nesterov and (momentum <= 0 or dampening != 0):
