@@ -30,6 +30,17 @@ QUICK = os.environ.get("MINITX_QUICK", "0").strip() not in ("", "0", "false", "F
 plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9})
 
 
+def progress(iterable, desc: str = "", total: int | None = None):
+    """``iterable`` wrapped in a tqdm text progress bar (shown under the cell in a notebook, on stderr in a terminal).
+
+    The bar is off in quick mode, where runs are short and their output is read by tests.
+    """
+    if QUICK:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, total=total)
+
+
 def pick(full, quick):
     """``quick`` in quick mode, ``full`` otherwise."""
     return quick if QUICK else full
