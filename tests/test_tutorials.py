@@ -593,3 +593,20 @@ def test_10_checks_reject_wrong_decoding(chapter):
     for impl in (no_cache, stale_cache):
         with pytest.raises(AssertionError):
             ch.check_incremental_decoding(impl)
+
+
+# ---------------------------------------------------------------------------------------- notebooks
+def test_a_chapter_builds_as_an_executed_notebook_with_an_inline_figure(tmp_path):
+    """`./run.sh notebooks` path: chapter 01 (the fastest) becomes an .ipynb whose outputs hold a PNG image."""
+    missing = [m for m in ("jupytext", "nbclient", "ipykernel", "nbformat") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: pip install -e '.[notebooks]' to build notebooks")
+    import nbformat
+
+    proc = subprocess.run([sys.executable, str(TUTORIALS / "_notebooks.py"), "--quick", "--out", str(tmp_path), "01"],
+                          cwd=tmp_path, env=_quick_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "FAILED" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    notebook = nbformat.read(tmp_path / "01_autograd.ipynb", as_version=4)
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the executed notebook shows no figure inline"
+    assert any("[check]" in o.get("text", "") for o in outputs), "the executed notebook ran no check"
