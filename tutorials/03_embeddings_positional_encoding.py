@@ -128,7 +128,9 @@ except AssertionError as err:
 # Each pair of dimensions is a clock hand turning at its own speed: $\omega_0 = 1$ radian per position
 # (period $2\pi \approx 6.3$ positions) down to $\omega_{d/2-1} \approx 10^{-4}$ (period $\approx 6\cdot10^4$).
 # Nearby positions differ in the fast dimensions, distant ones in the slow dimensions too. Nothing is
-# learned, so it works for any length.
+# learned, so the table can be computed for any length; whether a model trained on short sequences
+# *uses* it well on longer ones is another matter (it usually does not: the attention weights were only
+# ever trained on the offsets it saw, and the slow dimensions reach angles it never met).
 #
 # Computing $10000^{-2i/d}$ as $\exp(-2i \ln(10000)/d)$ is the usual way to write it (as in the seed code);
 # we build the table in NumPy, since it is a constant (no gradient flows into it).
@@ -193,12 +195,26 @@ def check_positional_encoding(impl, max_len=64, d_model=16):
 check_positional_encoding(sinusoidal_encoding)
 
 # %% [markdown]
+# The library builds the same table once, in `minitx/nn/layers.py` (`sinusoidal_table`, used by
+# `PositionalEncoding` and every model with sinusoidal positions). The same check, applied to it:
+
+# %%
+from minitx.nn.layers import sinusoidal_table  # noqa: E402
+
+check_positional_encoding(sinusoidal_table)
+C.close("our table vs the library's sinusoidal_table", sinusoidal_encoding(50, 32), sinusoidal_table(50, 32), atol=2e-7)
+
+# %% [markdown]
 # ## 3. Looking at the code
 #
 # Left: the table itself, positions down, dimensions across. The first columns oscillate fast, the last
 # ones barely move. Right: $\mathrm{PE}(p)\cdot\mathrm{PE}(q)$. It is largest on the diagonal
-# ($= d/2$, each pair contributing $\sin^2 + \cos^2 = 1$) and falls off with $|p - q|$ — a built-in
-# notion of "nearby" — and it is constant along every diagonal, because it depends only on $p - q$.
+# ($= d/2$, each pair contributing $\sin^2 + \cos^2 = 1$) and it is constant along every diagonal,
+# because it depends only on $p - q$. Away from the diagonal it drops quickly over the first few
+# offsets, but **not monotonically**: $\sum_i \cos(\omega_i k)$ is a sum of waves, so it ripples, dips
+# below later values and rises again (the second figure). "Nearby" is encoded only roughly, at short
+# range; a model that needs a precise notion of distance has to learn it with its query and key
+# projections.
 
 # %%
 max_len, d_model = C.pick(128, 64), 64

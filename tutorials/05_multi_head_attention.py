@@ -89,9 +89,13 @@ def multi_head_attention(x, p, num_heads, key_padding_mask=None, is_causal=False
 # and the same input:
 #
 # 1. a NumPy loop over the heads that slices $W_i^Q$ etc. out of the big matrices — the definition,
-#    head by head, with no reshapes at all: outputs compared (forward only);
-# 2. `torch.nn.MultiheadAttention` (when PyTorch is installed; its `in_proj_weight` is
-#    $[W^Q; W^K; W^V]$ stacked): outputs and gradients with respect to the input and to every weight.
+#    head by head, with no reshapes at all: outputs compared;
+# 2. the gradients of $L = \sum G \odot \mathrm{MHA}(X)$ (a fixed random $G$) with respect to the input and
+#    to every weight, against **central finite differences of that NumPy loop**,
+#    $\partial L/\partial \theta \approx (L(\theta + \epsilon) - L(\theta - \epsilon))/2\epsilon$ in float64 —
+#    a reference that needs nothing but NumPy;
+# 3. `torch.nn.MultiheadAttention` (when PyTorch is installed; its `in_proj_weight` is
+#    $[W^Q; W^K; W^V]$ stacked): outputs and gradients once more.
 #
 # The batch of two sequences of 5 tokens comes with a fixed padding mask (the last 2 tokens of the first
 # sequence are padding, the second has none), so mask broadcasting over heads is tested too.
@@ -114,6 +118,29 @@ def numpy_heads_loop(x, p, num_heads, key_padding_mask):
     return np.concatenate(heads, axis=-1) @ w["Wo"].T + w["bo"]
 
 
+def numpy_heads_loop_gradients(x, p, num_heads, key_padding_mask, g, eps=1e-6):
+    """Central differences of L = Σ g ⊙ numpy_heads_loop(x, p) for x and every weight (float64)."""
+    w = {k: v.numpy().astype(np.float64) for k, v in p.items()}
+    arrays = {"x": np.array(x, dtype=np.float64), **w}
+
+    def loss():
+        params = {k: mx.tensor(arrays[k]) for k in w}
+        return float((g * numpy_heads_loop(arrays["x"], params, num_heads, key_padding_mask)).sum())
+
+    grads = {}
+    for name, a in arrays.items():
+        grad = np.zeros_like(a)
+        for i in np.ndindex(a.shape):
+            keep = a[i]
+            a[i] = keep + eps
+            up = loss()
+            a[i] = keep - eps
+            grad[i] = (up - loss()) / (2 * eps)
+            a[i] = keep
+        grads[name] = grad
+    return grads
+
+
 def check_multi_head_attention(impl, seed=0):
     """Raise AssertionError unless impl(x, params, num_heads, key_padding_mask) is multi-head self-attention."""
     r = np.random.default_rng(seed)
@@ -127,6 +154,10 @@ def check_multi_head_attention(impl, seed=0):
     out = impl(x, p, h, key_padding_mask=kpm)
     out.backward(g)
     C.close("multi-head attention vs a NumPy loop over heads", out, numpy_heads_loop(xs, p, h, kpm), atol=1e-10)
+    fd = numpy_heads_loop_gradients(xs, p, h, kpm, g)
+    C.close("dL/dX vs finite differences of the NumPy loop", x.grad, fd["x"], atol=1e-6)
+    for n in ("Wq", "bq", "Wk", "bk", "Wv", "bv", "Wo", "bo"):
+        C.close(f"dL/d{n} vs finite differences of the NumPy loop", p[n].grad, fd[n], atol=1e-6)
     if torch is None:
         return
     mha = torch.nn.MultiheadAttention(d_model, h, batch_first=True, dtype=torch.float64)
@@ -150,6 +181,28 @@ def check_multi_head_attention(impl, seed=0):
 
 
 check_multi_head_attention(multi_head_attention)
+
+# %% [markdown]
+# ### The library's layer
+#
+# `minitx.nn.MultiHeadAttention` (in `minitx/nn/attention.py`) is this function as a module: four
+# `Linear(d_model, d_model)` projections `q_proj`, `k_proj`, `v_proj`, `out_proj`, the same split, one
+# call of `F.scaled_dot_product_attention`, the same merge. Put its weights into the dictionary our
+# function reads, and the same check applies to it.
+
+# %%
+from minitx.nn import MultiHeadAttention  # noqa: E402
+
+
+def library_mha(x, p, num_heads, key_padding_mask=None):
+    """The library's MultiHeadAttention holding the weights in ``p`` (the gradients flow back into ``p``)."""
+    layer = MultiHeadAttention(x.shape[-1], num_heads)
+    for name, proj in (("q", layer.q_proj), ("k", layer.k_proj), ("v", layer.v_proj), ("o", layer.out_proj)):
+        proj.weight, proj.bias = p[f"W{name}"], p[f"b{name}"]  # the same Tensor objects, not copies
+    return layer(x, key_padding_mask=key_padding_mask)
+
+
+check_multi_head_attention(library_mha)
 
 # %% [markdown]
 # ## 3. Heads that look for different things

@@ -75,8 +75,17 @@ C.close("FFN is position-wise (batch = one token at a time)", batched, one_by_on
 # inference, and for any batch size.
 #
 # **Backward.** With $g = \gamma \odot \partial L/\partial y$, $x$ reaches $\hat x$ three ways: directly,
-# through $\mu$, and through $\sigma^2$. Using $\partial\mu/\partial x_j = 1/N$ and
-# $\partial\sigma^2/\partial x_j = 2(x_j-\mu)/N$, collecting the three paths gives
+# through $\mu$, and through $\sigma^2$. Step by step, for one token:
+#
+# - $\partial\mu/\partial x_j = 1/N$, so $\partial (x_i - \mu)/\partial x_j = \delta_{ij} - 1/N$;
+# - $\partial\sigma^2/\partial x_j = \frac2N\sum_i (x_i-\mu)(\delta_{ij} - \frac1N) = 2(x_j-\mu)/N$
+#   (the $\frac1N$ term vanishes because $\sum_i (x_i - \mu) = 0$);
+# - $r = (\sigma^2+\varepsilon)^{-1/2}$, so $\partial r/\partial x_j = -\tfrac12 r^3\,\partial\sigma^2/\partial x_j
+#   = -r^3 (x_j-\mu)/N = -r^2\hat x_j/N$;
+# - the product rule on $\hat x_i = (x_i - \mu)\,r$:
+#   $$ \frac{\partial \hat x_i}{\partial x_j} = r\Big(\delta_{ij} - \frac1N\Big) + (x_i-\mu)\Big(-\frac{r^2\hat x_j}{N}\Big)
+#      = \frac{r}{N}\big(N\delta_{ij} - 1 - \hat x_i \hat x_j\big); $$
+# - and $\partial L/\partial x_j = \sum_i g_i\,\partial\hat x_i/\partial x_j$, which sums the three terms:
 #
 # $$ \frac{\partial L}{\partial x} = \frac{r}{N}\Big(N g - \sum_i g_i - \hat x \sum_i g_i \hat x_i\Big),
 #    \qquad \frac{\partial L}{\partial\gamma} = \sum_\text{tokens} \frac{\partial L}{\partial y}\odot\hat x,
@@ -136,20 +145,44 @@ def check_layer_norm(impl, seed=0):
 check_layer_norm(layer_norm)
 
 # %% [markdown]
+# The Jacobian itself, $\partial\hat x_i/\partial x_j = \frac rN(N\delta_{ij} - 1 - \hat x_i\hat x_j)$, against
+# central differences for one token of $N = 7$ features:
+
+# %%
+def normalise(v, eps=1e-5):
+    return (v - v.mean()) / np.sqrt(v.var() + eps)
+
+
+x_tok = rng.normal(1.0, 2.0, size=7)
+n_feat = x_tok.size
+r_tok = 1 / np.sqrt(x_tok.var() + 1e-5)
+xhat_tok = normalise(x_tok)
+jacobian_formula = r_tok / n_feat * (n_feat * np.eye(n_feat) - 1 - np.outer(xhat_tok, xhat_tok))
+step = 1e-6
+jacobian_fd = np.stack([(normalise(x_tok + step * e) - normalise(x_tok - step * e)) / (2 * step)
+                        for e in np.eye(n_feat)], axis=1)  # column j: ∂x̂/∂x_j
+C.close("∂x̂_i/∂x_j = (r/N)(Nδ_ij − 1 − x̂_i x̂_j) vs central differences", jacobian_formula, jacobian_fd, atol=1e-8)
+
+# %% [markdown]
 # ## 3. Why residual connections?
 #
-# Backpropagation through a stack of $L$ layers multiplies $L$ Jacobians. If each shrinks vectors a
+# Backpropagation through a stack of $n$ layers multiplies $n$ Jacobians ($n$ for the depth here: $L$ is
+# the loss). If each shrinks vectors a
 # little, the gradient at the bottom vanishes exponentially with depth. A residual layer computes
 # $x + f(x)$, whose Jacobian is $I + \partial f/\partial x$: the identity gives the gradient a path to the
 # bottom that no layer can block.
 #
-# The experiment: stacks of $L$ random sub-layers $f(x) = \tanh(xW)$ with $W_{ij}\sim\mathcal N(0, 0.6^2/d)$
+# The experiment: stacks of $n$ random sub-layers $f(x) = \tanh(xW)$ with $W_{ij}\sim\mathcal N(0, 0.6^2/d)$
 # (a gain below one, as happens easily at initialisation), wired three ways:
 #
 # - plain, $x \mapsto f(x)$: every layer's Jacobian shrinks vectors by about $0.6$, so the gradient at the
-#   input decays like $0.6^L$;
-# - residual, $x \mapsto x + f(x)$: the identity path carries the gradient down undiminished (it even
-#   grows slowly, as the residual stream itself grows);
+#   input decays like $0.6^n$;
+# - residual, $x \mapsto x + f(x)$: the identity path carries the gradient down undiminished, and it even
+#   grows slowly. Not because the stream grows, but because each layer sends the gradient $g$ back
+#   through $(I + J)^\top$ with $J = \partial f/\partial x$ random and small: on average
+#   $\lVert (I + J)^\top g\rVert^2 = \lVert g\rVert^2 + 2\,g^\top J g + \lVert J^\top g\rVert^2$, the middle
+#   term averages out and the last one is positive, so $\lVert I + J\rVert > 1$ in the directions the
+#   gradient takes and the norm grows by a factor a little above one per layer;
 # - residual with post-norm, $x\mapsto\mathrm{LN}(x + f(x))$, the encoder layer's wiring: LayerNorm keeps the
 #   stream at unit scale, and the gradient stays flat.
 #
@@ -169,9 +202,9 @@ def input_gradient_norm(depth, wiring, d=64, seed=0):
 
 depths = [1, 2, 4, 8, 16, 32, 48] if not C.QUICK else [1, 2, 4, 8, 16, 32]
 wirings = ("plain", "residual", "residual + LayerNorm")
-norms = {w: [input_gradient_norm(L, w) for L in depths] for w in wirings}
+norms = {w: [input_gradient_norm(n, w) for n in depths] for w in wirings}
 for w, values in norms.items():
-    print(f"{w:21s}", " ".join(f"L={L}: {v:.1e}" for L, v in zip(depths, values)))
+    print(f"{w:21s}", " ".join(f"n={n}: {v:.1e}" for n, v in zip(depths, values)))
 assert norms["plain"][-1] < 1e-3 * norms["plain"][0], "without residuals the gradient should vanish"
 for w in wirings[1:]:
     assert norms[w][-1] > 0.5 * norms[w][0], f"with {w} the gradient should survive"
@@ -180,7 +213,7 @@ fig, ax = C.plt.subplots(figsize=(7, 4))
 labels = {"plain": "x ↦ tanh(xW)", "residual": "x ↦ x + tanh(xW)", "residual + LayerNorm": "x ↦ LN(x + tanh(xW))"}
 for w, values in norms.items():
     ax.semilogy(depths, values, "o-", label=labels[w])
-ax.set(xlabel="number of layers L", ylabel="‖∂L/∂x‖ at the input", title="gradient reaching the bottom of a deep stack")
+ax.set(xlabel="number of layers n", ylabel="‖∂L/∂x‖ at the input (L: the loss)", title="gradient reaching the bottom of a deep stack")
 ax.legend()
 C.save(fig, CHAPTER, "residual_gradients")
 
@@ -192,9 +225,10 @@ C.save(fig, CHAPTER, "residual_gradients")
 # $$ h = \mathrm{LN}_1(x + \mathrm{MHA}(x)), \qquad y = \mathrm{LN}_2(h + \mathrm{FFN}(h)). $$
 #
 # Shapes stay $(B, T, d_\text{model})$ throughout, which is what lets layers stack (chapter 07). The
-# multi-head attention is chapter 05's, written compactly. `check_encoder_layer(impl)` copies one set of
-# weights into `torch.nn.TransformerEncoderLayer` and compares outputs and input gradients, with a padding
-# mask. (`norm_first=True` would give the *pre-norm* variant $x + \mathrm{MHA}(\mathrm{LN}(x))$ used by GPT-2;
+# multi-head attention is chapter 05's, written compactly. `check_encoder_layer(impl)` runs the layer on a
+# batch with a padding mask and compares its output with the same equations written in plain NumPy, its
+# gradients (input and $W_1$) with central finite differences of that NumPy function, and, when PyTorch
+# is installed, copies the weights into `torch.nn.TransformerEncoderLayer` and compares once more. (`norm_first=True` would give the *pre-norm* variant $x + \mathrm{MHA}(\mathrm{LN}(x))$ used by GPT-2;
 # the check rejects it, since it is a different function.)
 
 # %%
@@ -226,6 +260,37 @@ def encoder_layer(x, p, num_heads, key_padding_mask=None):
     return layer_norm(h + feed_forward(h, p["W1"], p["b1"], p["W2"], p["b2"]), p["gamma2"], p["beta2"])
 
 
+def numpy_encoder_layer(x, w, num_heads, key_padding_mask):
+    """The post-norm layer in float64 NumPy, from the equations alone; w: name -> ndarray."""
+    def ln(v, gamma, beta, eps=1e-5):
+        return (v - v.mean(-1, keepdims=True)) / np.sqrt(v.var(-1, keepdims=True) + eps) * gamma + beta
+
+    d_h = x.shape[-1] // num_heads
+    heads = []
+    for i in range(num_heads):
+        rows = slice(i * d_h, (i + 1) * d_h)
+        q, k, v = (x @ w[f"W{n}"][rows].T + w[f"b{n}"][rows] for n in "qkv")
+        s = np.where(key_padding_mask[:, None, :], -np.inf, q @ np.swapaxes(k, -1, -2) / np.sqrt(d_h))
+        a = np.exp(s - s.max(-1, keepdims=True))
+        heads.append(a / a.sum(-1, keepdims=True) @ v)
+    h = ln(x + np.concatenate(heads, -1) @ w["Wo"].T + w["bo"], w["gamma1"], w["beta1"])
+    ffn_out = np.maximum(h @ w["W1"].T + w["b1"], 0) @ w["W2"].T + w["b2"]
+    return ln(h + ffn_out, w["gamma2"], w["beta2"])
+
+
+def finite_difference(f, a, eps=1e-6):
+    """Central differences of the scalar f() with respect to every entry of the array a (changed in place)."""
+    grad = np.zeros_like(a)
+    for i in np.ndindex(a.shape):
+        keep = a[i]
+        a[i] = keep + eps
+        up = f()
+        a[i] = keep - eps
+        grad[i] = (up - f()) / (2 * eps)
+        a[i] = keep
+    return grad
+
+
 def check_encoder_layer(impl, seed=0):
     """Raise AssertionError unless impl(x, params, num_heads, key_padding_mask) is a post-norm encoder layer."""
     r = np.random.default_rng(seed)
@@ -237,8 +302,13 @@ def check_encoder_layer(impl, seed=0):
     x = mx.tensor(xs, requires_grad=True)
     y = impl(x, p, h, key_padding_mask=kpm)
     y.backward(g)
-    if torch is None:  # no PyTorch: compare with the composition written above
-        C.close("encoder layer vs the reference composition", y, encoder_layer(mx.tensor(xs), p, h, kpm), atol=1e-10)
+    w = {k: v.numpy().copy() for k, v in p.items()}
+    x_np = xs.copy()
+    C.close("encoder layer vs the NumPy equations", y, numpy_encoder_layer(x_np, w, h, kpm), atol=1e-10)
+    loss = lambda: float((g * numpy_encoder_layer(x_np, w, h, kpm)).sum())  # noqa: E731
+    C.close("encoder layer dL/dx vs finite differences", x.grad, finite_difference(loss, x_np), atol=1e-6)
+    C.close("encoder layer dL/dW1 vs finite differences", p["W1"].grad, finite_difference(loss, w["W1"]), atol=1e-6)
+    if torch is None:
         return
     layer = torch.nn.TransformerEncoderLayer(d, h, dim_feedforward=d_ff, dropout=0.0, batch_first=True, dtype=torch.float64)
     w = {k: torch.tensor(v.numpy()) for k, v in p.items()}
@@ -265,6 +335,32 @@ def check_encoder_layer(impl, seed=0):
 
 
 check_encoder_layer(encoder_layer)
+
+# %% [markdown]
+# ### The library's layer
+#
+# `minitx.nn.TransformerEncoderLayer` (in `minitx/nn/transformer.py`) is this composition as a module:
+# `self_attn` (chapter 05's `MultiHeadAttention`), `ff.linear1`/`ff.linear2`, `norm1`, `norm2`, plus dropout
+# on the two residual branches (off here). Hand it our weights and the same check applies.
+
+# %%
+from minitx.nn import TransformerEncoderLayer  # noqa: E402
+
+
+def library_encoder_layer(x, p, num_heads, key_padding_mask=None):
+    """The library's post-norm layer holding the tensors of ``p`` (gradients flow back into ``p``)."""
+    layer = TransformerEncoderLayer(x.shape[-1], num_heads, p["W1"].shape[0], dropout=0.0)
+    a = layer.self_attn
+    for name, proj in (("q", a.q_proj), ("k", a.k_proj), ("v", a.v_proj), ("o", a.out_proj)):
+        proj.weight, proj.bias = p[f"W{name}"], p[f"b{name}"]
+    layer.ff.linear1.weight, layer.ff.linear1.bias = p["W1"], p["b1"]
+    layer.ff.linear2.weight, layer.ff.linear2.bias = p["W2"], p["b2"]
+    layer.norm1.weight, layer.norm1.bias = p["gamma1"], p["beta1"]
+    layer.norm2.weight, layer.norm2.bias = p["gamma2"], p["beta2"]
+    return layer(x, key_padding_mask=key_padding_mask)
+
+
+check_encoder_layer(library_encoder_layer)
 
 # %% [markdown]
 # ## 5. What LayerNorm does to the activations

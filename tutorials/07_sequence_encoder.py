@@ -232,6 +232,44 @@ ax.legend()
 C.save(fig, CHAPTER, "padding_effect")
 
 # %% [markdown]
+# ### The seed's other bug: it is sequence-first
+#
+# The seed builds `nn.TransformerEncoderLayer(d_model, nhead, ...)` without `batch_first=True`, so PyTorch
+# reads its input as $(T, B, D)$: **sequence first**. Its `PositionalEncoding` agrees (`pe` has shape
+# `(max_len, 1, D)` and adds `pe[:x.size(0)]`, one row per entry of axis 0). But `nn.Embedding` of a batch
+# of token ids laid out the usual way, $(B, T)$, gives $(B, T, D)$, and then every piece reads the wrong
+# axis:
+#
+# - the positional encoding is added **by batch index**: example $b$ gets $\mathrm{PE}(b)$ at all its
+#   positions, and positions inside a sentence get none;
+# - attention runs **across examples**: position $t$ of example 0 attends to position $t$ of examples
+#   $1, 2, \dots$ — a sentence's output depends on the other sentences in its batch;
+# - the seed's `TaskAdapter` then pools with `encoded.mean(dim=1)`: with $(T, B, \cdot)$ data, dim 1 is the
+#   **batch**, so it averages over the examples (and with $(B, T, \cdot)$ data it averages over positions
+#   padding included — section 3 of chapter 09).
+#
+# And `TaskAdapter` pools `self.encoder(...)`, which returns `output_projection(...)`: **vocabulary
+# logits** $(\cdot, \cdot, V)$, not the $D$-dimensional hidden states its `nn.Linear(in_features=D)`
+# classifier expects (it also passes an `attention_mask` that the seed's `forward(source)` does not accept).
+# The library's `SequenceEncoder` is batch-first, takes the mask, and exposes the hidden states as
+# `encode(ids, mask)`; `TaskAdapter` pools those.
+#
+# We can reproduce the sequence-first mix-up with the library's model: hand it the batch transposed,
+# $(T, B)$, which is what the seed's layers see. Change example 1 only, and example 0's outputs move:
+
+# %%
+with mx.no_grad():
+    r = np.random.default_rng(4)
+    batch = r.integers(1, V, size=(3, 6))  # (B, T)
+    changed = batch.copy()
+    changed[1] = r.integers(1, V, size=6)  # a different sentence in slot 1
+    seq_first = lambda ids: model(ids.T).numpy().transpose(1, 0, 2)  # noqa: E731  the seed's reading: (T, B)
+    leak = np.abs(seq_first(changed)[0] - seq_first(batch)[0]).max()
+    right = np.abs(model(changed).numpy()[0] - model(batch).numpy()[0]).max()
+print(f"example 0's logits move by {leak:.2f} when example 1 changes (sequence-first), {right:.1e} (batch-first)")
+assert leak > 0.1 and right < 1e-6, "sequence-first attention mixes the examples of a batch; batch-first does not"
+
+# %% [markdown]
 # ## 4. Training: sorting digits
 #
 # A task an encoder can learn in seconds, and one where every output needs the whole input: the

@@ -171,8 +171,11 @@ C.close("merging two halves gives the whole row's log-sum-exp", m_merged + math.
         reference.logsumexp(row[None])[0], atol=1e-12)
 
 # %% [markdown]
-# Here is the online update at work on one row. The running maximum jumps when a larger element arrives;
-# at each jump the running sum drops (it is rescaled to the new maximum) and then grows again. The line
+# Here is the online update at work on one row. The running maximum jumps when a larger element $v$
+# arrives; the sum is then rescaled to the new maximum and the new element adds $e^{v - v} = 1$:
+# $z' = z\,e^{m - v} + 1$. So a jump makes the sum *drop* only when $z\,(1 - e^{-(v - m)}) > 1$ — a large
+# enough sum and a large enough jump; a small jump, or a jump while $z$ is still small, leaves it rising
+# (the figure shows both). The line
 # $m_j + \log z_j$ is the running log-sum-exp: it only increases and ends at the exact value.
 
 # %%
@@ -216,11 +219,10 @@ C.save(fig, CHAPTER, "online_softmax_trace")
 # passes and temporaries, which matters most when the data is much larger than the caches and on GPUs.
 # Against it: NumPy's `exp` runs on hand-vectorised (SIMD) library code, while a scalar `np.exp` inside a
 # Numba loop is one call of a scalar library function per element, and `prange` has a start-up cost per
-# call. On the two-core machine this chapter was last run on, NumPy beat our fused kernel on rows of 1024
-# and more (it ran at 0.8x NumPy's speed) and lost on short rows (1.6x at 64); the library's
-# `kernels.cpu.softmax`, whose `exp` is a polynomial the compiler *can* vectorise (`exp32` in
-# `kernels/cpu/_common.py`), beat NumPy at every length (1.3-1.6x), and PyTorch's vectorised C++ kernel was
-# fastest of all (3-4x NumPy). Your machine may differ. The online kernel is the slowest on
+# call. The library's `kernels.cpu.softmax` computes `exp` with a polynomial the compiler *can* vectorise
+# (`exp32` in `kernels/cpu/_common.py`); PyTorch's C++ kernel is vectorised by hand. Which one wins at which row
+# length depends on the machine, its caches and how busy it is: read the ratios your run prints and the
+# chart below, and `benchmarks/RESULTS.md` for measured numbers with the machine named. The online kernel is the slowest on
 # a CPU whatever the machine: it computes every exponential twice (once for the statistics, once for the
 # output) and its branch blocks vectorisation. Its single pass pays off where the row is *not* kept — in
 # flash attention, where the "row" is a row of scores that is never written to memory at all.
@@ -449,7 +451,11 @@ check_matmul_kernel(run_matmul_tiled)
 a_demo, b_demo = np.ones((10, 7)), np.ones((7, 9))
 _, owner = run_matmul_tiled(a_demo, b_demo, return_owner=True)
 fig, ax = C.plt.subplots(figsize=(6, 5))
-C.heatmap(fig, ax, owner, "block id = blockIdx.y · gridDim.x + blockIdx.x", cmap="tab20", aspect="equal")
+n_blocks = int(owner.max()) + 1
+image = ax.imshow(owner, cmap=C.plt.get_cmap("tab10", n_blocks), vmin=-0.5, vmax=n_blocks - 0.5,
+                  interpolation="nearest", aspect="equal")
+fig.colorbar(image, ax=ax, ticks=range(n_blocks), label="block id = blockIdx.y · gridDim.x + blockIdx.x")
+ax.grid(False)
 for by in range(3):
     for bx in range(3):
         cx, cy = min(bx * TILE + 1.5, 8), min(by * TILE + 1.5, 9)

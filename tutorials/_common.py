@@ -5,8 +5,10 @@
   size accordingly.
 - ``output_dir(chapter)``: where a chapter writes its figures: ``$MINITX_TUTORIAL_OUT/<chapter>`` when the
   variable is set, else ``./tutorial_outputs/<chapter>`` under the current working directory.
-- ``plt`` (matplotlib with the non-interactive Agg backend), ``save(fig, chapter, name)`` and
-  ``heatmap(fig, ax, data, colorbar_label)``.
+- ``plt`` (matplotlib: the non-interactive Agg backend in a script or a test, the notebook's own inline
+  backend in Jupyter), ``save(fig, chapter, name)`` (writes the PNG, and shows the figure in a notebook)
+  and ``heatmap(fig, ax, data, colorbar_label)``.
+- ``progress(iterable, desc)``: a tqdm progress bar for long training loops (off in quick mode).
 - ``close(name, got, want, atol, rtol)``: compare two arrays and raise ``AssertionError`` with the worst
   element when they differ; the chapters' checks are built from it.
 - ``torch_or_none()``: PyTorch if it can be imported (it is an optional, test-only reference), else None.
@@ -19,15 +21,36 @@ import os
 import time
 from pathlib import Path
 
+import sys
+
 import matplotlib
 
-matplotlib.use("Agg")  # draw into files; no window, no display needed
+
+def in_notebook() -> bool:
+    """True inside a Jupyter kernel (figures are then shown inline as well as saved)."""
+    shell = sys.modules.get("IPython") and sys.modules["IPython"].get_ipython()
+    return bool(shell) and shell.__class__.__name__ == "ZMQInteractiveShell"
+
+
+if not in_notebook():
+    matplotlib.use("Agg")  # a script or a test: draw into files, no window, no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 QUICK = os.environ.get("MINITX_QUICK", "0").strip() not in ("", "0", "false", "False")
 
 plt.rcParams.update({"figure.dpi": 110, "axes.grid": True, "grid.alpha": 0.3, "font.size": 9})
+
+
+def progress(iterable, desc: str = "", total: int | None = None):
+    """``iterable`` wrapped in a tqdm text progress bar (shown under the cell in a notebook, on stderr in a terminal).
+
+    The bar is off in quick mode, where runs are short and their output is read by tests.
+    """
+    if QUICK:
+        return iterable
+    from tqdm import tqdm
+    return tqdm(iterable, desc=desc, total=total)
 
 
 def pick(full, quick):
@@ -47,6 +70,9 @@ def save(fig, chapter: str, name: str) -> Path:
     path = output_dir(chapter) / f"{name}.png"
     fig.tight_layout()
     fig.savefig(path)
+    if in_notebook():  # show it under the cell, then close it so it is not drawn twice
+        from IPython.display import display
+        display(fig)
     plt.close(fig)
     print(f"[figure] {path}")
     return path
