@@ -51,6 +51,38 @@ def test_gradcheck_linear_layer_norm_and_feed_forward():
         check_module(layer, layer, [x])
 
 
+def test_gradcheck_modern_layers_rms_norm_gated_feed_forward_and_rotary():
+    x = randn(2, 3, 4, requires_grad=True)
+    for layer in (nn.RMSNorm(4), nn.RMSNorm((3, 4), eps=0.1), nn.GatedFeedForward(4, 6),
+                  nn.GatedFeedForward(4, 6, activation="gelu", bias=True), nn.FeedForward(4, 6, bias=False)):
+        check_module(layer, layer, [x])
+    for interleaved in (False, True):
+        rope = nn.RotaryEmbedding(4, base=100.0, interleaved=interleaved)
+        gradcheck(lambda h: rope(h, 5), [x])
+
+
+def llama_style_block(num_kv_heads=2) -> nn.DecoderBlock:
+    return nn.DecoderBlock(8, 4, 12, num_kv_heads=num_kv_heads, norm=nn.RMSNorm, bias=False,
+                           rotary=nn.RotaryEmbedding(2, base=100000.0), activation="silu", gated=True)
+
+
+def test_gradcheck_grouped_query_attention_with_rotary_and_a_kv_cache():
+    """The gradient reaches this step's inputs, the weights AND the cached keys/values (B, H_kv, T_past, d_k)."""
+    mha = nn.MultiHeadAttention(8, 4, num_kv_heads=2, rotary=nn.RotaryEmbedding(2, base=10.0))
+    x = randn(2, 2, 8, requires_grad=True)
+    past = (randn(2, 2, 3, 2, seed=1, requires_grad=True), randn(2, 2, 3, 2, seed=2, requires_grad=True))
+    check_module(mha, lambda h, pk, pv: mha(h, is_causal=True, past_kv=(pk, pv)), [x, *past])
+
+
+def test_gradcheck_llama_style_blocks_directional():
+    x = randn(2, 5, 8, requires_grad=True)
+    block = llama_style_block()
+    check_module(block, block, [x], mode="directional")
+    layer = nn.TransformerEncoderLayer(8, 4, 12, dropout=0.0, norm_first=True, norm=nn.RMSNorm, num_kv_heads=1,
+                                       rotary=nn.RotaryEmbedding(2), activation="silu", gated=True, bias=False)
+    check_module(layer, lambda h: layer(h, key_padding_mask=padding(2, 5)), [x], mode="directional")
+
+
 def test_gradcheck_embeddings_and_positional_encodings():
     ids = np.array([[1, 0, 3], [2, 2, 0]])
     embedding = nn.Embedding(4, 5)
@@ -149,6 +181,33 @@ def test_kv_cache_decoding_equals_the_full_causal_forward():
         steps.append(out.numpy())
     assert present[0].shape == (2, 2, 6, 4)
     np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("num_kv_heads", [1, 2, 4])
+def test_llama_style_kv_cache_decoding_equals_the_full_causal_forward(num_kv_heads):
+    """Rotary positions continue after the cache; the cache holds num_kv_heads heads, not num_heads."""
+    block = llama_style_block(num_kv_heads).double()
+    x = randn(2, 6, 8)
+    full = block(x).numpy()
+    out, present = block(x[:, :3], use_cache=True)
+    steps = [out.numpy()]
+    for t in range(3, 6):
+        out, present = block(x[:, t:t + 1], past_kv=present, use_cache=True)
+        steps.append(out.numpy())
+    assert present[0].shape == present[1].shape == (2, num_kv_heads, 6, 2)
+    np.testing.assert_allclose(np.concatenate(steps, axis=1), full, rtol=1e-12, atol=1e-12)
+
+
+def test_default_blocks_keep_their_parameter_names():
+    """GPT, BERT and the Hugging Face loaders rely on these state_dict keys."""
+    assert list(nn.DecoderBlock(8, 2).state_dict()) == [
+        "ln_1.weight", "ln_1.bias", "attn.q_proj.weight", "attn.q_proj.bias", "attn.k_proj.weight",
+        "attn.k_proj.bias", "attn.v_proj.weight", "attn.v_proj.bias", "attn.out_proj.weight", "attn.out_proj.bias",
+        "ln_2.weight", "ln_2.bias", "mlp.linear1.weight", "mlp.linear1.bias", "mlp.linear2.weight", "mlp.linear2.bias"]
+    assert sorted(nn.TransformerEncoderLayer(8, 2, 16).state_dict()) == sorted(
+        [f"self_attn.{p}_proj.{w}" for p in "qkv" for w in ("weight", "bias")]
+        + ["self_attn.out_proj.weight", "self_attn.out_proj.bias", "ff.linear1.weight", "ff.linear1.bias",
+           "ff.linear2.weight", "ff.linear2.bias", "norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias"])
 
 
 def test_cross_attention_uses_the_memory_length():
