@@ -43,7 +43,7 @@ def rotary_frequencies(head_dim: int, base: float = 10000.0) -> np.ndarray:
 
 
 def rotary_cos_sin(positions, head_dim: int, base: float = 10000.0) -> tuple[np.ndarray, np.ndarray]:
-    """cos θ and sin θ of the angles θ_{m,i} = m·ω_i for the given positions m (T,): two (T, d/2) float64 arrays."""
+    """cos θ and sin θ of the angles θ_{m,i} = m·ω_i at the positions m (T,): two (T, d/2) float64 arrays."""
     angle = np.asarray(positions, dtype=np.float64)[:, None] * rotary_frequencies(head_dim, base)  # (T, d/2)
     return np.cos(angle), np.sin(angle)
 
