@@ -281,7 +281,7 @@ def normalize(x: Tensor, p: float = 2.0, axis: int = -1, eps: float = 1e-12) -> 
     """x / max(‖x‖_p, eps) along ``axis``: unit vectors (p = 2, the default: L2 normalisation).
 
     The LAST axis by default, as the rest of minitx; PyTorch's ``normalize`` defaults to dim=1 (the same axis
-    for (N, C) input).
+    for (N, C) input). :mod:`minitx.embed` uses it to make sentence vectors of length one.
     """
     return ops.Normalize.apply(x, p=p, axis=axis, eps=eps)
 
@@ -301,7 +301,8 @@ def cross_entropy(logits: Tensor, target, ignore_index: int = IGNORE_INDEX, labe
 
     Classes are on the LAST axis (so (B, T, V) language-model logits go in as they are, with (B, T)
     targets); PyTorch puts them on axis 1. Targets equal to ``ignore_index`` (:data:`IGNORE_INDEX`, -100,
-    PyTorch's value) are skipped; "mean" divides by the number of the others (NaN when there are none).
+    PyTorch's value) are skipped; "mean" divides by the number of the others (NaN when there are none, with a
+    zero gradient, as in PyTorch).
     """
     target = _class_targets("cross_entropy", logits, target, reduction)
     return ops.CrossEntropy.apply(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing,
@@ -502,9 +503,3 @@ def mean_pool(hidden: Tensor, attention_mask) -> Tensor:
     mask = xp.asarray(mask).astype(hidden.dtype)[:, :, None]  # (B, T, 1)
     counts = xp.maximum(mask.sum(axis=1), 1)  # (B, 1)
     return (hidden * Tensor(mask)).sum(axis=1) / Tensor(counts)  # (B, D)
-
-
-def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """e = x / max(‖x‖₂, ε) along the last axis: x (…, D) -> (…, D), each row of length one (or zero)."""
-    norm = (x * x).sum(axis=-1, keepdims=True).sqrt()  # (…, 1)
-    return x / norm.masked_fill(norm.data < eps, eps)
