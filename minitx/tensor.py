@@ -477,6 +477,8 @@ class Tensor:
         if self.ndim == 0:
             return self.reshape(1)
         start, end = start % self.ndim, end % self.ndim
+        if start > end:
+            raise ValueError(f"flatten(): start axis {start} comes after end axis {end} (shape {self.shape})")
         return self.reshape(*self.shape[:start], -1, *self.shape[end + 1:])
 
     def expand(self, *shape):
@@ -507,7 +509,7 @@ class Tensor:
         """Drop the size-1 axis ``axis`` (an int or a tuple), or every size-1 axis when ``axis`` is None."""
         if axis is None:
             return self.reshape(*(n for n in self.shape if n != 1))
-        axes = (axis,) if isinstance(axis, int) else tuple(axis)
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
         for a in axes:
             if self.shape[a] != 1:
                 raise ValueError(f"squeeze(): axis {a} has size {self.shape[a]}, not 1 (shape {self.shape})")

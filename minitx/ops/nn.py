@@ -327,6 +327,8 @@ class Normalize(Function):
     """
 
     def forward(self, x, p: float = 2.0, axis: int = -1, eps: float = 1e-12):
+        if not 0 < p < float("inf"):
+            raise ValueError(f"normalize: p must be a positive finite number, got {p}")
         xp = get_array_module(x)
         x = as_float(x)
         self.x, self.p, self.axis = x, x.dtype.type(p), axis

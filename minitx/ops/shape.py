@@ -100,9 +100,9 @@ class Gather(Function):
         if any(n > x.shape[a] for a, n in enumerate(index.shape) if a != axis):
             raise ValueError(f"gather: index shape {tuple(index.shape)} may exceed the input's shape "
                              f"{tuple(x.shape)} only on axis {axis}")
-        if index.size and (int(index.min()) < -x.shape[axis] or int(index.max()) >= x.shape[axis]):
-            raise IndexError(f"gather: index values must lie in [{-x.shape[axis]}, {x.shape[axis]}) for axis "
-                             f"{axis} of shape {tuple(x.shape)}, got [{int(index.min())}, {int(index.max())}]")
+        if index.size and (int(index.min()) < 0 or int(index.max()) >= x.shape[axis]):  # no negatives, as torch
+            raise IndexError(f"gather: index values must lie in [0, {x.shape[axis]}) for axis {axis} of shape "
+                             f"{tuple(x.shape)}, got values in [{int(index.min())}, {int(index.max())}]")
         # one integer array per axis, broadcasting to index's shape: the index itself on ``axis``, and on every
         # other axis a's own coordinate (an arange along a, size 1 elsewhere)
         self.positions = tuple(index if a == axis else xp.arange(n).reshape([-1 if b == a else 1 for b in range(x.ndim)])
