@@ -6,7 +6,7 @@ A BERT encoder gives one hidden state h_t per token; the sentence vector is thei
     u = Σ_t m_t h_t / Σ_t m_t,        e = u / max(‖u‖₂, ε)
 
 Since every e has length one, the cosine similarity of two texts is the plain dot product e·e'. Both steps
-are :func:`minitx.functional.mean_pool` and :func:`minitx.functional.l2_normalize`.
+are :func:`minitx.functional.mean_pool` and :func:`minitx.functional.normalize`.
 
 ``minitx embed`` (see :func:`embed_main`) prints the cosine-similarity matrix of a few texts or writes the
 embeddings to a ``.npy`` file.
@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from .functional import l2_normalize, mean_pool
+from .functional import mean_pool, normalize
 from .tensor import no_grad
 
 
@@ -43,7 +43,7 @@ def embed(texts: Sequence[str], model, tokenizer, batch_size: int = 32, max_leng
             rows = order[start:start + batch_size]
             batch = tokenizer.encode_batch([texts[i] for i in rows], max_length=max_length)
             hidden = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (B, T, D)
-            vectors = l2_normalize(mean_pool(hidden, batch["attention_mask"])).numpy()  # (B, D)
+            vectors = normalize(mean_pool(hidden, batch["attention_mask"])).numpy()  # (B, D)
             if out is None:
                 out = np.empty((len(texts), vectors.shape[1]), dtype=vectors.dtype)
             out[rows] = vectors

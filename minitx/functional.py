@@ -68,6 +68,19 @@ def sqrt(x):
     return ops.Sqrt.apply(x)
 
 
+def rsqrt(x):
+    """1/√x."""
+    return ops.Rsqrt.apply(x)
+
+
+def sin(x):
+    return ops.Sin.apply(x)
+
+
+def cos(x):
+    return ops.Cos.apply(x)
+
+
 def tanh(x):
     return ops.Tanh.apply(x)
 
@@ -83,6 +96,31 @@ def silu(x):
 
 def relu(x):
     return ops.ReLU.apply(x)
+
+
+def leaky_relu(x, negative_slope: float = 0.01):
+    """x where x > 0, else negative_slope·x."""
+    return ops.LeakyReLU.apply(x, negative_slope=negative_slope)
+
+
+def softplus(x, beta: float = 1.0, threshold: float = 20.0):
+    """(1/β)·ln(1 + e^(βx)), a smooth ReLU; x itself where βx > threshold (as in PyTorch)."""
+    return ops.Softplus.apply(x, beta=beta, threshold=threshold)
+
+
+def maximum(a, b):
+    """max(a, b) elementwise, with broadcasting (ties split the gradient in half, as in PyTorch)."""
+    return ops.Maximum.apply(a, b)
+
+
+def minimum(a, b):
+    """min(a, b) elementwise, with broadcasting (ties split the gradient in half, as in PyTorch)."""
+    return ops.Minimum.apply(a, b)
+
+
+def clamp(x, min=None, max=None):  # noqa: A002 - PyTorch's names
+    """Each element clipped to [min, max] (either bound may be None)."""
+    return ops.Clamp.apply(x, low=min, high=max)
 
 
 def gelu(x, approximate: str = "none"):
@@ -127,12 +165,32 @@ def split(x: Tensor, size_or_sections, axis: int = 0) -> list[Tensor]:
     return pieces
 
 
+def chunk(x: Tensor, chunks: int, axis: int = 0) -> list[Tensor]:
+    """``chunks`` pieces of ⌈n / chunks⌉ along ``axis``, the last one shorter (as ``torch.chunk``)."""
+    return x.chunk(chunks, axis)
+
+
 def where(cond, a, b):
     return ops.Where.apply(cond, a, b)
 
 
 def masked_fill(x, mask, value: float):
     return ops.MaskedFill.apply(x, mask, value=value)
+
+
+def tril(x, diagonal: int = 0):
+    """The lower triangle of the last two axes (j - i ≤ diagonal), zeros above."""
+    return ops.Triangle.apply(x, diagonal=diagonal, upper=False)
+
+
+def triu(x, diagonal: int = 0):
+    """The upper triangle of the last two axes (j - i ≥ diagonal), zeros below."""
+    return ops.Triangle.apply(x, diagonal=diagonal, upper=True)
+
+
+def gather(x, axis: int, index):
+    """``torch.gather``: out[i, j, …] = x[…, index[i, j, …], …], the index taking the place of axis ``axis``."""
+    return ops.Gather.apply(x, index, axis=axis)
 
 
 # ---------------------------------------------------------------------------------------- neural network
@@ -144,6 +202,11 @@ def softmax(x, axis: int = -1):
 
 def log_softmax(x, axis: int = -1):
     return ops.LogSoftmax.apply(x, axis=axis)
+
+
+def logsumexp(x, axis, keepdims: bool = False):
+    """log Σ exp(x) over ``axis``, computed without overflow."""
+    return ops.LogSumExp.apply(x, axis=axis, keepdims=keepdims)
 
 
 def linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
@@ -160,6 +223,24 @@ def embedding(ids, weight: Tensor, padding_idx: int | None = None) -> Tensor:
     The row ``padding_idx`` (if given) is read as usual but receives no gradient.
     """
     return ops.Embedding.apply(weight, ids, padding_idx=padding_idx)
+
+
+def one_hot(ids, num_classes: int = -1) -> Tensor:
+    """Integer ``ids`` (…) -> (…, num_classes) int64, 1 at each id and 0 elsewhere (as ``torch.nn.functional.one_hot``).
+
+    ``num_classes=-1`` takes max(ids) + 1. Integers in, integers out: the result has no gradient (to learn
+    from a class index, use :func:`embedding`, which is a one-hot row times a matrix without building it).
+    """
+    ids = ids if isinstance(ids, Tensor) else Tensor(ids)
+    if ids.dtype.kind not in "iu":
+        raise TypeError(f"one_hot: ids must be an integer tensor, got dtype {ids.dtype} (shape {ids.shape})")
+    low = int(ids.data.min()) if ids.size else 0
+    high = int(ids.data.max()) if ids.size else -1
+    num_classes = high + 1 if num_classes == -1 else num_classes
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"one_hot: ids must lie in [0, num_classes={num_classes}), got values in [{low}, {high}]")
+    xp = ids.xp
+    return Tensor(ids.data[..., None] == xp.arange(num_classes), dtype=xp.int64)
 
 
 def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
@@ -196,6 +277,15 @@ def rotary_embedding(x: Tensor, cos, sin, interleaved: bool = False) -> Tensor:
                             interleaved=interleaved)
 
 
+def normalize(x: Tensor, p: float = 2.0, axis: int = -1, eps: float = 1e-12) -> Tensor:
+    """x / max(‖x‖_p, eps) along ``axis``: unit vectors (p = 2, the default: L2 normalisation).
+
+    The LAST axis by default, as the rest of minitx; PyTorch's ``normalize`` defaults to dim=1 (the same axis
+    for (N, C) input). :mod:`minitx.embed` uses it to make sentence vectors of length one.
+    """
+    return ops.Normalize.apply(x, p=p, axis=axis, eps=eps)
+
+
 def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
     """Zero each element with probability ``p`` and scale the rest by 1/(1-p); identity when not training."""
     if not 0 <= p <= 1:
@@ -211,19 +301,36 @@ def cross_entropy(logits: Tensor, target, ignore_index: int = IGNORE_INDEX, labe
 
     Classes are on the LAST axis (so (B, T, V) language-model logits go in as they are, with (B, T)
     targets); PyTorch puts them on axis 1. Targets equal to ``ignore_index`` (:data:`IGNORE_INDEX`, -100,
-    PyTorch's value) are skipped; "mean" divides by the number of the others (NaN when there are none).
+    PyTorch's value) are skipped; "mean" divides by the number of the others (NaN when there are none, with a
+    zero gradient, as in PyTorch).
     """
-    target = target if isinstance(target, Tensor) else Tensor(target)
-    if target.dtype.kind not in "iu":
-        raise TypeError(f"cross_entropy: target must hold integer class indices, got dtype {target.dtype} "
-                        f"(shape {target.shape})")
-    if target.shape != logits.shape[:-1]:
-        raise ValueError(f"cross_entropy: target shape {target.shape} must equal logits shape without its class "
-                         f"axis, {logits.shape[:-1]} (logits {logits.shape})")
-    if reduction not in ("mean", "sum", "none"):
-        raise ValueError(f"cross_entropy: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    target = _class_targets("cross_entropy", logits, target, reduction)
     return ops.CrossEntropy.apply(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing,
                                   reduction=reduction)
+
+
+def nll_loss(log_probs: Tensor, target, ignore_index: int = IGNORE_INDEX, reduction: str = "mean") -> Tensor:
+    """Negative log-likelihood: -log_probs[target] for log-probabilities (…, C) and integer ``target`` (…).
+
+    ``nll_loss(log_softmax(logits), target)`` is ``cross_entropy(logits, target)``. Classes are on the LAST
+    axis, as in :func:`cross_entropy`.
+    """
+    target = _class_targets("nll_loss", log_probs, target, reduction)
+    return ops.NLLLoss.apply(log_probs, target, ignore_index=ignore_index, reduction=reduction)
+
+
+def _class_targets(op: str, scores: Tensor, target, reduction: str) -> Tensor:
+    """``target`` as a Tensor, after checking it holds integers of the scores' shape without its class axis."""
+    target = target if isinstance(target, Tensor) else Tensor(target)
+    if target.dtype.kind not in "iu":
+        raise TypeError(f"{op}: target must hold integer class indices, got dtype {target.dtype} "
+                        f"(shape {target.shape})")
+    if target.shape != scores.shape[:-1]:
+        raise ValueError(f"{op}: target shape {target.shape} must equal the input's shape without its class "
+                         f"axis, {scores.shape[:-1]} (input {scores.shape})")
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"{op}: reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    return target
 
 
 def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None, key_padding_mask=None,
@@ -396,9 +503,3 @@ def mean_pool(hidden: Tensor, attention_mask) -> Tensor:
     mask = xp.asarray(mask).astype(hidden.dtype)[:, :, None]  # (B, T, 1)
     counts = xp.maximum(mask.sum(axis=1), 1)  # (B, 1)
     return (hidden * Tensor(mask)).sum(axis=1) / Tensor(counts)  # (B, D)
-
-
-def l2_normalize(x: Tensor, eps: float = 1e-12) -> Tensor:
-    """e = x / max(‖x‖₂, ε) along the last axis: x (…, D) -> (…, D), each row of length one (or zero)."""
-    norm = (x * x).sum(axis=-1, keepdims=True).sqrt()  # (…, 1)
-    return x / norm.masked_fill(norm.data < eps, eps)

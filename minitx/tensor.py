@@ -411,6 +411,25 @@ class Tensor:
     def abs(self):
         return ops.Abs.apply(self)
 
+    def sin(self):
+        return ops.Sin.apply(self)
+
+    def cos(self):
+        return ops.Cos.apply(self)
+
+    def rsqrt(self):
+        return ops.Rsqrt.apply(self)
+
+    def clamp(self, min=None, max=None):  # noqa: A002 - PyTorch's names
+        """Each element clipped to [min, max] (either may be None); see ``ops.Clamp`` for the gradient."""
+        return ops.Clamp.apply(self, low=min, high=max)
+
+    def maximum(self, other):
+        return ops.Maximum.apply(self, other)
+
+    def minimum(self, other):
+        return ops.Minimum.apply(self, other)
+
     def sum(self, axis=None, keepdims: bool = False):
         return ops.Sum.apply(self, axis=axis, keepdims=keepdims)
 
@@ -418,13 +437,33 @@ class Tensor:
         return ops.Mean.apply(self, axis=axis, keepdims=keepdims)
 
     def max(self, axis=None, keepdims: bool = False):
+        """The largest value over ``axis`` (PyTorch's ``amax``: values only, no indices)."""
         return ops.Max.apply(self, axis=axis, keepdims=keepdims)
+
+    def min(self, axis=None, keepdims: bool = False):
+        """The smallest value over ``axis`` (PyTorch's ``amin``: values only, no indices)."""
+        return ops.Min.apply(self, axis=axis, keepdims=keepdims)
+
+    def prod(self, axis=None, keepdims: bool = False):
+        return ops.Prod.apply(self, axis=axis, keepdims=keepdims)
+
+    def logsumexp(self, axis, keepdims: bool = False):
+        return ops.LogSumExp.apply(self, axis=axis, keepdims=keepdims)
+
+    def cumsum(self, axis: int):
+        return ops.Cumsum.apply(self, axis=axis)
 
     def var(self, axis=None, keepdims: bool = False, correction: int = 1):
         return ops.Var.apply(self, axis=axis, keepdims=keepdims, correction=correction)
 
+    def std(self, axis=None, keepdims: bool = False, correction: int = 1):
+        return ops.Std.apply(self, axis=axis, keepdims=keepdims, correction=correction)
+
     def argmax(self, axis=None) -> "Tensor":
         return Tensor._wrap(self.data.argmax(axis=axis))
+
+    def argmin(self, axis=None) -> "Tensor":
+        return Tensor._wrap(self.data.argmin(axis=axis))
 
     def reshape(self, *shape):
         shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
@@ -433,8 +472,19 @@ class Tensor:
     def view(self, *shape):
         return self.reshape(*shape)
 
-    def flatten(self, start: int = 0):
-        return self.reshape(*self.shape[:start], -1)
+    def flatten(self, start: int = 0, end: int = -1):
+        """Axes ``start`` to ``end`` (both included) merged into one; a 0-d tensor becomes shape (1,)."""
+        if self.ndim == 0:
+            return self.reshape(1)
+        start, end = start % self.ndim, end % self.ndim
+        if start > end:
+            raise ValueError(f"flatten(): start axis {start} comes after end axis {end} (shape {self.shape})")
+        return self.reshape(*self.shape[:start], -1, *self.shape[end + 1:])
+
+    def expand(self, *shape):
+        """A broadcast view of size ``shape`` (-1 keeps an axis's size); only size-1 axes can grow."""
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        return ops.Expand.apply(self, shape=tuple(shape))
 
     def permute(self, *axes):
         axes = axes[0] if len(axes) == 1 and isinstance(axes[0], (tuple, list)) else axes
@@ -455,12 +505,36 @@ class Tensor:
         axis = axis if axis >= 0 else self.ndim + 1 + axis
         return self.reshape(*self.shape[:axis], 1, *self.shape[axis:])
 
-    def squeeze(self, axis: int):
-        if self.shape[axis] != 1:
-            raise ValueError(f"squeeze(): axis {axis} has size {self.shape[axis]}, not 1 (shape {self.shape})")
-        shape = list(self.shape)
-        del shape[axis]
-        return self.reshape(*shape)
+    def squeeze(self, axis=None):
+        """Drop the size-1 axis ``axis`` (an int or a tuple), or every size-1 axis when ``axis`` is None."""
+        if axis is None:
+            return self.reshape(*(n for n in self.shape if n != 1))
+        axes = (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+        for a in axes:
+            if self.shape[a] != 1:
+                raise ValueError(f"squeeze(): axis {a} has size {self.shape[a]}, not 1 (shape {self.shape})")
+        drop = {a % self.ndim for a in axes}
+        return self.reshape(*(n for i, n in enumerate(self.shape) if i not in drop))
+
+    def chunk(self, chunks: int, axis: int = 0) -> list["Tensor"]:
+        """Split along ``axis`` into pieces of ⌈n / chunks⌉ elements, the last one shorter, as ``torch.chunk``
+        (so there can be fewer than ``chunks`` pieces: 6 elements in 4 chunks give 3 pieces of 2)."""
+        if chunks < 1:
+            raise ValueError(f"chunk(): chunks must be a positive integer, got {chunks}")
+        n = self.shape[axis]
+        size = max(-(-n // chunks), 1)
+        lead = (slice(None),) * (axis % self.ndim)
+        return [self[lead + (slice(start, start + size),)] for start in range(0, n, size)]
+
+    def tril(self, diagonal: int = 0):
+        return ops.Triangle.apply(self, diagonal=diagonal, upper=False)
+
+    def triu(self, diagonal: int = 0):
+        return ops.Triangle.apply(self, diagonal=diagonal, upper=True)
+
+    def gather(self, axis: int, index):
+        """``torch.gather``: out[i, j, …] = self[…, index[i, j, …], …] with the index on axis ``axis``."""
+        return ops.Gather.apply(self, index, axis=axis)
 
     def masked_fill(self, mask, value: float):
         return ops.MaskedFill.apply(self, mask, value=value)

@@ -544,6 +544,145 @@ def _draw_gated_feed_forward(data):
     return [normal(rng, lead + (d,)), normal(rng, (f, d)), normal(rng, (f, d)), normal(rng, (d, f))], {}
 
 
+# ------------------------------------------------------------------ issue 16: the ops PyTorch users reach for
+_binary("maximum", lambda a, b: F.maximum(a, b), lambda a, b: _torch().maximum(a, b))
+_binary("minimum", lambda a, b: a.minimum(b), lambda a, b: _torch().minimum(a, b))
+_unary("sin", lambda x: x.sin(), lambda x: x.sin())
+_unary("cos", lambda x: F.cos(x), lambda x: x.cos())
+_unary("rsqrt", lambda x: x.rsqrt(), lambda x: x.rsqrt(), positive)
+_reduction("min", lambda x, axis, keepdims: x.min(axis=axis, keepdims=keepdims),
+           lambda x, axis, keepdims: x.amin(dim=torch_dims(axis, x.ndim), keepdim=keepdims), distinct)
+_reduction("logsumexp", lambda x, axis, keepdims: x.logsumexp(axis, keepdims=keepdims),
+           lambda x, axis, keepdims: x.logsumexp(dim=torch_dims(axis, x.ndim), keepdim=keepdims))
+
+
+def _torch_prod(x, axis, keepdims):
+    """torch.prod takes one dim at a time."""
+    axes = sorted(a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis)) if axis is not None else range(x.ndim)
+    out = x
+    for a in reversed(list(axes)):
+        out = out.prod(dim=a, keepdim=True)
+    return out if keepdims else out.reshape([n for i, n in enumerate(x.shape) if i not in axes])
+
+
+_reduction("prod", lambda x, axis, keepdims: x.prod(axis=axis, keepdims=keepdims), _torch_prod, away_from_zero)
+
+
+@case("std", lambda x, axis, keepdims, correction: x.std(axis=axis, keepdims=keepdims, correction=correction),
+      lambda x, axis, keepdims, correction: x.std(dim=torch_dims(axis, x.ndim), keepdim=keepdims,
+                                                  correction=correction))
+def _draw_std(data):
+    return _draw_var(data)
+
+
+_along_axis("cumsum", lambda x, axis: x.cumsum(axis), lambda x, axis: x.cumsum(axis))
+
+
+@case("clamp", lambda x, low, high: x.clamp(min=low, max=high), lambda x, low, high: x.clamp(min=low, max=high))
+def _draw_clamp(data):
+    rng = np.random.default_rng(data.draw(seed()))
+    low, high = data.draw(st.sampled_from([(-0.5, None), (None, 0.3), (-0.5, 0.5), (0.2, -0.2)]))
+    return [normal(rng, data.draw(shapes()))], {"low": low, "high": high}
+
+
+@case("leaky_relu", lambda x, slope: F.leaky_relu(x, slope), lambda x, slope: _tF().leaky_relu(x, slope))
+def _draw_leaky_relu(data):
+    rng = np.random.default_rng(data.draw(seed()))
+    return [away_from_zero(rng, data.draw(shapes()))], {"slope": data.draw(st.sampled_from([0.01, 0.2, -0.5]))}
+
+
+@case("softplus", lambda x, **kw: F.softplus(x, **kw), lambda x, **kw: _tF().softplus(x, **kw))
+def _draw_softplus(data):
+    """The default threshold (20), and a low one that sends some elements down the linear branch."""
+    rng = np.random.default_rng(data.draw(seed()))
+    beta, threshold = data.draw(st.sampled_from([(1.0, 20.0), (2.0, 1.0), (0.5, 20.0)]))
+    return [3 * normal(rng, data.draw(shapes()))], {"beta": beta, "threshold": threshold}
+
+
+@case("normalize", lambda x, p, axis: F.normalize(x, p, axis), lambda x, p, axis: _tF().normalize(x, p, axis))
+def _draw_normalize(data):
+    shape = data.draw(shapes(min_dims=1))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [away_from_zero(rng, shape)], {"p": data.draw(st.sampled_from([1.0, 2.0, 3.0])),
+                                          "axis": data.draw(st.integers(-len(shape), len(shape) - 1))}
+
+
+@case("expand", lambda x, shape: x.expand(shape), lambda x, shape: x.expand(shape))
+def _draw_expand(data):
+    """Size-1 axes grow, other axes keep their size (given as itself or -1), new leading axes appear."""
+    shape = data.draw(shapes(max_side=3))
+    lead = data.draw(st.lists(st.integers(1, 3), max_size=2))
+    target = [data.draw(st.integers(1, 3)) if n == 1 else data.draw(st.sampled_from([n, -1])) for n in shape]
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape)], {"shape": tuple(lead + target)}
+
+
+@case("squeeze", lambda x, axis: x.squeeze(axis), lambda x, axis: x.squeeze() if axis is None else x.squeeze(axis))
+def _draw_squeeze(data):
+    shape = data.draw(hnp.array_shapes(min_dims=0, max_dims=4, min_side=1, max_side=2))
+    ones = [i for i, n in enumerate(shape) if n == 1]
+    axis = data.draw(st.sampled_from([None] + ones))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape)], {"axis": axis}
+
+
+@case("flatten", lambda x, start, end: x.flatten(start, end), lambda x, start, end: x.flatten(start, end))
+def _draw_flatten(data):
+    shape = data.draw(shapes(min_dims=1, max_dims=4))
+    start = data.draw(st.integers(0, len(shape) - 1))
+    end = data.draw(st.integers(start, len(shape) - 1))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape)], {"start": start - len(shape) * data.draw(st.booleans()), "end": end}
+
+
+@case("chunk", lambda x, chunks, axis: _weighted_concat(x.chunk(chunks, axis), lambda ps, a: F.concat(ps, a), axis),
+      lambda x, chunks, axis: _weighted_concat(x.chunk(chunks, axis), lambda ps, a: _torch().cat(ps, a), axis))
+def _draw_chunk(data):
+    shape = data.draw(shapes(min_dims=1, max_side=6))
+    rng = np.random.default_rng(data.draw(seed()))
+    return [normal(rng, shape)], {"chunks": data.draw(st.integers(1, 5)),
+                                  "axis": data.draw(st.integers(-len(shape), len(shape) - 1))}
+
+
+def _triangle(name):
+    @case(name, lambda x, k: getattr(x, name)(k), lambda x, k: getattr(x, name)(k))
+    def draw(data):
+        shape = data.draw(shapes(min_dims=2))
+        rng = np.random.default_rng(data.draw(seed()))
+        return [normal(rng, shape)], {"k": data.draw(st.integers(-2, 2))}
+
+
+_triangle("tril")
+_triangle("triu")
+
+
+@case("gather", lambda x, index, axis: x.gather(axis, mx.Tensor(index)),
+      lambda x, index, axis: x.gather(axis, _torch().as_tensor(index)))
+def _draw_gather(data):
+    """Any number of picks along ``axis`` (repeats likely), and an index no longer than x on the other axes."""
+    shape = data.draw(shapes(min_dims=1))
+    axis = data.draw(st.integers(-len(shape), len(shape) - 1))
+    index_shape = [data.draw(st.integers(1, n)) for n in shape]
+    index_shape[axis] = data.draw(st.integers(1, 5))
+    rng = np.random.default_rng(data.draw(seed()))
+    index = rng.integers(0, shape[axis], index_shape)
+    return [normal(rng, shape), index], {"axis": axis}
+
+
+def _nll_torch(logp, target, **kw):
+    c = logp.shape[-1]
+    loss = _tF().nll_loss(logp.reshape(-1, c), _torch().as_tensor(target).reshape(-1), **kw)
+    return loss.reshape(target.shape) if kw["reduction"] == "none" else loss
+
+
+@case("nll_loss", lambda logp, target, **kw: F.nll_loss(logp, target, **kw), _nll_torch)
+def _draw_nll_loss(data):
+    """The cross-entropy draw (some targets ignored, never all), without label smoothing."""
+    arrays, kwargs = _draw_cross_entropy(data)
+    del kwargs["label_smoothing"]
+    return arrays, kwargs
+
+
 CASES_BY_NAME = {c.name: c for c in CASES}
 
 

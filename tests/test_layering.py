@@ -232,7 +232,7 @@ def test_old_import_paths_name_the_new_place():
         from minitx.models.gpt import top_p_filter  # noqa: F401
     with pytest.raises(ImportError, match=r"minitx\.models\.sampling\.probabilities"):
         from minitx.models.gpt import softmax  # noqa: F401
-    assert minitx.embed.mean_pool is F.mean_pool and minitx.embed.l2_normalize is F.l2_normalize
+    assert minitx.embed.mean_pool is F.mean_pool and minitx.embed.normalize is F.normalize
     from minitx.data import IGNORE_INDEX
     from minitx.models import padding_mask_from_attention_mask
     assert IGNORE_INDEX == F.IGNORE_INDEX == -100

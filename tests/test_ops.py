@@ -308,3 +308,121 @@ def test_float_ops_promote_integer_tensors_to_the_default_float_dtype_like_torch
     assert (ints / 2 + ints * 0.5).dtype == np.float32  # this mix raised before
     mx.set_default_dtype(np.float64)
     assert (ints / 2).dtype == np.float64 and ints.exp().dtype == np.float64
+
+
+# --------------------------------------------------- issue 16: where the new ops have no derivative, as PyTorch
+def _grads_both(mx_fn, torch_fn, *arrays):
+    """Value and input gradients (for a sum of the outputs) from minitx and from PyTorch, float64."""
+    xs = [mx.Tensor(np.asarray(a, dtype=np.float64), requires_grad=True) for a in arrays]
+    y = mx_fn(*xs)
+    y.sum().backward()
+    txs = [torch.tensor(np.asarray(a, dtype=np.float64), requires_grad=True) for a in arrays]
+    t_y = torch_fn(*txs)
+    t_y.sum().backward()
+    np.testing.assert_array_equal(y.numpy(), t_y.detach().numpy())
+    return [x.grad for x in xs], [t.grad.numpy() for t in txs]
+
+
+@pytest.mark.parametrize("name", ["maximum", "minimum"])
+def test_elementwise_max_and_min_split_the_gradient_at_ties_like_torch(name):
+    a, b = [1.0, 2.0, 3.0, -1.0], [1.0, 1.0, 4.0, -1.0]
+    (da, db), (ta, tb) = _grads_both(getattr(F, name), getattr(torch, name), a, b)
+    np.testing.assert_array_equal(da, ta)
+    np.testing.assert_array_equal(db, tb)
+    assert da[0] == db[0] == 0.5
+
+
+def test_min_reduction_shares_the_gradient_among_ties_like_amin():
+    (g,), (tg,) = _grads_both(lambda x: x.min(axis=1), lambda x: x.amin(dim=1), [[1.0, 1.0, 2.0], [0.5, 3.0, 0.5]])
+    np.testing.assert_array_equal(g, tg)
+    np.testing.assert_array_equal(g, [[0.5, 0.5, 0.0], [0.5, 0.0, 0.5]])
+
+
+def test_clamp_passes_the_gradient_at_its_bounds_like_torch():
+    x = [-1.0, 0.0, 0.5, 1.0, 2.0]
+    for low, high in ((0.0, 1.0), (None, 1.0), (0.0, None), (1.0, 0.0)):
+        (g,), (tg,) = _grads_both(lambda v: v.clamp(low, high), lambda v: v.clamp(low, high), x)
+        np.testing.assert_array_equal(g, tg, err_msg=f"clamp({low}, {high})")
+    (g,), _ = _grads_both(lambda v: v.clamp(0.0, 1.0), lambda v: v.clamp(0.0, 1.0), x)
+    np.testing.assert_array_equal(g, [0, 1, 1, 1, 0])
+    with pytest.raises(ValueError, match="clamp"):
+        mx.Tensor(np.ones(2)).clamp()
+
+
+@pytest.mark.parametrize("x", [[0.0, 2.0, 3.0], [0.0, 0.0, 3.0], [2.0, 0.0, -3.0], [1.0, 2.0, 3.0]])
+def test_prod_with_zeros_has_the_gradient_of_the_others_product_like_torch(x):
+    (g,), (tg,) = _grads_both(lambda v: v.prod(), lambda v: v.prod(), x)
+    np.testing.assert_array_equal(g, tg)
+    (g,), (tg,) = _grads_both(lambda v: v.prod(axis=1), lambda v: v.prod(dim=1), [x, x[::-1]])
+    np.testing.assert_array_equal(g, tg)
+
+
+def test_std_of_equal_values_has_a_zero_gradient_like_torch():
+    (g,), (tg,) = _grads_both(lambda v: v.std(axis=1), lambda v: v.std(dim=1), [[2.0, 2.0, 2.0], [1.0, 2.0, 4.0]])
+    np.testing.assert_array_equal(g[0], 0.0)
+    np.testing.assert_allclose(g, tg, rtol=1e-12)
+
+
+def test_leaky_relu_at_zero_and_normalize_of_a_zero_vector_like_torch():
+    (g,), (tg,) = _grads_both(lambda v: F.leaky_relu(v, 0.1), lambda v: torch.nn.functional.leaky_relu(v, 0.1),
+                              [0.0, -2.0, 3.0])
+    np.testing.assert_array_equal(g, tg)
+    assert g[0] == 0.1
+    (g,), (tg,) = _grads_both(lambda v: F.normalize(v, axis=1), lambda v: torch.nn.functional.normalize(v, dim=1),
+                              [[0.0, 0.0], [3.0, 4.0]])
+    np.testing.assert_allclose(g, tg, rtol=1e-12)
+    assert g[0, 0] == 1e12  # the divisor is eps
+
+
+def test_logsumexp_is_stable_and_its_all_minus_inf_group_has_a_zero_gradient():
+    """Huge values do not overflow; an all -inf group gives -inf, as in PyTorch, and a zero gradient, like
+    minitx's softmax of such a row (PyTorch gives NaN)."""
+    x = mx.Tensor(np.array([[1000.0, 1000.0], [-np.inf, -np.inf]]), requires_grad=True)
+    with np.errstate(divide="ignore"):
+        y = x.logsumexp(1)
+    np.testing.assert_allclose(y.numpy(), [1000 + np.log(2), -np.inf])
+    y.sum().backward()
+    np.testing.assert_array_equal(x.grad, [[0.5, 0.5], [0.0, 0.0]])
+
+
+def test_one_hot_argmin_chunk_squeeze_flatten_like_torch():
+    ids = np.array([[0, 2], [3, 1]])
+    np.testing.assert_array_equal(F.one_hot(ids).numpy(), torch.nn.functional.one_hot(torch.as_tensor(ids)).numpy())
+    assert F.one_hot(mx.Tensor(ids), 6).shape == (2, 2, 6) and F.one_hot(ids).dtype == np.int64
+    with pytest.raises(ValueError, match=r"num_classes=3.*\[0, 3\]"):
+        F.one_hot(ids, 3)
+    with pytest.raises(TypeError, match="integer"):
+        F.one_hot(np.array([0.0, 1.0]))
+    x = np.array([[3.0, 1.0, 1.0], [0.0, 5.0, -2.0]])
+    np.testing.assert_array_equal(mx.Tensor(x).argmin(axis=1).numpy(), torch.as_tensor(x).argmin(dim=1).numpy())
+    assert mx.Tensor(x).argmin().item() == 5
+    for n, chunks in ((7, 3), (6, 4), (2, 5), (5, 1)):
+        sizes = [p.shape[0] for p in mx.Tensor(np.arange(n)).chunk(chunks)]
+        assert sizes == [p.shape[0] for p in torch.arange(n).chunk(chunks)], (n, chunks)
+    assert mx.Tensor(np.zeros((1, 3, 1))).squeeze().shape == (3,)
+    assert mx.Tensor(np.zeros((1, 3, 1))).squeeze((0, -1)).shape == (3,)
+    with pytest.raises(ValueError, match="axis 1 has size 3"):
+        mx.Tensor(np.zeros((1, 3, 1))).squeeze(1)
+    assert mx.Tensor(np.array(2.0)).flatten().shape == tuple(torch.tensor(2.0).flatten().shape) == (1,)
+    assert mx.Tensor(np.zeros((2, 3, 4, 5))).flatten(1, 2).shape == (2, 12, 5)
+
+
+def test_gather_tril_and_expand_refuse_bad_input_with_clear_messages():
+    x = mx.Tensor(np.zeros((2, 3)))
+    with pytest.raises(TypeError, match="gather: index must be an integer tensor"):
+        x.gather(1, np.zeros((2, 1)))
+    for bad in (3, -1):  # PyTorch takes no negative index here either
+        with pytest.raises(IndexError, match=r"gather: index values must lie in \[0, 3\)"):
+            x.gather(1, np.array([[bad], [0]]))
+    with pytest.raises(ValueError, match="only on axis 1"):
+        x.gather(1, np.zeros((3, 1), dtype=np.int64))
+    with pytest.raises(ValueError, match="tril: needs a tensor of at least 2 axes"):
+        mx.Tensor(np.zeros(3)).tril()
+    with pytest.raises(ValueError, match=r"expand: a tensor of shape \(2, 3\) cannot be expanded to \(2, 4\)"):
+        x.expand(2, 4)
+    with pytest.raises(TypeError, match="nll_loss: target must hold integer"):
+        F.nll_loss(x, np.zeros(2))
+    with pytest.raises(ValueError, match="normalize: p must be a positive finite number"):
+        F.normalize(x, p=float("inf"))
+    with pytest.raises(ValueError, match="flatten.*start axis 2 comes after end axis 1"):
+        mx.Tensor(np.zeros((2, 3, 4))).flatten(2, 1)

@@ -10,10 +10,18 @@ from .nn import CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, RMSNorm
 from .reduce import Max, Mean, Sum, Var
 from .shape import (Cast, Concat, GetItem, MaskedFill, Permute, RepeatInterleave, Reshape, Stack, ToDevice,
                     Where)
+from .elementwise import Clamp, Cos, LeakyReLU, Maximum, Minimum, Rsqrt, Sin, Softplus
+from .nn import LogSumExp, NLLLoss, Normalize
+from .reduce import Cumsum, Min, Prod, Std
+from .shape import Expand, Gather, Triangle
 
 __all__ = [
     "Abs", "Add", "Cast", "Concat", "CrossEntropy", "Div", "Dropout", "Embedding", "Exp", "GELU", "GetItem",
     "LayerNorm", "Linear", "Log", "LogSoftmax", "MaskedFill", "MatMul", "Max", "Mean", "Mul", "Neg", "Permute", "Pow",
     "ReLU", "Reshape", "Sigmoid", "Softmax", "Sqrt", "Stack", "Sub", "Sum", "Tanh", "ToDevice", "Var", "Where",
     "RMSNorm", "RepeatInterleave", "Rotary", "SiLU",
+]
+__all__ += [
+    "Clamp", "Cos", "Cumsum", "Expand", "Gather", "LeakyReLU", "LogSumExp", "Maximum", "Min", "Minimum", "NLLLoss",
+    "Normalize", "Prod", "Rsqrt", "Sin", "Softplus", "Std", "Triangle",
 ]

@@ -104,6 +104,40 @@ class Pow(_Binary):
         return da, db
 
 
+class Maximum(_Binary):
+    """z = max(a, b) elementwise;  dz/da = 1 where a > b, 0 where a < b, and dz/db the other way round.
+
+    Where a = b the derivative does not exist; the gradient is split, ½ to each input (as in PyTorch), so
+    the sum of both gradients is still the gradient of z.
+    """
+
+    def forward(self, a, b):
+        a, b = self.prepare(a, b)
+        self.a_wins, self.tie = a > b, a == b  # (broadcast shape)
+        return get_array_module(a).maximum(a, b)
+
+    def backward(self, grad):
+        return _split_between(grad, self.a_wins, self.tie, self.a_shape, self.b_shape)
+
+
+class Minimum(_Binary):
+    """z = min(a, b) elementwise;  dz/da = 1 where a < b, 0 where a > b, ½ to each where a = b (as Maximum)."""
+
+    def forward(self, a, b):
+        a, b = self.prepare(a, b)
+        self.a_wins, self.tie = a < b, a == b  # (broadcast shape)
+        return get_array_module(a).minimum(a, b)
+
+    def backward(self, grad):
+        return _split_between(grad, self.a_wins, self.tie, self.a_shape, self.b_shape)
+
+
+def _split_between(grad, a_wins, tie, a_shape, b_shape):
+    """The gradients of max/min(a, b): all of ``grad`` to the input picked, half each at a tie."""
+    share_a = a_wins + grad.dtype.type(0.5) * tie  # 1, ½ or 0, in grad's dtype
+    return unbroadcast(grad * share_a, a_shape), unbroadcast(grad * (1 - share_a), b_shape)
+
+
 class Neg(Function):
     """z = -a;  dz/da = -1."""
 
@@ -145,6 +179,40 @@ class Sqrt(Function):
 
     def backward(self, grad):
         return grad / (2 * self.z)
+
+
+class Rsqrt(Function):
+    """z = 1/√x;  dz/dx = -½·x^(-3/2) = -½·z³."""
+
+    def forward(self, x):
+        xp = get_array_module(x)
+        self.z = 1 / xp.sqrt(as_float(x))
+        return self.z
+
+    def backward(self, grad):
+        return grad * (-0.5 * self.z * self.z * self.z)
+
+
+class Sin(Function):
+    """z = sin x;  dz/dx = cos x."""
+
+    def forward(self, x):
+        self.x = x = as_float(x)
+        return get_array_module(x).sin(x)
+
+    def backward(self, grad):
+        return grad * get_array_module(grad).cos(self.x)
+
+
+class Cos(Function):
+    """z = cos x;  dz/dx = -sin x."""
+
+    def forward(self, x):
+        self.x = x = as_float(x)
+        return get_array_module(x).cos(x)
+
+    def backward(self, grad):
+        return grad * -get_array_module(grad).sin(self.x)
 
 
 class Abs(Function):
@@ -211,6 +279,65 @@ class ReLU(Function):
 
     def backward(self, grad):
         return grad * self.positive
+
+
+class Clamp(Function):
+    """z = min(max(x, low), high), either bound may be None;  dz/dx = 1 where low ≤ x ≤ high, else 0.
+
+    At a boundary (x = low or x = high) the gradient passes, as in PyTorch. With low > high every element
+    becomes ``high`` and no gradient passes. The bounds are numbers, taken in x's dtype.
+    """
+
+    def forward(self, x, low=None, high=None):
+        if low is None and high is None:
+            raise ValueError("clamp: give low, high or both (both None would clamp nothing)")
+        xp = get_array_module(x)
+        z = x
+        self.inside = xp.ones(x.shape, dtype=bool)
+        if low is not None:
+            self.inside &= x >= low
+            z = xp.maximum(z, x.dtype.type(low))
+        if high is not None:
+            self.inside &= x <= high
+            z = xp.minimum(z, x.dtype.type(high))
+        return z
+
+    def backward(self, grad):
+        return grad * self.inside
+
+
+class LeakyReLU(Function):
+    """z = x where x > 0, else slope·x;  dz/dx = 1 where x > 0, else slope (slope at x = 0, as in PyTorch)."""
+
+    def forward(self, x, negative_slope: float = 0.01):
+        xp = get_array_module(x)
+        x = as_float(x)
+        self.positive, self.slope = x > 0, x.dtype.type(negative_slope)
+        return xp.where(self.positive, x, x * self.slope)
+
+    def backward(self, grad):
+        return get_array_module(grad).where(self.positive, grad, grad * self.slope)
+
+
+class Softplus(Function):
+    """z = (1/β)·ln(1 + e^(βx)), a smooth ReLU;  dz/dx = σ(βx) (the logistic sigmoid).
+
+    As in PyTorch, where βx > ``threshold`` the result is x itself (they agree to float precision there) and
+    the derivative 1. ln(1 + e^u) is computed as logaddexp(0, u), which never overflows.
+    """
+
+    def forward(self, x, beta: float = 1.0, threshold: float = 20.0):
+        xp = get_array_module(x)
+        x = as_float(x)
+        beta = x.dtype.type(beta)
+        self.bx = x * beta
+        self.linear = self.bx > threshold
+        return xp.where(self.linear, x, xp.logaddexp(x.dtype.type(0), self.bx) / beta)
+
+    def backward(self, grad):
+        xp = get_array_module(grad)
+        sigmoid = xp.exp(-xp.logaddexp(grad.dtype.type(0), -self.bx))  # σ(βx), as in Sigmoid
+        return grad * xp.where(self.linear, grad.dtype.type(1), sigmoid)
 
 
 class GELU(Function):

@@ -10,7 +10,7 @@ from __future__ import annotations
 from .. import backend
 from ..backend import get_array_module
 from ..tensor import Function
-from ._util import as_float, normalize_axes
+from ._util import as_float, expand_reduced, normalize_axes
 
 
 def _stable_softmax(x, axis):
@@ -217,13 +217,7 @@ class CrossEntropy(Function):
     def forward(self, logits, target, ignore_index: int, label_smoothing: float = 0.0,
                 reduction: str = "mean"):  # ignore_index: no default here, F.cross_entropy passes IGNORE_INDEX
         xp = get_array_module(logits)
-        num_classes = logits.shape[-1]
-        self.valid = target != ignore_index  # (…)
-        safe_target = xp.where(self.valid, target, 0)
-        if bool(((safe_target < 0) | (safe_target >= num_classes)).any()):
-            bad = target[self.valid & ((target < 0) | (target >= num_classes))]
-            raise IndexError(f"cross_entropy: target values must lie in [0, {num_classes}) or equal "
-                             f"ignore_index={ignore_index}; found {bad[:5].tolist()}")
+        self.valid, safe_target = _class_targets("cross_entropy", target, ignore_index, logits.shape[-1])
         logp = _log_softmax(logits, -1)  # (…, C)
         nll = -xp.take_along_axis(logp, safe_target[..., None], axis=-1)[..., 0]  # (…)
         eps = logits.dtype.type(label_smoothing)
@@ -251,6 +245,105 @@ class CrossEntropy(Function):
             grad = grad / xp.maximum(self.count, 1).astype(grad.dtype)
         dlogits *= (self.valid * grad)[..., None]  # in place: dlogits is our own array
         return dlogits, None
+
+
+class NLLLoss(Function):
+    """Negative log-likelihood of log-probabilities ℓ (…, C) at integer class targets (…): loss = -ℓ[target].
+
+    ``cross_entropy(logits, t)`` is ``nll_loss(log_softmax(logits), t)``. Positions whose target is
+    ``ignore_index`` contribute nothing; ``reduction="mean"`` divides by the number n of the others (NaN when
+    every target is ignored, with a zero gradient, as in :class:`CrossEntropy` and PyTorch).
+
+    Gradient: dloss/dℓ_c = -1 at the target class of each counted position (times 1/n for "mean"), 0 elsewhere.
+    """
+
+    def forward(self, logp, target, ignore_index: int = -100, reduction: str = "mean"):
+        xp = get_array_module(logp)
+        self.valid, self.target = _class_targets("nll_loss", target, ignore_index, logp.shape[-1])
+        loss = -xp.take_along_axis(logp, self.target[..., None], axis=-1)[..., 0]  # (…)
+        loss = xp.where(self.valid, loss, logp.dtype.type(0))
+        self.shape, self.dtype, self.reduction = logp.shape, logp.dtype, reduction
+        if reduction == "none":
+            return loss
+        if reduction == "sum":
+            return loss.sum()
+        self.count = self.valid.sum()
+        return loss.sum() / self.count.astype(logp.dtype)
+
+    def backward(self, grad):
+        xp = get_array_module(grad)
+        weight = xp.broadcast_to(self.valid * grad, self.valid.shape)  # dloss/d(-ℓ[target]), (…)
+        if self.reduction == "mean":  # 1/n; with n = 0 every weight is already 0
+            weight = weight / xp.maximum(self.count, 1).astype(grad.dtype)
+        dlogp = xp.zeros(self.shape, dtype=self.dtype)  # (…, C)
+        rows = dlogp.reshape(-1, self.shape[-1])  # a view of the fresh array
+        rows[xp.arange(rows.shape[0]), self.target.reshape(-1)] = -weight.reshape(-1)
+        return dlogp, None
+
+
+def _class_targets(op: str, target, ignore_index: int, num_classes: int):
+    """``(valid, safe_target)`` for class targets (…): where the target counts (is not ``ignore_index``), and
+    the targets with the ignored ones replaced by class 0, so that they index safely. Targets outside
+    [0, num_classes) raise an IndexError that shows some of them."""
+    xp = get_array_module(target)
+    valid = target != ignore_index  # (…)
+    safe_target = xp.where(valid, target, 0)
+    if bool(((safe_target < 0) | (safe_target >= num_classes)).any()):
+        bad = target[valid & ((target < 0) | (target >= num_classes))]
+        raise IndexError(f"{op}: target values must lie in [0, {num_classes}) or equal "
+                         f"ignore_index={ignore_index}; found {bad[:5].tolist()}")
+    return valid, safe_target
+
+
+class LogSumExp(Function):
+    """z = log Σ_axis exp(x), computed as m + log Σ exp(x - m) with m = max x (no overflow);
+    dz/dx = exp(x - z) = softmax(x) along the reduced axes.
+
+    A group that is all -inf gives z = -inf and, as :func:`_stable_softmax` defines its softmax, a zero
+    gradient (PyTorch gives NaN there).
+    """
+
+    def forward(self, x, axis=None, keepdims: bool = False):
+        xp = get_array_module(x)
+        self.x, self.keepdims = as_float(x), keepdims
+        self.axes = normalize_axes(axis, x.ndim)
+        m = self.x.max(axis=self.axes, keepdims=True)
+        m = xp.where(xp.isinf(m), self.x.dtype.type(0), m)  # an all -inf (or a +inf) group: shift by 0
+        z = m + xp.log(xp.exp(self.x - m).sum(axis=self.axes, keepdims=True))  # (reduced axes kept as 1)
+        return z if keepdims else z.reshape(tuple(n for i, n in enumerate(x.shape) if i not in self.axes))
+
+    def backward(self, grad):
+        grad = expand_reduced(grad, self.x.shape, self.axes, self.keepdims)
+        return grad * _stable_softmax(self.x, self.axes)
+
+
+class Normalize(Function):
+    """y = x / max(‖x‖_p, ε) along ``axis``, with ‖x‖_p = (Σ |x_i|^p)^(1/p).
+
+    With d = max(‖x‖_p, ε) and g = dL/dy, since ∂‖x‖_p/∂x_j = sign(x_j)·|x_j|^(p-1) / ‖x‖_p^(p-1):
+        dL/dx = (g - [‖x‖_p > ε] · Σ_i(g_i·y_i) · sign(x)·|x|^(p-1) / ‖x‖_p^(p-1)) / d,
+    which for p = 2 is (g - y·Σ(g ⊙ y)) / ‖x‖. Where the norm is at most ε the divisor is the constant ε
+    and the gradient g/ε (as in PyTorch).
+    """
+
+    def forward(self, x, p: float = 2.0, axis: int = -1, eps: float = 1e-12):
+        if not 0 < p < float("inf"):
+            raise ValueError(f"normalize: p must be a positive finite number, got {p}")
+        xp = get_array_module(x)
+        x = as_float(x)
+        self.x, self.p, self.axis = x, x.dtype.type(p), axis
+        self.norm = (xp.abs(x) ** self.p).sum(axis=axis, keepdims=True) ** (1 / self.p)  # (…, 1, …)
+        self.large = self.norm > eps  # where the divisor is the norm itself, not ε
+        self.divisor = xp.where(self.large, self.norm, x.dtype.type(eps))
+        self.y = x / self.divisor
+        return self.y
+
+    def backward(self, grad):
+        xp = get_array_module(grad)
+        norm = xp.where(self.large, self.norm, grad.dtype.type(1))  # 1 where it is not used: no 0⁻¹
+        dnorm = xp.sign(self.x) * xp.abs(self.x) ** (self.p - 1) / norm ** (self.p - 1)  # ∂‖x‖/∂x
+        through_norm = self.large * (grad * self.y).sum(axis=self.axis, keepdims=True) * dnorm
+        return (grad - through_norm) / self.divisor
 
 
 class Embedding(Function):

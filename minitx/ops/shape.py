@@ -43,6 +43,79 @@ class Permute(Function):
         return grad.transpose(self.inverse)
 
 
+class Expand(Function):
+    """z = x broadcast to ``shape`` (new leading axes, size-1 axes repeated; -1 keeps a size), no copy;
+    dL/dx = dL/dz summed over the copies (:func:`unbroadcast`)."""
+
+    def forward(self, x, shape: tuple):
+        lead = len(shape) - x.ndim
+        if lead < 0:
+            raise ValueError(f"expand: shape {shape} has fewer axes than the tensor's shape {tuple(x.shape)}")
+        self.shape = x.shape
+        shape = tuple(x.shape[i - lead] if n == -1 and i >= lead else n for i, n in enumerate(shape))
+        try:
+            return get_array_module(x).broadcast_to(x, shape)
+        except ValueError:
+            raise ValueError(f"expand: a tensor of shape {tuple(x.shape)} cannot be expanded to {shape} (only "
+                             "axes of size 1 can grow)") from None
+
+    def backward(self, grad):
+        return unbroadcast(grad, self.shape)
+
+
+class Triangle(Function):
+    """z = the lower (``upper=False``, tril) or upper (triu) triangle of the last two axes, the rest zeroed:
+    tril keeps z_ij = x_ij where j - i ≤ k, triu where j - i ≥ k (k = ``diagonal``);
+    dL/dx = dL/dz on the kept triangle, 0 elsewhere (the same triangle of the gradient)."""
+
+    def forward(self, x, diagonal: int = 0, upper: bool = False):
+        if x.ndim < 2:
+            raise ValueError(f"{'triu' if upper else 'tril'}: needs a tensor of at least 2 axes, got shape {tuple(x.shape)}")
+        self.diagonal, self.upper = diagonal, upper
+        return self._keep(x)
+
+    def _keep(self, a):
+        xp = get_array_module(a)
+        return xp.triu(a, self.diagonal) if self.upper else xp.tril(a, self.diagonal)
+
+    def backward(self, grad):
+        return self._keep(grad)
+
+
+class Gather(Function):
+    """z[i, j, …] = x[i, …, index[i, j, …], …] with the index replacing the coordinate on ``axis``
+    (``torch.gather``): ``index`` has x's number of axes, z has index's shape, and on every other axis the
+    index may be shorter than x.
+
+    dL/dx scatters dL/dz back to the positions read; one position can be read many times, so it adds
+    (``scatter_add``).
+    """
+
+    def forward(self, x, index, axis: int):
+        xp = get_array_module(x)
+        if index.dtype.kind not in "iu" or index.ndim != x.ndim:
+            raise TypeError(f"gather: index must be an integer tensor with the input's {x.ndim} axes, got dtype "
+                            f"{index.dtype} and shape {tuple(index.shape)}")
+        axis = axis % max(x.ndim, 1)
+        if any(n > x.shape[a] for a, n in enumerate(index.shape) if a != axis):
+            raise ValueError(f"gather: index shape {tuple(index.shape)} may exceed the input's shape "
+                             f"{tuple(x.shape)} only on axis {axis}")
+        if index.size and (int(index.min()) < 0 or int(index.max()) >= x.shape[axis]):  # no negatives, as torch
+            raise IndexError(f"gather: index values must lie in [0, {x.shape[axis]}) for axis {axis} of shape "
+                             f"{tuple(x.shape)}, got values in [{int(index.min())}, {int(index.max())}]")
+        # one integer array per axis, broadcasting to index's shape: the index itself on ``axis``, and on every
+        # other axis a's own coordinate (an arange along a, size 1 elsewhere)
+        self.positions = tuple(index if a == axis else xp.arange(n).reshape([-1 if b == a else 1 for b in range(x.ndim)])
+                               for a, n in enumerate(index.shape))
+        self.shape, self.dtype = x.shape, x.dtype
+        return x[self.positions]
+
+    def backward(self, grad):
+        dx = get_array_module(grad).zeros(self.shape, dtype=self.dtype)
+        backend.scatter_add(dx, self.positions, grad)
+        return dx, None
+
+
 def _is_basic_index(index) -> bool:
     """True when ``index`` only slices (ints, slices, None, ...): such an index never repeats an element."""
     parts = index if isinstance(index, tuple) else (index,)
