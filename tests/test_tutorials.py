@@ -43,6 +43,7 @@ EXPECTED_FIGURES = {
     "09_task_adapter": ["features_pca", "accuracy_by_kind"],
     "10_gpt_generation": ["gpt_training", "sampling_filters", "kv_cache_cost"],
     "11_kernels": ["online_softmax_trace", "softmax_cpu_speed", "matmul_tiles"],
+    "13_optimisation_init_dropout": ["optimiser_paths", "schedules", "init_statistics"],
     "15_flash_attention": ["attention_memory"],
     "16_pretrained_minilm": ["sentence_similarity"],
 }
@@ -695,3 +696,49 @@ def test_15_flash_checks_reject_wrong_tiling(chapter):
     for wrong in (backward_without_d, stale_lse):
         with pytest.raises(AssertionError):
             ch.check_flash_backward(wrong)
+
+
+# ---------------------------------------------------------------------------------------- chapter 13
+def test_13_checks_reject_wrong_optimisers_schedules_init_and_dropout(chapter):
+    ch = chapter("13_optimisation_init_dropout")
+
+    def adam_without_bias_correction(th, g, n, lr):
+        b1, b2, m, v, path = 0.9, 0.999, np.zeros_like(th), np.zeros_like(th), [th.copy()]
+        for _ in range(n):
+            grad = g(th)
+            m, v = b1 * m + (1 - b1) * grad, b2 * v + (1 - b2) * grad * grad
+            th = th - lr * m / (np.sqrt(v) + 1e-8)
+            path.append(th.copy())
+        return np.array(path)
+
+    for wrong, kind, hp in (
+            (adam_without_bias_correction, "adam", dict(lr=0.1)),
+            (lambda th, g, n, lr, weight_decay: ch.adam(th, g, n, lr, weight_decay=weight_decay), "adamw",
+             dict(lr=0.1, weight_decay=0.5)),  # L2 where AdamW's decoupled decay belongs
+            (lambda th, g, n, lr, momentum: ch.sgd(th, g, n, lr, momentum=1 - momentum), "sgd",
+             dict(lr=0.03, momentum=0.9))):
+        with pytest.raises(AssertionError):
+            ch.check_optimizer(wrong, kind, **hp)
+
+    with pytest.raises(AssertionError):  # warm-up that starts at 0: the first step would not move
+        ch.check_schedule(lambda t, w, n: t / w if t < w else ch.warmup_cosine(t, w, n), optim.warmup_cosine)
+    with pytest.raises(AssertionError):  # cosine over the whole run instead of after the warm-up
+        ch.check_schedule(lambda t, w, n: (t + 1) / w if t < w else 0.5 * (1 + math.cos(math.pi * t / n)),
+                          optim.warmup_cosine)
+
+    def xavier_normal_fans_swapped(w):  # N(0, 1/fan_in): a normal, and the wrong variance
+        w.data[...] = np.random.default_rng(0).normal(0, math.sqrt(1 / w.shape[1]), w.shape)
+
+    def uniform_wrong_bound(w):  # U(-a, a) with a = √(3/(fan_in + fan_out)): half the variance
+        w.data[...] = np.random.default_rng(0).uniform(-1, 1, w.shape) * math.sqrt(3 / sum(w.shape))
+
+    for wrong in (xavier_normal_fans_swapped, uniform_wrong_bound):
+        with pytest.raises(AssertionError):
+            ch.check_xavier(wrong)
+
+    r = np.random.default_rng(0)
+    for wrong in (lambda x, p, training: x * (r.random(x.shape) >= p),  # not rescaled
+                  lambda x, p, training: x * (r.random(x.shape) >= p) / (1 - p) if training else x * (1 - p),
+                  lambda x, p, training: x * (r.random(x.shape) >= 1 - p) / (1 - p)):  # drops 1 - p
+        with pytest.raises(AssertionError):
+            ch.check_dropout(wrong)
