@@ -167,6 +167,8 @@ def cmd_train_gpt(args) -> None:
     if world.size > 1 and world.is_main:
         print(f"world size {world.size}", flush=True)
     args.seed = world.broadcast_seed(args.seed)
+    if args.device == "cuda" and world.size > 1:
+        world.use_local_gpu()
     backend.manual_seed(args.seed)
     if args.text:
         if not os.path.isfile(args.text):

@@ -35,7 +35,12 @@ Failure: a rank that raises makes the others wait forever in their next all-redu
 the whole job when any rank ends with an error (``sys.excepthook`` and :func:`abort_if_distributed`), and a
 watchdog aborts it when a collective waits longer than ``timeout`` seconds (a rank that hangs; default 600,
 environment variable ``MINITX_DIST_TIMEOUT``). A rank killed by a signal is seen by ``mpiexec`` itself,
-which then ends the others.
+which then ends the others. (NCCL calls return at once and the GPU waits later, where the watchdog does
+not look.)
+
+Randomness: every rank starts from rank 0's random state, so with dropout the ranks draw the same masks for
+their different rows; such a run is valid but not equal to one process's (without dropout it is, up to
+float32 rounding).
 """
 
 from __future__ import annotations
@@ -152,6 +157,17 @@ class World:
             raise DistributedError(f"the {self.size} ranks disagree on {what} (were they started with the same "
                                    f"arguments and files?): " + "; ".join(problems))
 
+    def use_local_gpu(self) -> None:
+        """Make this rank's GPU the current CUDA device: GPU (rank on this node) mod (GPUs on this node).
+        Call it before moving a model to ``"cuda"`` (the CLI does, for ``--device cuda``)."""
+        cp = backend.cupy()
+        local_rank = 0
+        if self.size > 1:
+            from mpi4py import MPI
+
+            local_rank = self.comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
+        cp.cuda.Device(local_rank % cp.cuda.runtime.getDeviceCount()).use()
+
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (MPI_Abort)."""
         if self.size > 1:
@@ -243,20 +259,15 @@ def ring_allreduce(comm, buffer: np.ndarray) -> None:
 
 # ----------------------------------------------------------------------------------------- NCCL (GPU)
 class NcclAllReduce:
-    """Sum CuPy buffers over the ranks with NCCL: one GPU per rank, MPI only to hand out NCCL's id.
-
-    Rank r uses GPU (local rank mod GPUs on the node); NCCL runs the all-reduce on the GPUs (rings/trees over
-    NVLink or the network), queued on the current CUDA stream like any other kernel.
+    """Sum CuPy buffers over the ranks with NCCL: one GPU per rank (:meth:`World.use_local_gpu`), MPI only to
+    hand out NCCL's id. NCCL runs the all-reduce on the GPUs (rings or trees over NVLink or the network),
+    queued on the current CUDA stream like any other kernel.
     """
 
     def __init__(self, comm):
-        from mpi4py import MPI
-
         cp = backend.cupy()
         from cupy.cuda import nccl
 
-        local_rank = comm.Split_type(MPI.COMM_TYPE_SHARED).Get_rank()
-        cp.cuda.Device(local_rank % cp.cuda.runtime.getDeviceCount()).use()
         unique_id = comm.bcast(nccl.get_unique_id() if comm.Get_rank() == 0 else None, root=0)
         self.nccl, self.cupy = nccl, cp
         self.comm = nccl.NcclCommunicator(comm.Get_size(), unique_id, comm.Get_rank())

@@ -23,7 +23,8 @@ step. Only rank 0 shows progress, prints and writes checkpoints; every rank read
 loss is a mean over a varying number of items (tokens that are not padding) may return that number as a
 third element, ``(loss, metrics, count)``: the shares are then count / (the global batch's count), so the
 gradient is that of the mean over the global batch, exactly as one process would compute it. Logged
-metrics other than the loss are rank 0's slice's.
+metrics other than the loss are rank 0's slice's; evaluation runs on every rank (the replicas agree). On
+GPUs, call ``world.use_local_gpu()`` before moving the model to ``"cuda"``.
 """
 
 from __future__ import annotations
