@@ -4,11 +4,11 @@
         ring_allreduce and MPI's Allreduce on random buffers: equal, and the same on every rank.
     python distributed_worker.py train --weights W [--steps S] [--checkpoint C --checkpoint-every K]
                                        [--resume C] [--kill-rank R --kill-step T] [--hang-rank R --hang-step T]
-                                       [--padded] [--no-count]
+                                       [--padded] [--no-count] [--float64]
         a tiny GPT trained by the Trainer on a fixed random token stream (global batch 8); rank 0 saves the
         final weights to W. --padded: rows padded to random lengths, so the ranks average different numbers
         of tokens (the loss reports its count unless --no-count). --kill-rank: that rank SIGKILLs itself
-        before step T; --hang-rank: that rank sleeps forever before step T.
+        before step T; --hang-rank: that rank sleeps forever before step T. --float64: model in float64.
 """
 
 from __future__ import annotations
@@ -57,6 +57,8 @@ def allreduce() -> None:
 
 def train(args) -> None:
     world = distributed.world()
+    if args.float64:
+        backend.set_default_dtype(np.float64)
     backend.manual_seed(0)
     vocab, length = 40, 13
     stream = np.random.default_rng(0).integers(0, vocab, 40 * length)
@@ -110,6 +112,7 @@ def main() -> None:
     parser.add_argument("--hang-step", type=int, default=-1)
     parser.add_argument("--padded", action="store_true")
     parser.add_argument("--no-count", action="store_true")
+    parser.add_argument("--float64", action="store_true")
     args = parser.parse_args()
     allreduce() if args.what == "allreduce" else train(args)
 

@@ -64,11 +64,20 @@ def _ok(proc):
     return proc
 
 
-def _max_difference(path_a, path_b) -> tuple[float, str]:
+def _max_difference(path_a, path_b, skip: str | None = None) -> tuple[float, str]:
+    """The largest |a - b| over the weights of two files (leaving out names that end with ``skip``)."""
     a, b = load_state_dict_file(path_a), load_state_dict_file(path_b)
     assert a.keys() == b.keys()
-    worst = max(a, key=lambda k: float(np.abs(a[k] - b[k]).max()))
+    names = [k for k in a if not (skip and k.endswith(skip))]
+    worst = max(names, key=lambda k: float(np.abs(a[k] - b[k]).max()))
     return float(np.abs(a[worst] - b[worst]).max()), worst
+
+
+# The attention key bias adds q·b to every score of a query, which no softmax sees: its true gradient is 0 and
+# what backward computes is float32 rounding noise (|g| ~ 1e-12 here), which Adam turns into steps
+# lr·ĝ/(√v̂ + ε) ≈ lr·g/ε of ~1e-6 each. Any change of summation order (two half batches instead of one) changes that noise, so the key
+# bias drifts by up to ~1e-5 between the runs while changing no output; it gets a wider tolerance.
+KEY_BIAS = "attn.k_proj.bias"
 
 
 # ------------------------------------------------------------------------------------------ one process
@@ -163,9 +172,11 @@ def test_train_gpt_on_two_ranks_writes_the_weights_of_one_process(tmp_path):
     assert proc.stdout.splitlines()[0] == "world size 2" and proc.stdout.count("world size") == 1, proc.stdout
     assert list((tmp_path / "rank1").iterdir()) == [], "rank 1 wrote files"
     assert {p.name for p in (tmp_path / "rank0" / "B").iterdir()} == {p.name for p in (tmp_path / "A").iterdir()}
-    difference, name = _max_difference(tmp_path / "A" / "model.safetensors",
-                                       tmp_path / "rank0" / "B" / "model.safetensors")
+    one, two = tmp_path / "A" / "model.safetensors", tmp_path / "rank0" / "B" / "model.safetensors"
+    difference, name = _max_difference(one, two, skip=KEY_BIAS)
     assert difference <= 1e-5, f"{name} differs by {difference:.2e}"
+    difference, name = _max_difference(one, two)
+    assert difference <= 1e-4, f"{name} differs by {difference:.2e}"
 
 
 def test_ranks_started_with_different_data_get_one_clear_error(tmp_path):
@@ -186,14 +197,16 @@ def test_ranks_started_with_different_data_get_one_clear_error(tmp_path):
 
 def test_padded_batches_are_averaged_over_the_global_token_count(tmp_path):
     """Ranks average different numbers of real tokens: weighting by the count gives one process's weights;
-    a plain 1/N average (the loss not reporting its count) does not."""
+    a plain 1/N average (the loss not reporting its count) does not. In float64, so that the only difference
+    left between one and two processes is rounding (in float32, Adam turns rounding noise in gradients that
+    are truly zero, like the attention key bias's, into differences of ~1e-5 on its own)."""
     _mpi_or_skip()
-    train = [sys.executable, WORKER, "train", "--padded", "--steps", "6"]
+    train = [sys.executable, WORKER, "train", "--padded", "--float64", "--steps", "6"]
     _ok(_run(train + ["--weights", "one.st"], tmp_path))
     _ok(_run(train + ["--weights", "two.st"], tmp_path, ranks=2))
     _ok(_run(train + ["--weights", "two-unweighted.st", "--no-count"], tmp_path, ranks=2))
     difference, name = _max_difference(tmp_path / "one.st", tmp_path / "two.st")
-    assert difference <= 1e-5, f"{name} differs by {difference:.2e}"
+    assert difference <= 1e-10, f"{name} differs by {difference:.2e}"
     assert _max_difference(tmp_path / "one.st", tmp_path / "two-unweighted.st")[0] > 1e-4
 
 
@@ -211,8 +224,10 @@ def test_killed_rank_ends_the_run_and_resuming_on_any_world_size_matches(tmp_pat
     _ok(_run(train + ["--weights", "resumed1.st", "--resume", "ckpt.st"], tmp_path))
     _ok(_run(train + ["--weights", "resumed2.st", "--resume", "ckpt.st"], tmp_path, ranks=2))
     for resumed in ("resumed1.st", "resumed2.st"):
-        difference, name = _max_difference(tmp_path / "uninterrupted.st", tmp_path / resumed)
+        difference, name = _max_difference(tmp_path / "uninterrupted.st", tmp_path / resumed, skip=KEY_BIAS)
         assert difference <= 1e-5, f"{resumed}: {name} differs by {difference:.2e}"
+        difference, name = _max_difference(tmp_path / "uninterrupted.st", tmp_path / resumed)
+        assert difference <= 1e-4, f"{resumed}: {name} differs by {difference:.2e}"
 
 
 def test_hanging_rank_is_ended_by_the_watchdog(tmp_path):
