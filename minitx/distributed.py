@@ -18,8 +18,8 @@ Not launched under MPI (no ``mpiexec``), :func:`world` is a single process and m
 
 The all-reduce (every rank ends with the sum of every rank's buffer) is done three ways, one switch:
 NumPy buffers go through MPI, either its ``Allreduce`` (``algorithm="mpi"``, the production path) or the
-ring all-reduce written here over point-to-point messages (``algorithm="ring"``, the lesson); CuPy buffers
-(GPU) go through NCCL (:class:`NcclAllReduce`).
+ring all-reduce written here over point-to-point messages (``algorithm="ring"``, the lesson; environment
+variable ``MINITX_ALLREDUCE=ring``); CuPy buffers (GPU) go through NCCL (:class:`NcclAllReduce`).
 
 The ring (:func:`ring_allreduce`), for N ranks and a buffer of M numbers cut into N chunks of M/N:
 
@@ -213,7 +213,8 @@ _world: World | None = None
 
 def world() -> World:
     """This process's :class:`World`: MPI's COMM_WORLD when launched by ``mpiexec`` with 2 or more ranks,
-    else a single process (mpi4py is then not imported)."""
+    else a single process (mpi4py is then not imported). ``MINITX_ALLREDUCE`` (mpi or ring) picks the
+    all-reduce for NumPy buffers."""
     global _world
     if _world is None:
         if launched_size() > 1:
@@ -222,7 +223,7 @@ def world() -> World:
             except ImportError as exc:
                 raise DistributedError("this process was started by mpiexec, but mpi4py is not installed: "
                                        "pip install 'minitx[mpi]'") from exc
-            _world = World(MPI.COMM_WORLD)
+            _world = World(MPI.COMM_WORLD, algorithm=os.environ.get("MINITX_ALLREDUCE", "mpi"))
             sys.excepthook = _world._abort_on_uncaught(sys.excepthook)
         else:
             _world = World()

@@ -239,7 +239,8 @@ class Trainer:
     def save(self, path: str) -> None:
         """Write model, optimizer, scheduler, step, RNG and loader state to ``path`` (atomically).
 
-        Data-parallel: rank 0 writes, after checking that every replica holds the same weights."""
+        Data-parallel: every rank calls it; rank 0 writes, after checking that every replica holds the same
+        weights."""
         self.world.check_same({"weights sha256": distributed.weights_digest(self.model)}, what="the weights")
         if not self.world.is_main:
             return
