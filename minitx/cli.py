@@ -157,12 +157,18 @@ def cmd_finetune(args) -> None:
 
 
 def cmd_train_gpt(args) -> None:
-    from . import backend
+    from . import backend, distributed
     from .data import corpus_text
     from .models import GPTConfig
     from .pipelines import train_gpt
     from .tokenizers import ByteLevelBPE
 
+    world = distributed.world()  # under `mpiexec -n N`: data-parallel; rank 0 prints and writes --out
+    if world.size > 1 and world.is_main:
+        print(f"world size {world.size}", flush=True)
+    args.seed = world.broadcast_seed(args.seed)
+    if args.device == "cuda" and world.size > 1:
+        world.use_local_gpu()
     backend.manual_seed(args.seed)
     if args.text:
         if not os.path.isfile(args.text):
@@ -176,9 +182,10 @@ def cmd_train_gpt(args) -> None:
     result = train_gpt(text, tokenizer, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        device=args.device, seed=args.seed, progress=not args.no_progress,
                        checkpoint_path=os.path.join(args.out, "checkpoint.safetensors"))
-    save_folder(args.out, result.model, config, tokenizer)
-    print(f"held-out loss {result.metrics['val_loss']:.3f} (ln V = {result.metrics['uniform_loss']:.3f}); "
-          f"saved to {args.out}")
+    if world.is_main:
+        save_folder(args.out, result.model, config, tokenizer)
+        print(f"held-out loss {result.metrics['val_loss']:.3f} (ln V = {result.metrics['uniform_loss']:.3f}); "
+              f"saved to {args.out}")
 
 
 def cmd_generate(args) -> None:
@@ -281,14 +288,21 @@ def main(argv=None) -> int:
     if getattr(args, "top_p", None) is not None and not 0 < args.top_p <= 1:
         print(f"minitx {args.command}: error: --top-p must be in (0, 1], got {args.top_p}", file=sys.stderr)
         return 2
-    return run_command(args.command, args.func, args)
+    code = run_command(args.command, args.func, args)
+    if code:  # under MPI the other ranks would wait for this one forever: end them too
+        from .distributed import abort_if_distributed
+
+        abort_if_distributed(code)
+    return code
 
 
 def run_command(command: str, func, arg) -> int:
     """func(arg), with the user's mistakes and Ctrl-C reported as one line and an exit status."""
+    from .distributed import DistributedError  # MPI ranks started with different arguments or files
+
     try:
         func(arg)
-    except (CLIError, FileNotFoundError) as exc:
+    except (CLIError, FileNotFoundError, DistributedError) as exc:
         print(f"minitx {command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -14,6 +14,17 @@ position, so that a run on the CPU continues as if it had never stopped. The CUD
 run resumed on a GPU draws different dropout masks from there on. Checkpoints are written atomically
 (:mod:`minitx.io`), so an interrupted run (Ctrl-C, a crash, a full disk) loses at most the steps since the
 last checkpoint, never the checkpoint itself.
+
+Under MPI (``mpiexec -n N``, see :mod:`minitx.distributed`) the same Trainer trains data-parallel: it starts
+every rank from rank 0's weights and random state, checks that the ranks agree on the run, gives each rank
+its slice of every global batch (the loader's ``batch_size`` is the global batch), scales each rank's loss
+by its share of the global batch and sums the gradients over the ranks before clipping and the optimizer
+step. Only rank 0 shows progress, prints and writes checkpoints; every rank reads them. A ``loss_fn`` whose
+loss is a mean over a varying number of items (tokens that are not padding) may return that number as a
+third element, ``(loss, metrics, count)``: the shares are then count / (the global batch's count), so the
+gradient is that of the mean over the global batch, exactly as one process would compute it. Logged
+metrics other than the loss are rank 0's slice's; evaluation runs on every rank (the replicas agree). On
+GPUs, call ``world.use_local_gpu()`` before moving the model to ``"cuda"``.
 """
 
 from __future__ import annotations
@@ -26,11 +37,11 @@ from typing import Callable
 
 from tqdm.auto import tqdm
 
-from . import backend, io
+from . import backend, distributed, io
 from .optim import clip_grad_norm_
 from .tensor import no_grad
 
-LossFn = Callable[..., tuple]  # (model, batch) -> (loss Tensor, {metric name: float})
+LossFn = Callable[..., tuple]  # (model, batch) -> (loss Tensor, {metric name: float}[, count of items averaged])
 
 
 @dataclass
@@ -98,16 +109,36 @@ class Trainer:
     ``loss_fn(model, batch)`` returns ``(loss, metrics)``: a scalar Tensor and a dict of floats.
     ``eval_fn(model)`` returns a dict of floats (it runs in eval mode under ``no_grad``).
     The loader is iterated epoch after epoch until ``config.steps`` optimizer steps are done; if it has
-    ``state_dict()``/``load_state_dict()`` its position is checkpointed too.
+    ``state_dict()``/``load_state_dict()`` its position is checkpointed too. ``world`` (default: this
+    process's :func:`minitx.distributed.world`) decides whether training is data-parallel.
     """
 
     def __init__(self, model, optimizer, loader, loss_fn: LossFn, config: TrainConfig, scheduler=None,
-                 eval_fn: Callable | None = None):
+                 eval_fn: Callable | None = None, world: distributed.World | None = None):
         self.model, self.optimizer, self.loader = model, optimizer, loader
         self.loss_fn, self.config, self.scheduler, self.eval_fn = loss_fn, config, scheduler, eval_fn
+        self.world = world if world is not None else distributed.world()
         self.step = 0
         self.history = History()
         self._batches = None
+        self._reducer = None
+        if self.world.size > 1:
+            self._start_data_parallel()
+
+    def _start_data_parallel(self) -> None:
+        """Shard the loader, check that the ranks agree, start every replica from rank 0's state."""
+        world = self.world
+        self.loader = distributed.ShardedLoader.from_loader(self.loader, world)
+        config = {k: v for k, v in vars(self.config).items() if k != "progress"}
+        world.check_same({"model": type(self.model).__name__,
+                          "model config": repr(getattr(self.model, "config", None)),
+                          "parameters": [(n, list(p.shape)) for n, p in self.model.named_parameters()],
+                          "train config": config, "dataset size": len(self.loader.dataset),
+                          "global batch size": self.loader.batch_size, "shuffle": self.loader.shuffle,
+                          "loader seed": self.loader.seed}, what="the model, data and training settings")
+        distributed.broadcast_model(self.model, world)
+        backend.set_rng_state(world.broadcast_object(backend.get_rng_state()))
+        self._reducer = distributed.GradientReducer([p for p in self.model.parameters() if p.requires_grad], world)
 
     # ------------------------------------------------------------------------------------------ data
     def _next_batch(self):
@@ -129,11 +160,14 @@ class Trainer:
         k = self.config.accumulation
         total_loss, metrics = 0.0, {}
         for _ in range(k):
-            loss, batch_metrics = self.loss_fn(self.model, self._next_batch())
-            (loss / k).backward()
-            total_loss += loss.item() / k
+            loss, batch_metrics, *count = self.loss_fn(self.model, self._next_batch())
+            share = self._share(count[0] if count else None)  # this rank's part of the global micro-batch
+            (loss * share / k).backward()
+            total_loss += loss.item() * share / k
             for name, value in batch_metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + value / k
+        if self._reducer is not None:  # Σ over the ranks of the share-scaled gradients (and losses)
+            (total_loss,) = self._reducer.all_reduce([total_loss])
         row = {"step": self.step + 1, "loss": total_loss, "lr": self.optimizer.lr}
         params = [p for p in self.model.parameters() if p.requires_grad]
         try:
@@ -154,6 +188,14 @@ class Trainer:
         row.update(metrics)
         return row
 
+    def _share(self, count) -> float:
+        """This rank's weight in the global batch's mean: 1/N for equal slices, else count / Σ counts."""
+        if self.world.size == 1:
+            return 1.0
+        if count is None:
+            return 1.0 / self.world.size
+        return float(count) / self.world.sum(float(count))
+
     def evaluate(self) -> dict:
         if self.eval_fn is None:
             return {}
@@ -167,7 +209,8 @@ class Trainer:
     def fit(self) -> History:
         """Train until ``config.steps`` optimizer steps are done (continuing from a resumed step)."""
         cfg = self.config
-        bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.desc, disable=not cfg.progress, leave=False)
+        bar = tqdm(total=cfg.steps, initial=self.step, desc=cfg.desc, leave=False,
+                   disable=not (cfg.progress and self.world.is_main))
         try:
             while self.step < cfg.steps:
                 row = self.train_step()
@@ -182,7 +225,8 @@ class Trainer:
         except KeyboardInterrupt:
             bar.close()
             where = f"; the last checkpoint in {cfg.checkpoint_path} is intact" if cfg.checkpoint_path else ""
-            print(f"\ninterrupted at step {self.step}{where}")
+            if self.world.is_main:
+                print(f"\ninterrupted at step {self.step}{where}")
             raise
         bar.close()
         if self.eval_fn is not None:
@@ -193,7 +237,13 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------ checkpoints
     def save(self, path: str) -> None:
-        """Write model, optimizer, scheduler, step, RNG and loader state to ``path`` (atomically)."""
+        """Write model, optimizer, scheduler, step, RNG and loader state to ``path`` (atomically).
+
+        Data-parallel: every rank calls it; rank 0 writes, after checking that every replica holds the same
+        weights."""
+        self.world.check_same({"weights sha256": distributed.weights_digest(self.model)}, what="the weights")
+        if not self.world.is_main:
+            return
         extra = {"rng": backend.get_rng_state()}
         if self.scheduler is not None:
             extra["scheduler"] = self.scheduler.state_dict()
@@ -203,7 +253,8 @@ class Trainer:
         io.save_checkpoint(path, self.model, self.optimizer, step=self.step, extra=extra)
 
     def resume(self, path: str) -> None:
-        """Load a checkpoint written by :meth:`save`; training continues exactly where it stopped."""
+        """Load a checkpoint written by :meth:`save`; training continues exactly where it stopped (every rank
+        reads it; its loader position counts global batches, so any number of ranks can resume it)."""
         info = io.load_checkpoint(path, self.model, self.optimizer)
         self.step = info["step"]
         extra = info.get("extra", {})

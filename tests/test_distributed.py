@@ -1,0 +1,242 @@
+"""Data-parallel training (minitx.distributed): the pieces in one process, then whole runs under ``mpiexec``.
+
+The MPI tests launch ``mpiexec -n N`` in a subprocess (tests/distributed_worker.py or the ``minitx`` command)
+with one BLAS/Numba thread per rank. They are skipped, with the reason, where mpiexec or mpi4py is missing
+(``pip install 'minitx[mpi]'``); ``.ci/run`` sets MINITX_REQUIRE_MPI=1, which turns that skip into a failure.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from minitx import distributed
+from minitx.data import DataLoader, ListDataset
+from minitx.io import load_state_dict_file
+from minitx.models import GPT, GPTConfig
+from minitx.tensor import Tensor
+
+ROOT = Path(__file__).resolve().parent.parent
+WORKER = Path(__file__).resolve().parent / "distributed_worker.py"
+# The mpiexec installed next to this Python (the `mpich` wheel puts it there) matches mpi4py's MPI library.
+MPIEXEC = shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
+HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+LAUNCH_TIMEOUT_S = 120
+
+
+def _mpi_or_skip():
+    if MPIEXEC and HAVE_MPI4PY:
+        return
+    missing = "mpiexec" if not MPIEXEC else "mpi4py"
+    message = f"{missing} is not installed (pip install 'minitx[mpi]' gives both)"
+    if os.environ.get("MINITX_REQUIRE_MPI") == "1":
+        pytest.fail(f"MINITX_REQUIRE_MPI=1 but {message}")
+    pytest.skip(message)
+
+
+def _env(**extra) -> dict:
+    env = {k: v for k, v in os.environ.items() if k not in distributed._SIZE_VARIABLES}
+    env.update(OMP_NUM_THREADS="1", OPENBLAS_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MPLBACKEND="Agg")
+    env["PYTHONPATH"] = str(ROOT) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+    env.update(extra)
+    return env
+
+
+def _run(command: list, cwd, ranks: int | None = None, timeout=LAUNCH_TIMEOUT_S, **env):
+    """Run ``command`` (under ``mpiexec -n ranks`` unless ranks is None); return the CompletedProcess."""
+    if ranks is not None:
+        command = [MPIEXEC, "-n", str(ranks)] + command
+    return subprocess.run([str(c) for c in command], cwd=cwd, env=_env(**env), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def _ok(proc):
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+def _max_difference(path_a, path_b, skip: str | None = None) -> tuple[float, str]:
+    """The largest |a - b| over the weights of two files (leaving out names that end with ``skip``)."""
+    a, b = load_state_dict_file(path_a), load_state_dict_file(path_b)
+    assert a.keys() == b.keys()
+    names = [k for k in a if not (skip and k.endswith(skip))]
+    worst = max(names, key=lambda k: float(np.abs(a[k] - b[k]).max()))
+    return float(np.abs(a[worst] - b[worst]).max()), worst
+
+
+# The attention key bias adds q·b to every score of a query, which no softmax sees: its true gradient is 0 and
+# what backward computes is float32 rounding noise (|g| ~ 1e-12 here), which Adam turns into steps
+# lr·ĝ/(√v̂ + ε) ≈ lr·g/ε of ~1e-6 each. Any change of summation order (two half batches instead of one) changes that noise, so the key
+# bias drifts by up to ~1e-5 between the runs while changing no output; it gets a wider tolerance.
+KEY_BIAS = "attn.k_proj.bias"
+
+
+# ------------------------------------------------------------------------------------------ one process
+def test_single_process_world_does_not_import_mpi4py():
+    code = ("import sys; from minitx import distributed; w = distributed.world(); "
+            "assert (w.rank, w.size, w.is_main) == (0, 1, True); assert 'mpi4py' not in sys.modules; print('ok')")
+    proc = subprocess.run([sys.executable, "-c", code], env=_env(), capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr
+
+
+def test_sharded_loader_splits_each_global_batch_in_rank_order():
+    data = ListDataset(np.arange(30))
+    one = DataLoader(data, 6, shuffle=True, seed=3, drop_last=True)
+    shards = [distributed.ShardedLoader(data, 6, SimpleNamespace(rank=r, size=3), shuffle=True, seed=3,
+                                        drop_last=True) for r in range(3)]
+    for epoch in range(2):  # the same global order as one process, epoch after epoch
+        for whole, *parts in zip(one, *shards):
+            assert [len(p) for p in parts] == [2, 2, 2]
+            np.testing.assert_array_equal(np.concatenate(parts), whole)
+    # a position saved by one process resumes on three ranks (and back)
+    one.load_state_dict({"epoch": 4, "batches_done": 3, "seed": 3})
+    shards[1].load_state_dict(one.state_dict())
+    np.testing.assert_array_equal(next(iter(shards[1])), next(iter(one))[2:4])
+    assert shards[1].state_dict() == one.state_dict()
+
+
+def test_sharded_loader_rejects_batches_it_cannot_split():
+    data = ListDataset(np.arange(30))
+    with pytest.raises(ValueError, match=r"global batch_size \(7\) must be a multiple of the number of ranks \(2\)"):
+        distributed.ShardedLoader(data, 7, SimpleNamespace(rank=0, size=2), drop_last=True)
+    with pytest.raises(ValueError, match="drop_last=True"):
+        distributed.ShardedLoader(data, 8, SimpleNamespace(rank=0, size=2))
+
+
+class _FakeWorld(distributed.World):
+    """A World whose all-gather returns what the test says the other ranks hold."""
+
+    def __init__(self, everyone):
+        super().__init__()
+        self.size, self.everyone = len(everyone), everyone
+
+    def allgather_object(self, obj):
+        return self.everyone
+
+
+def test_check_same_names_what_differs():
+    facts = {"dataset size": 100, "config": {"d": 8}}
+    _FakeWorld([facts, dict(facts)]).check_same(facts)  # agreeing ranks: no error
+    with pytest.raises(distributed.DistributedError,
+                       match=r"dataset size: rank 0 has 100, rank 1 has 90") as info:
+        _FakeWorld([facts, {"dataset size": 90, "config": {"d": 8}}]).check_same(facts)
+    assert "config" not in str(info.value)
+
+
+def test_gradient_reducer_buckets_and_keeps_missing_gradients():
+    model = GPT(GPTConfig(vocab_size=11, max_len=4, d_model=8, num_heads=2, num_layers=1, ff_dim=16))
+    params = list(model.parameters())
+    reducer = distributed.GradientReducer(params, distributed.World(), bucket_bytes=1024)
+    assert len(reducer.buckets) > 1 and sorted(i for b in reducer.buckets for i in b) == list(range(len(params)))
+    model.loss(Tensor(np.array([[1, 2, 3, 4]]))).backward()
+    grads = [None if p.grad is None else p.grad.copy() for p in params]
+    params[0].grad = None
+    (loss,) = reducer.all_reduce([2.5])  # one process: the sums are the values themselves
+    assert loss == 2.5 and params[0].grad is None
+    for p, g in zip(params[1:], grads[1:]):
+        np.testing.assert_array_equal(p.grad, g)
+
+
+# ------------------------------------------------------------------------------------------- under MPI
+@pytest.mark.parametrize("ranks", [2, 3])
+def test_ring_allreduce_equals_mpi_allreduce(ranks, tmp_path):
+    _mpi_or_skip()
+    proc = _ok(_run([sys.executable, WORKER, "allreduce"], tmp_path, ranks))
+    assert f"ring == MPI Allreduce on {ranks} ranks" in proc.stdout
+
+
+def test_train_gpt_on_two_ranks_writes_the_weights_of_one_process(tmp_path):
+    """The issue's acceptance run (global batch 8: 4 rows per rank), on a small model to keep it fast."""
+    _mpi_or_skip()
+    text = tmp_path / "text.txt"
+    text.write_text((ROOT / "README.md").read_text(encoding="utf-8")[:6000], encoding="utf-8")
+    options = ["--text", text, "--steps", "20", "--batch-size", "8", "--seed", "0", "--no-progress",
+               "--vocab-size", "300", "--d-model", "32", "--layers", "1", "--context", "32"]
+    minitx = [sys.executable, "-m", "minitx", "train-gpt"]
+    _ok(_run(minitx + options + ["--out", tmp_path / "A"], tmp_path))
+    # Each rank in its own working directory, with a relative --out: whatever rank 1 writes lands in rank1/.
+    for folder in ("rank0", "rank1"):
+        (tmp_path / folder).mkdir()
+    command = [MPIEXEC, "-n", "1", "-wdir", tmp_path / "rank0"] + minitx + options + ["--out", "B", ":",
+               "-n", "1", "-wdir", tmp_path / "rank1"] + minitx + options + ["--out", "B"]
+    proc = _ok(_run(command, tmp_path))
+    assert proc.stdout.splitlines()[0] == "world size 2" and proc.stdout.count("world size") == 1, proc.stdout
+    assert list((tmp_path / "rank1").iterdir()) == [], "rank 1 wrote files"
+    assert {p.name for p in (tmp_path / "rank0" / "B").iterdir()} == {p.name for p in (tmp_path / "A").iterdir()}
+    one, two = tmp_path / "A" / "model.safetensors", tmp_path / "rank0" / "B" / "model.safetensors"
+    difference, name = _max_difference(one, two, skip=KEY_BIAS)
+    assert difference <= 1e-5, f"{name} differs by {difference:.2e}"
+    difference, name = _max_difference(one, two)
+    assert difference <= 1e-4, f"{name} differs by {difference:.2e}"
+
+
+def test_ranks_started_with_different_data_get_one_clear_error(tmp_path):
+    _mpi_or_skip()
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    (tmp_path / "a.txt").write_text(readme[:3000], encoding="utf-8")
+    (tmp_path / "b.txt").write_text(readme[:2000], encoding="utf-8")
+    options = ["--steps", "2", "--batch-size", "2", "--no-progress", "--vocab-size", "280", "--d-model", "16",
+               "--layers", "1", "--context", "16", "--out", tmp_path / "out"]
+    minitx = [sys.executable, "-m", "minitx", "train-gpt"]
+    command = [MPIEXEC, "-n", "1"] + minitx + options + ["--text", "a.txt", ":", "-n", "1"] + minitx + options + [
+        "--text", "b.txt"]
+    proc = _run(command, tmp_path, timeout=60)
+    assert proc.returncode != 0
+    assert "error: the 2 ranks disagree" in proc.stderr and "dataset size: rank 0 has" in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_padded_batches_are_averaged_over_the_global_token_count(tmp_path):
+    """Ranks average different numbers of real tokens: weighting by the count gives one process's weights;
+    a plain 1/N average (the loss not reporting its count) does not. In float64, so that the only difference
+    left between one and two processes is rounding (in float32, Adam turns rounding noise in gradients that
+    are truly zero, like the attention key bias's, into differences of ~1e-5 on its own)."""
+    _mpi_or_skip()
+    train = [sys.executable, WORKER, "train", "--padded", "--float64", "--steps", "6"]
+    _ok(_run(train + ["--weights", "one.st"], tmp_path))
+    _ok(_run(train + ["--weights", "two.st"], tmp_path, ranks=2))
+    _ok(_run(train + ["--weights", "two-unweighted.st", "--no-count"], tmp_path, ranks=2))
+    difference, name = _max_difference(tmp_path / "one.st", tmp_path / "two.st")
+    assert difference <= 1e-10, f"{name} differs by {difference:.2e}"
+    assert _max_difference(tmp_path / "one.st", tmp_path / "two-unweighted.st")[0] > 1e-4
+
+
+def test_killed_rank_ends_the_run_and_resuming_on_any_world_size_matches(tmp_path):
+    _mpi_or_skip()
+    train = [sys.executable, WORKER, "train", "--steps", "10"]
+    start = time.monotonic()
+    proc = _run(train + ["--weights", "never.st", "--checkpoint", "ckpt.st", "--checkpoint-every", "4",
+                         "--kill-rank", "1", "--kill-step", "6"], tmp_path, ranks=2, timeout=60)
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0 and "BAD TERMINATION" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
+    assert elapsed < 30, f"the run took {elapsed:.0f} s to end after rank 1 was killed"
+    assert (tmp_path / "ckpt.st").is_file() and not (tmp_path / "never.st").exists()
+    _ok(_run(train + ["--weights", "uninterrupted.st"], tmp_path))
+    _ok(_run(train + ["--weights", "resumed1.st", "--resume", "ckpt.st"], tmp_path))
+    _ok(_run(train + ["--weights", "resumed2.st", "--resume", "ckpt.st"], tmp_path, ranks=2,
+             MINITX_ALLREDUCE="ring"))  # and the hand-written ring averages the gradients
+    for resumed in ("resumed1.st", "resumed2.st"):
+        difference, name = _max_difference(tmp_path / "uninterrupted.st", tmp_path / resumed, skip=KEY_BIAS)
+        assert difference <= 1e-5, f"{resumed}: {name} differs by {difference:.2e}"
+        difference, name = _max_difference(tmp_path / "uninterrupted.st", tmp_path / resumed)
+        assert difference <= 1e-4, f"{resumed}: {name} differs by {difference:.2e}"
+
+
+def test_hanging_rank_is_ended_by_the_watchdog(tmp_path):
+    _mpi_or_skip()
+    start = time.monotonic()
+    proc = _run([sys.executable, WORKER, "train", "--weights", "never.st", "--hang-rank", "1", "--hang-step", "2"],
+                tmp_path, ranks=2, timeout=60, MINITX_DIST_TIMEOUT="2")
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "rank 0: waited more than 2 s in allreduce for the other ranks" in proc.stderr, proc.stderr
+    assert elapsed < 30, f"took {elapsed:.0f} s"

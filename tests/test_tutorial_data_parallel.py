@@ -1,0 +1,90 @@
+"""Chapter 19 (data parallelism) runs in quick mode, writes its figures, and its checks reject wrong versions
+of what it builds: a plain mean of padded shards' gradients, all-reduces that stop half-way or add twice,
+and wrong message counts. (tests/test_tutorials.py runs every chapter as a script as well.)"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
+STEM = "19_data_parallel"
+FIGURES = ["ring_allreduce_steps", "alpha_beta_model", "measured_scaling"]
+
+
+@pytest.fixture(scope="module")
+def chapter(tmp_path_factory):
+    """The chapter imported as a module in quick mode (it runs top to bottom once), and its figure folder."""
+    out = tmp_path_factory.mktemp(STEM)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINITX_QUICK", "1")
+        mp.setenv("MINITX_TUTORIAL_OUT", str(out))
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
+            mp.setenv(name, "1")
+        mp.chdir(out)
+        mp.syspath_prepend(str(TUTORIALS))
+        sys.modules.pop("_common", None)  # re-read MINITX_QUICK
+        spec = importlib.util.spec_from_file_location(f"tutorial_{STEM}", TUTORIALS / f"{STEM}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module, out / STEM
+
+
+def test_chapter_writes_its_figures(chapter):
+    _, folder = chapter
+    for name in FIGURES:
+        data = (folder / f"{name}.png").read_bytes()
+        assert len(data) > 1000 and data.startswith(b"\x89PNG"), name
+
+
+def test_gradient_averaging_check_rejects_an_unweighted_mean(chapter):
+    ch, _ = chapter
+    ch.check_gradient_averaging(ch.combine_weighted)
+    with pytest.raises(AssertionError, match="padded rows"):  # right for full rows only
+        ch.check_gradient_averaging(ch.combine_mean)
+    with pytest.raises(AssertionError, match="full rows"):  # the sum: N times too large
+        ch.check_gradient_averaging(lambda grads, counts: [sum(g) for g in zip(*grads)])
+
+
+def _reduce_scatter_only(comm, buffer):
+    """The ring's first half: each rank ends with one complete chunk, the others partial."""
+    n, r = comm.Get_size(), comm.Get_rank()
+    chunks = np.array_split(buffer, n)
+    for step in range(n - 1):
+        send, receive = (r - step) % n, (r - step - 1) % n
+        incoming = np.empty_like(chunks[receive])
+        comm.Sendrecv(chunks[send], dest=(r + 1) % n, recvbuf=incoming, source=(r - 1) % n)
+        chunks[receive] += incoming
+
+
+def _adds_in_the_all_gather(comm, buffer):
+    """Both phases add: the finished chunks are counted again on their way round."""
+    n, r = comm.Get_size(), comm.Get_rank()
+    chunks = np.array_split(buffer, n)
+    for step in range(2 * (n - 1)):
+        s = step if step < n - 1 else step - (n - 1) - 1
+        send, receive = (r - s) % n, (r - s - 1) % n
+        incoming = np.empty_like(chunks[receive])
+        comm.Sendrecv(chunks[send], dest=(r + 1) % n, recvbuf=incoming, source=(r - 1) % n)
+        chunks[receive] += incoming
+
+
+def test_allreduce_check_rejects_broken_rings(chapter):
+    ch, _ = chapter
+    ch.check_allreduce(ch.distributed.ring_allreduce)
+    for wrong in (_reduce_scatter_only, _adds_in_the_all_gather):
+        with pytest.raises(AssertionError):
+            ch.check_allreduce(wrong)
+
+
+def test_message_count_check_rejects_wrong_counts(chapter):
+    ch, _ = chapter
+    ch.check_ring_message_counts(ch.ring_messages)
+    for wrong in (lambda n, m: (n - 1, (n - 1) / n * m),  # only the reduce-scatter
+                  lambda n, m: (2 * (n - 1), 2 * (n - 1) * m)):  # whole buffers, as through a root
+        with pytest.raises(AssertionError):
+            ch.check_ring_message_counts(wrong)
