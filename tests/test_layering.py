@@ -11,6 +11,7 @@ The layers, bottom to top (README, "Layout"; a module may import its own group a
     models                                        configurations of nn blocks, and sampling
     tokenizers                                    a leaf: imports nothing else of minitx
     data                                          corpora, loaders, collators, fetchers
+    distributed                                   ranks, sharded sampling, gradient all-reduce
     hub, train                                    published checkpoints in; the training loop
     embed, pipelines                              the source texts' workflows
     demo
@@ -43,6 +44,7 @@ LAYERS = [  # bottom to top; one row per rank
     ["minitx.models"],
     ["minitx.tokenizers"],
     ["minitx.data"],
+    ["minitx.distributed"],
     ["minitx.hub", "minitx.train"],
     ["minitx.embed", "minitx.pipelines"],
     ["minitx.demo"],
