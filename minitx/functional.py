@@ -189,7 +189,8 @@ def triu(x, diagonal: int = 0):
 
 
 def gather(x, axis: int, index):
-    """``torch.gather``: out[i, j, …] = x[…, index[i, j, …], …], the index taking the place of axis ``axis``."""
+    """``torch.gather``: z[p] = x[p with its coordinate on ``axis`` replaced by index[p]]; for a matrix and
+    axis=1, z[i, j] = x[i, index[i, j]]."""
     return ops.Gather.apply(x, index, axis=axis)
 
 

@@ -533,7 +533,7 @@ class Tensor:
         return ops.Triangle.apply(self, diagonal=diagonal, upper=True)
 
     def gather(self, axis: int, index):
-        """``torch.gather``: out[i, j, …] = self[…, index[i, j, …], …] with the index on axis ``axis``."""
+        """``torch.gather``: z[p] = self[p with its coordinate on ``axis`` replaced by index[p]] (``ops.Gather``)."""
         return ops.Gather.apply(self, index, axis=axis)
 
     def masked_fill(self, mask, value: float):

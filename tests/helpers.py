@@ -558,7 +558,7 @@ _reduction("logsumexp", lambda x, axis, keepdims: x.logsumexp(axis, keepdims=kee
 
 def _torch_prod(x, axis, keepdims):
     """torch.prod takes one dim at a time."""
-    axes = sorted(a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis)) if axis is not None else range(x.ndim)
+    axes = range(x.ndim) if axis is None else sorted(a % x.ndim for a in ((axis,) if isinstance(axis, int) else axis))
     out = x
     for a in reversed(list(axes)):
         out = out.prod(dim=a, keepdim=True)

@@ -61,6 +61,7 @@ class Max(Function):
 
     @staticmethod
     def reduce(x, axes):
+        """The extreme value over ``axes``, kept as size-1 axes (:class:`Min` is this op with ``min``)."""
         return x.max(axis=axes, keepdims=True)
 
     def backward(self, grad):
@@ -154,5 +155,6 @@ class Std(Var):
     def backward(self, grad):
         xp = get_array_module(grad)
         flat = self.z == 0
-        dvar = xp.where(flat, grad.dtype.type(0), grad) / (2 * xp.where(flat, grad.dtype.type(1), self.z))  # dz/dvar
+        # dL/dvar = dL/dz · 1/(2z), and 0 where z = 0 (the 1 there only avoids dividing by zero)
+        dvar = xp.where(flat, grad.dtype.type(0), grad) / (2 * xp.where(flat, grad.dtype.type(1), self.z))
         return super().backward(dvar)

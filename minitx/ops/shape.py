@@ -70,7 +70,8 @@ class Triangle(Function):
 
     def forward(self, x, diagonal: int = 0, upper: bool = False):
         if x.ndim < 2:
-            raise ValueError(f"{'triu' if upper else 'tril'}: needs a tensor of at least 2 axes, got shape {tuple(x.shape)}")
+            name = "triu" if upper else "tril"
+            raise ValueError(f"{name}: needs a tensor of at least 2 axes, got shape {tuple(x.shape)}")
         self.diagonal, self.upper = diagonal, upper
         return self._keep(x)
 
@@ -83,9 +84,9 @@ class Triangle(Function):
 
 
 class Gather(Function):
-    """z[i, j, …] = x[i, …, index[i, j, …], …] with the index replacing the coordinate on ``axis``
-    (``torch.gather``): ``index`` has x's number of axes, z has index's shape, and on every other axis the
-    index may be shorter than x.
+    """``torch.gather``: for every position p of ``index``, z[p] = x[p with its coordinate on ``axis`` replaced
+    by index[p]]; for a matrix and axis=1, z[i, j] = x[i, index[i, j]]. ``index`` has x's number of axes, z has
+    index's shape, and on every other axis the index may be shorter than x.
 
     dL/dx scatters dL/dz back to the positions read; one position can be read many times, so it adds
     (``scatter_add``).
@@ -105,8 +106,10 @@ class Gather(Function):
                              f"{tuple(x.shape)}, got values in [{int(index.min())}, {int(index.max())}]")
         # one integer array per axis, broadcasting to index's shape: the index itself on ``axis``, and on every
         # other axis a's own coordinate (an arange along a, size 1 elsewhere)
-        self.positions = tuple(index if a == axis else xp.arange(n).reshape([-1 if b == a else 1 for b in range(x.ndim)])
-                               for a, n in enumerate(index.shape))
+        self.positions = tuple(
+            index if a == axis else xp.arange(n).reshape([-1 if b == a else 1 for b in range(x.ndim)])
+            for a, n in enumerate(index.shape)
+        )
         self.shape, self.dtype = x.shape, x.dtype
         return x[self.positions]
 
