@@ -33,7 +33,7 @@ def test_gradcheck_every_op(case, data):
 BROADCAST_PAIRS = [((3, 1, 4), (2, 1)), ((), (2, 3)), ((1,), (3, 1)), ((2, 3), (3,)), ((2, 1, 3), (1, 4, 1))]
 
 
-@pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "pow"])
+@pytest.mark.parametrize("name", ["add", "sub", "mul", "div", "pow", "maximum", "minimum"])
 @pytest.mark.parametrize("shapes", BROADCAST_PAIRS, ids=str)
 def test_gradcheck_binary_ops_on_fixed_broadcast_shapes(name, shapes):
     """Hypothesis draws broadcasts at random; these shapes make sure the classic ones are always covered."""
