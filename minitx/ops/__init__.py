@@ -4,24 +4,20 @@ Each op's ``forward`` works on raw arrays (NumPy or CuPy: ``xp = get_array_modul
 ``backward`` sits right below it, with the derivative written in the docstring.
 """
 
-from .elementwise import GELU, Abs, Add, Div, Exp, Log, Mul, Neg, Pow, ReLU, Sigmoid, SiLU, Sqrt, Sub, Tanh
+from .elementwise import (Abs, Add, Clamp, Cos, Div, Exp, GELU, LeakyReLU, Log, Maximum, Minimum, Mul, Neg,
+                          Pow, ReLU, Rsqrt, SiLU, Sigmoid, Sin, Softplus, Sqrt, Sub, Tanh)
 from .linalg import Linear, MatMul
-from .nn import CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, RMSNorm, Rotary, Softmax
-from .reduce import Max, Mean, Sum, Var
-from .shape import (Cast, Concat, GetItem, MaskedFill, Permute, RepeatInterleave, Reshape, Stack, ToDevice,
-                    Where)
-from .elementwise import Clamp, Cos, LeakyReLU, Maximum, Minimum, Rsqrt, Sin, Softplus
-from .nn import LogSumExp, NLLLoss, Normalize
-from .reduce import Cumsum, Min, Prod, Std
-from .shape import Expand, Gather, Triangle
+from .nn import (CrossEntropy, Dropout, Embedding, LayerNorm, LogSoftmax, LogSumExp, NLLLoss, Normalize,
+                 RMSNorm, Rotary, Softmax)
+from .reduce import Cumsum, Max, Mean, Min, Prod, Std, Sum, Var
+from .shape import (Cast, Concat, Expand, Gather, GetItem, MaskedFill, Permute, RepeatInterleave, Reshape,
+                    Stack, ToDevice, Triangle, Where)
 
 __all__ = [
-    "Abs", "Add", "Cast", "Concat", "CrossEntropy", "Div", "Dropout", "Embedding", "Exp", "GELU", "GetItem",
-    "LayerNorm", "Linear", "Log", "LogSoftmax", "MaskedFill", "MatMul", "Max", "Mean", "Mul", "Neg", "Permute", "Pow",
-    "ReLU", "Reshape", "Sigmoid", "Softmax", "Sqrt", "Stack", "Sub", "Sum", "Tanh", "ToDevice", "Var", "Where",
-    "RMSNorm", "RepeatInterleave", "Rotary", "SiLU",
-]
-__all__ += [
-    "Clamp", "Cos", "Cumsum", "Expand", "Gather", "LeakyReLU", "LogSumExp", "Maximum", "Min", "Minimum", "NLLLoss",
-    "Normalize", "Prod", "Rsqrt", "Sin", "Softplus", "Std", "Triangle",
+    "Abs", "Add", "Cast", "Clamp", "Concat", "Cos", "CrossEntropy", "Cumsum", "Div", "Dropout", "Embedding",
+    "Exp", "Expand", "GELU", "Gather", "GetItem", "LayerNorm", "LeakyReLU", "Linear", "Log", "LogSoftmax",
+    "LogSumExp", "MaskedFill", "MatMul", "Max", "Maximum", "Mean", "Min", "Minimum", "Mul", "NLLLoss", "Neg",
+    "Normalize", "Permute", "Pow", "Prod", "RMSNorm", "ReLU", "RepeatInterleave", "Reshape", "Rotary", "Rsqrt",
+    "SiLU", "Sigmoid", "Sin", "Softmax", "Softplus", "Sqrt", "Stack", "Std", "Sub", "Sum", "Tanh", "ToDevice",
+    "Triangle", "Var", "Where",
 ]
