@@ -427,7 +427,8 @@ def mpiexec_path():
     return shutil.which("mpiexec", path=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]))
 
 
-def measure(ranks: int, threads: int, steps: int, d_model: int) -> dict | None:
+def measure(ranks: int, threads: int, steps: int, d_model: int) -> dict:
+    """Run MEASURE on ``ranks`` processes of ``threads`` threads each; rank 0's timings."""
     env = {k: v for k, v in os.environ.items() if k not in ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")}
     env.update(OMP_NUM_THREADS=str(threads), OPENBLAS_NUM_THREADS=str(threads), NUMBA_NUM_THREADS=str(threads))
     command = [sys.executable, "-c", MEASURE, str(steps), str(d_model)]
@@ -435,8 +436,7 @@ def measure(ranks: int, threads: int, steps: int, d_model: int) -> dict | None:
         command = [mpiexec_path(), "-n", str(ranks)] + command
     proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
     if proc.returncode != 0:
-        print(f"measurement with {ranks} process(es) failed:\n{proc.stderr[-2000:]}")
-        return None
+        raise RuntimeError(f"the measurement on {ranks} process(es) failed:\n{proc.stderr[-2000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
