@@ -4,11 +4,12 @@
         ring_allreduce and MPI's Allreduce on random buffers: equal, and the same on every rank.
     python distributed_worker.py train --weights W [--steps S] [--checkpoint C --checkpoint-every K]
                                        [--resume C] [--kill-rank R --kill-step T] [--hang-rank R --hang-step T]
+                                       [--raise-rank R --raise-step T]
                                        [--padded] [--no-count] [--float64]
         a tiny GPT trained by the Trainer on a fixed random token stream (global batch 8); rank 0 saves the
         final weights to W. --padded: rows padded to random lengths, so the ranks average different numbers
         of tokens (the loss reports its count unless --no-count). --kill-rank: that rank SIGKILLs itself
-        before step T; --hang-rank: that rank sleeps forever before step T. --float64: model in float64.
+        before step T; --hang-rank: that rank sleeps forever before step T; --raise-rank: that rank raises. --float64: model in float64.
 """
 
 from __future__ import annotations
@@ -80,6 +81,8 @@ def train(args) -> None:
             os.kill(os.getpid(), signal.SIGKILL)
         if world.rank == args.hang_rank and step == args.hang_step:
             time.sleep(3600)
+        if world.rank == args.raise_rank and step == args.raise_step:
+            raise RuntimeError(f"rank {world.rank} fails on purpose at step {step}")
         if not args.padded:
             return model.loss(Tensor(ids)), {}
         count = int((mask[:, 1:] & mask[:, :-1]).sum())  # the targets GPT.loss averages over
@@ -110,6 +113,8 @@ def main() -> None:
     parser.add_argument("--kill-step", type=int, default=-1)
     parser.add_argument("--hang-rank", type=int, default=-1)
     parser.add_argument("--hang-step", type=int, default=-1)
+    parser.add_argument("--raise-rank", type=int, default=-1)
+    parser.add_argument("--raise-step", type=int, default=-1)
     parser.add_argument("--padded", action="store_true")
     parser.add_argument("--no-count", action="store_true")
     parser.add_argument("--float64", action="store_true")

@@ -240,3 +240,16 @@ def test_hanging_rank_is_ended_by_the_watchdog(tmp_path):
     assert proc.returncode != 0
     assert "rank 0: waited more than 2 s in allreduce for the other ranks" in proc.stderr, proc.stderr
     assert elapsed < 30, f"took {elapsed:.0f} s"
+
+
+def test_rank_that_raises_ends_the_others(tmp_path):
+    """Without the abort on an uncaught exception, rank 0 would wait in its all-reduce for the watchdog."""
+    _mpi_or_skip()
+    start = time.monotonic()
+    proc = _run([sys.executable, WORKER, "train", "--weights", "never.st", "--raise-rank", "1", "--raise-step", "2"],
+                tmp_path, ranks=2, timeout=60, MINITX_DIST_TIMEOUT="300")
+    elapsed = time.monotonic() - start
+    assert proc.returncode != 0
+    assert "RuntimeError: rank 1 fails on purpose at step 2" in proc.stderr, proc.stderr
+    assert "minitx: rank 1 failed; aborting all 2 ranks" in proc.stderr, proc.stderr
+    assert elapsed < 30, f"took {elapsed:.0f} s"
