@@ -9,7 +9,8 @@
         a tiny GPT trained by the Trainer on a fixed random token stream (global batch 8); rank 0 saves the
         final weights to W. --padded: rows padded to random lengths, so the ranks average different numbers
         of tokens (the loss reports its count unless --no-count). --kill-rank: that rank SIGKILLs itself
-        before step T; --hang-rank: that rank sleeps forever before step T; --raise-rank: that rank raises. --float64: model in float64.
+        before step T; --hang-rank: that rank sleeps forever before step T; --raise-rank: that rank raises.
+        --float64: the model in float64.
 """
 
 from __future__ import annotations

@@ -73,10 +73,11 @@ def _max_difference(path_a, path_b, skip: str | None = None) -> tuple[float, str
     return float(np.abs(a[worst] - b[worst]).max()), worst
 
 
-# The attention key bias adds q·b to every score of a query, which no softmax sees: its true gradient is 0 and
-# what backward computes is float32 rounding noise (|g| ~ 1e-12 here), which Adam turns into steps
-# lr·ĝ/(√v̂ + ε) ≈ lr·g/ε of ~1e-6 each. Any change of summation order (two half batches instead of one) changes that noise, so the key
-# bias drifts by up to ~1e-5 between the runs while changing no output; it gets a wider tolerance.
+# The attention key bias adds q·b to every score of a query, which no softmax sees: its true gradient is 0
+# and what backward computes is float32 rounding noise (|g| ~ 1e-12 here), which Adam turns into steps
+# lr·ĝ/(√v̂ + ε) ≈ lr·g/ε of ~1e-6 each. Any change of summation order (two half batches instead of one)
+# changes that noise, so the key bias drifts by up to ~1e-5 between the runs while changing no output; it
+# gets a wider tolerance.
 KEY_BIAS = "attn.k_proj.bias"
 
 
