@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -236,11 +237,12 @@ def test_hanging_rank_is_ended_by_the_watchdog(tmp_path):
     _mpi_or_skip()
     start = time.monotonic()
     proc = _run([sys.executable, WORKER, "train", "--weights", "never.st", "--hang-rank", "1", "--hang-step", "2"],
-                tmp_path, ranks=2, timeout=60, MINITX_DIST_TIMEOUT="2")
+                tmp_path, ranks=2, timeout=60, MINITX_DIST_TIMEOUT="4")
     elapsed = time.monotonic() - start
     assert proc.returncode != 0
-    assert "rank 0: waited more than 2 s in allreduce for the other ranks" in proc.stderr, proc.stderr
-    assert elapsed < 30, f"took {elapsed:.0f} s"
+    # rank 0, in the all-reduce of step 2 (or either rank earlier, if a loaded machine delays one by 4 s)
+    assert re.search(r"rank [01]: waited more than 4 s in \w+ for the other ranks", proc.stderr), proc.stderr
+    assert elapsed < 40, f"took {elapsed:.0f} s"
 
 
 def test_rank_that_raises_ends_the_others(tmp_path):
