@@ -23,7 +23,8 @@ import math
 
 import numpy as np
 
-from kernels.activations import ACTIVATIONS, activation_code
+from kernels.activations import (ACTIVATIONS, GELU_TANH_COEF, INV_SQRT_2, INV_SQRT_2PI, SQRT_2_OVER_PI,
+                                 activation_code)
 
 
 def array_module(*arrays):
@@ -161,8 +162,8 @@ def activation_forward(h, activation):
     if activation == "relu":
         return xp.maximum(h, 0)
     if activation == "gelu":
-        return 0.5 * h * (1.0 + _erf(h / math.sqrt(2.0)))
-    u = math.sqrt(2.0 / math.pi) * (h + 0.044715 * (h * h * h))
+        return 0.5 * h * (1.0 + _erf(h * INV_SQRT_2))
+    u = SQRT_2_OVER_PI * (h + GELU_TANH_COEF * (h * h * h))
     return 0.5 * h * (1.0 + xp.tanh(u))                          # gelu_tanh
 
 
@@ -181,12 +182,12 @@ def activation_backward(h, activation):
     if activation == "relu":
         return (h > 0).astype(h.dtype)
     if activation == "gelu":
-        cdf = 0.5 * (1.0 + _erf(h / math.sqrt(2.0)))
-        pdf = xp.exp(-0.5 * h * h) / math.sqrt(2.0 * math.pi)
+        cdf = 0.5 * (1.0 + _erf(h * INV_SQRT_2))
+        pdf = xp.exp(-0.5 * h * h) * INV_SQRT_2PI
         return cdf + h * pdf
-    c = math.sqrt(2.0 / math.pi)                                 # gelu_tanh
-    t = xp.tanh(c * (h + 0.044715 * (h * h * h)))
-    return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * c * (1.0 + 3 * 0.044715 * h * h)
+    c = SQRT_2_OVER_PI                                           # gelu_tanh
+    t = xp.tanh(c * (h + GELU_TANH_COEF * (h * h * h)))
+    return 0.5 * (1.0 + t) + 0.5 * h * (1.0 - t * t) * c * (1.0 + 3 * GELU_TANH_COEF * h * h)
 
 
 def ffn_forward(x, w1, b1, w2, b2, activation="relu"):

@@ -7,7 +7,7 @@ The layers, bottom to top (README, "Layout"; a module may import its own group a
     tensor, ops                                   autograd; tensor <-> ops is the one allowed circle
     functional, gradcheck                         what layers call; checking gradients
     minitx (the package's __init__)               what ``import minitx`` gives
-    nn, optim, io                                 layers; optimisers (beside nn, not on it); safetensors files
+    nn, optim, io, gguf                           layers; optimisers (beside nn, not on it); file formats
     models                                        configurations of nn blocks, and sampling
     tokenizers                                    a leaf: imports nothing else of minitx
     data                                          corpora, loaders, collators, fetchers
@@ -40,7 +40,7 @@ LAYERS = [  # bottom to top; one row per rank
     ["minitx.tensor", "minitx.ops"],
     ["minitx.functional", "minitx.gradcheck"],
     ["minitx"],
-    ["minitx.nn", "minitx.optim", "minitx.io"],
+    ["minitx.nn", "minitx.optim", "minitx.io", "minitx.gguf"],
     ["minitx.models"],
     ["minitx.tokenizers"],
     ["minitx.data"],

@@ -13,15 +13,11 @@ import math
 import numba
 import numpy as np
 
-from kernels.activations import GELU, IDENTITY, RELU, activation_code
+from kernels.activations import (GELU, GELU_TANH_COEF, IDENTITY, INV_SQRT_2, INV_SQRT_2PI, RELU, SQRT_2_OVER_PI,
+                                 activation_code)
 from kernels.cpu import _common
 from kernels.cpu._common import FASTMATH, exp32
 from kernels.versions import Version, registry
-
-_SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
-_INV_SQRT_2 = 1.0 / math.sqrt(2.0)
-_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
-
 
 # Abramowitz & Stegun 7.1.26: erfc(x) = t (a1 + a2 t + a3 t^2 + a4 t^3 + a5 t^4) exp(-x^2) + e(x),
 # t = 1 / (1 + p x), x >= 0, |e(x)| <= 1.5e-7 (the approximation PyTorch's vectorised CPU erf uses too).
@@ -40,12 +36,12 @@ def _normal_cdf_pdf32(z):
     Phi is within 3e-7 of the exact value (float32 rounding included), like float32 rounding of values
     near 1; the reference computes erf with SciPy.
     """
-    x = abs(z) * np.float32(_INV_SQRT_2)
+    x = abs(z) * np.float32(INV_SQRT_2)
     t = np.float32(1.0) / (np.float32(1.0) + _AS_P * x)
     e = exp32(-x * x)
     tail = np.float32(0.5) * t * ((((_AS_A5 * t + _AS_A4) * t + _AS_A3) * t + _AS_A2) * t + _AS_A1) * e
     cdf = tail if z < 0 else np.float32(1.0) - tail
-    return cdf, e * np.float32(_INV_SQRT_2PI)
+    return cdf, e * np.float32(INV_SQRT_2PI)
 
 
 @numba.njit(fastmath=FASTMATH, inline="always")
@@ -66,12 +62,12 @@ def _act_and_grad(z, code, single):
         if single:
             cdf, pdf = _normal_cdf_pdf32(z)
         else:
-            cdf = 0.5 * (1.0 + math.erf(z * _INV_SQRT_2))
-            pdf = math.exp(-0.5 * z * z) * _INV_SQRT_2PI
+            cdf = 0.5 * (1.0 + math.erf(z * INV_SQRT_2))
+            pdf = math.exp(-0.5 * z * z) * INV_SQRT_2PI
         return z * cdf, cdf + z * pdf
-    u = _SQRT_2_OVER_PI * (z + 0.044715 * z * z * z)                   # GELU_TANH
+    u = SQRT_2_OVER_PI * (z + GELU_TANH_COEF * z * z * z)                   # GELU_TANH
     s = 1.0 / (1.0 + (exp32(np.float32(-2.0 * u)) if single else math.exp(-2.0 * u)))
-    return z * s, s + 2.0 * z * s * (1.0 - s) * _SQRT_2_OVER_PI * (1.0 + 3 * 0.044715 * z * z)
+    return z * s, s + 2.0 * z * s * (1.0 - s) * SQRT_2_OVER_PI * (1.0 + 3 * GELU_TANH_COEF * z * z)
 
 
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)

@@ -38,7 +38,7 @@ import math
 import numpy as np
 from numba import cuda
 
-from kernels.activations import GELU, IDENTITY, RELU
+from kernels.activations import GELU, GELU_TANH_COEF, IDENTITY, INV_SQRT_2, INV_SQRT_2PI, RELU, SQRT_2_OVER_PI
 
 MAX_THREADS_PER_BLOCK = 1024
 STATIC_SHARED_BYTES = 48 * 1024       # static shared memory (cuda.shared.array) one block may use
@@ -157,8 +157,8 @@ def act_and_grad(dtype):
     """Device function (act(z), act'(z)) for an activation code of kernels/activations.py (formulas in
     kernels.reference), in ``dtype``."""
     ZERO, HALF, ONE = dtype.type(0), dtype.type(0.5), dtype.type(1)
-    INV_SQRT_2, INV_SQRT_2PI = dtype.type(1 / math.sqrt(2)), dtype.type(1 / math.sqrt(2 * math.pi))
-    SQRT_2_OVER_PI, C, C3 = dtype.type(math.sqrt(2 / math.pi)), dtype.type(0.044715), dtype.type(3 * 0.044715)
+    R2, R2PI = dtype.type(INV_SQRT_2), dtype.type(INV_SQRT_2PI)  # the shared constants in ``dtype``
+    K, C, C3 = dtype.type(SQRT_2_OVER_PI), dtype.type(GELU_TANH_COEF), dtype.type(3 * GELU_TANH_COEF)
 
     @cuda.jit(device=True)
     def act_and_grad(z, code):
@@ -167,10 +167,10 @@ def act_and_grad(dtype):
         if code == RELU:
             return (z, ONE) if z > ZERO else (ZERO, ZERO)
         if code == GELU:
-            cdf = HALF * (ONE + math.erf(z * INV_SQRT_2))
-            return z * cdf, cdf + z * math.exp(-HALF * z * z) * INV_SQRT_2PI
-        t = math.tanh(SQRT_2_OVER_PI * (z + C * z * z * z))                 # GELU_TANH
-        grad = HALF * (ONE + t) + HALF * z * (ONE - t * t) * SQRT_2_OVER_PI * (ONE + C3 * z * z)
+            cdf = HALF * (ONE + math.erf(z * R2))
+            return z * cdf, cdf + z * math.exp(-HALF * z * z) * R2PI
+        t = math.tanh(K * (z + C * z * z * z))                             # GELU_TANH
+        grad = HALF * (ONE + t) + HALF * z * (ONE - t * t) * K * (ONE + C3 * z * z)
         return HALF * z * (ONE + t), grad
 
     return act_and_grad

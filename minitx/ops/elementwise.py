@@ -7,7 +7,7 @@ an integer (division, exp, tanh...) turn integer inputs into the default float d
 
 from __future__ import annotations
 
-import math
+from kernels.activations import GELU_TANH_COEF, INV_SQRT_2, INV_SQRT_2PI, SQRT_2_OVER_PI
 
 from .. import backend
 from ..backend import get_array_module
@@ -346,6 +346,7 @@ class GELU(Function):
     ``approximate="none"``: Φ(x) = ½(1 + erf(x/√2)), so dz/dx = Φ(x) + x·φ(x), φ(x) = e^(-x²/2)/√(2π).
     ``approximate="tanh"``: z = ½x(1 + tanh u), u = √(2/π)(x + 0.044715x³), so
     dz/dx = ½(1 + tanh u) + ½x(1 - tanh²u)·√(2/π)(1 + 3·0.044715x²).
+    The constants are the kernels' (kernels/activations.py), so every backend computes the same function.
     """
 
     def forward(self, x, approximate: str = "none"):
@@ -353,11 +354,11 @@ class GELU(Function):
         x = as_float(x)
         self.x, self.approximate = x, approximate
         if approximate == "none":
-            self.cdf = 0.5 * (1 + backend.erf(x * x.dtype.type(1 / math.sqrt(2))))
+            self.cdf = 0.5 * (1 + backend.erf(x * x.dtype.type(INV_SQRT_2)))
             return x * self.cdf
         if approximate == "tanh":
-            k = x.dtype.type(math.sqrt(2 / math.pi))
-            self.t = xp.tanh(k * (x + x.dtype.type(0.044715) * (x * x * x)))  # x·x·x: NumPy's x**3 is ~40x slower
+            k = x.dtype.type(SQRT_2_OVER_PI)
+            self.t = xp.tanh(k * (x + x.dtype.type(GELU_TANH_COEF) * (x * x * x)))  # x·x·x: NumPy's x**3 is ~40x slower
             return 0.5 * x * (1 + self.t)
         raise ValueError(f"GELU: approximate must be 'none' or 'tanh', got {approximate!r}")
 
@@ -365,8 +366,8 @@ class GELU(Function):
         xp = get_array_module(grad)
         x = self.x
         if self.approximate == "none":
-            pdf = xp.exp(-0.5 * x * x) * x.dtype.type(1 / math.sqrt(2 * math.pi))
+            pdf = xp.exp(-0.5 * x * x) * x.dtype.type(INV_SQRT_2PI)
             return grad * (self.cdf + x * pdf)
-        k = x.dtype.type(math.sqrt(2 / math.pi))
-        du = k * (1 + x.dtype.type(3 * 0.044715) * x * x)
+        k = x.dtype.type(SQRT_2_OVER_PI)
+        du = k * (1 + x.dtype.type(3 * GELU_TANH_COEF) * x * x)
         return grad * (0.5 * (1 + self.t) + 0.5 * x * (1 - self.t * self.t) * du)
