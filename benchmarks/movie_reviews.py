@@ -78,7 +78,8 @@ def gpt_pipeline(splits, args) -> dict:
     train_text = "\n".join(splits["train"][0])
     tokenizer = ByteLevelBPE.train([train_text], vocab_size=args.bpe_vocab)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, max_len=args.context, d_model=args.d_model,
-                       num_heads=args.heads, num_layers=args.layers, ff_dim=4 * args.d_model, dropout=args.dropout)
+                       num_heads=args.heads, num_layers=args.layers, dim_feedforward=4 * args.d_model,
+                       dropout=args.dropout)
     minitx.manual_seed(args.seed)
     started = time.perf_counter()
     lm = train_gpt(train_text, tokenizer, config, steps=args.pretrain_steps, batch_size=32, lr=args.pretrain_lr,

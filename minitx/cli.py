@@ -178,7 +178,8 @@ def cmd_train_gpt(args) -> None:
         text = corpus_text(seed=args.seed)
     tokenizer = ByteLevelBPE.train([text], vocab_size=args.vocab_size)
     config = GPTConfig(vocab_size=tokenizer.vocab_size, max_len=args.context, d_model=args.d_model,
-                       num_heads=args.heads, num_layers=args.layers, ff_dim=4 * args.d_model, dropout=args.dropout)
+                       num_heads=args.heads, num_layers=args.layers, dim_feedforward=4 * args.d_model,
+                       dropout=args.dropout)
     result = train_gpt(text, tokenizer, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        device=args.device, seed=args.seed, progress=not args.no_progress,
                        checkpoint_path=os.path.join(args.out, "checkpoint.safetensors"))

@@ -51,7 +51,7 @@ def run_demo(out_dir: str = "minitx_out/demo", device: str = "cpu", size: str = 
     results["adapter"] = finetune_adapter(bert.model.bert, wordpiece, splits, steps=s["adapter_steps"],
                                           device=device, seed=seed, progress=progress)
     gpt = train_gpt(corpus_text(s["documents"], seed=seed), bpe, GPTConfig(
-        vocab_size=bpe.vocab_size, max_len=64, d_model=d, num_heads=4, num_layers=layers, ff_dim=4 * d,
+        vocab_size=bpe.vocab_size, max_len=64, d_model=d, num_heads=4, num_layers=layers, dim_feedforward=4 * d,
         dropout=0.0), steps=s["gpt_steps"], device=device, seed=seed, progress=progress)
     results["gpt"] = gpt
     sample = generate_text(gpt.model, bpe, "First,", max_new_tokens=40, temperature=0.8, top_k=20, seed=seed)

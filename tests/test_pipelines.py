@@ -65,8 +65,8 @@ def test_every_stage_runs_and_reports(tmp_path):
         np.testing.assert_array_equal(value, frozen[name])
 
     gpt = train_gpt(" ".join(texts), bpe, GPTConfig(vocab_size=bpe.vocab_size, max_len=16, d_model=16, num_heads=2,
-                                                    num_layers=1, ff_dim=32, dropout=0.0), steps=5, batch_size=4,
-                    progress=False)
+                                                    num_layers=1, dim_feedforward=32, dropout=0.0),
+                    steps=5, batch_size=4, progress=False)
     assert gpt.history.evals[-1]["loss"] == gpt.metrics["val_loss"]
     sample = generate_text(gpt.model, bpe, "The", max_new_tokens=5, seed=0)
     assert sample.startswith("The") and sample == generate_text(gpt.model, bpe, "The", max_new_tokens=5, seed=0)

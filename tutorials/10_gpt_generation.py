@@ -49,8 +49,8 @@ mx.manual_seed(0)
 def tiny_gpt(vocab_size=20, max_len=16, seed=0):
     """A small float64 GPT with random weights, for the checks (dropout off)."""
     mx.manual_seed(seed)
-    config = GPTConfig(vocab_size=vocab_size, max_len=max_len, d_model=16, num_heads=4, num_layers=2, ff_dim=32,
-                       dropout=0.0, activation="gelu")
+    config = GPTConfig(vocab_size=vocab_size, max_len=max_len, d_model=16, num_heads=4, num_layers=2,
+                       dim_feedforward=32, dropout=0.0, activation="gelu")
     model = GPT(config).double()
     r = np.random.default_rng(seed)
     for p in model.parameters():  # larger than GPT-2's 0.02 so the logits differ visibly between positions
@@ -309,7 +309,7 @@ unigram = float(-(freq[freq > 0] * np.log(freq[freq > 0])).sum())
 print(f"{len(text)} characters, V = {V}; ln V = {math.log(V):.2f}, unigram entropy {unigram:.2f} nats")
 
 context, batch_size, steps = C.pick(64, 48), C.pick(32, 16), C.pick(2000, 250)
-config = GPTConfig(vocab_size=V, max_len=context, d_model=64, num_heads=4, num_layers=2, ff_dim=256,
+config = GPTConfig(vocab_size=V, max_len=context, d_model=64, num_heads=4, num_layers=2, dim_feedforward=256,
                    dropout=0.0, activation="gelu")
 mx.manual_seed(0)
 gpt = GPT(config)
@@ -426,7 +426,7 @@ def time_per_step(model, use_cache, n, start_ids):
 
 
 mx.manual_seed(1)
-big = GPT(GPTConfig(vocab_size=V, max_len=C.pick(256, 96), d_model=128, num_heads=4, num_layers=4, ff_dim=512,
+big = GPT(GPTConfig(vocab_size=V, max_len=C.pick(256, 96), d_model=128, num_heads=4, num_layers=4, dim_feedforward=512,
                     dropout=0.0, activation="gelu")).eval()
 n_steps = big.config.max_len - 1
 repeats = C.pick(3, 2)

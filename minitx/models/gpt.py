@@ -49,7 +49,8 @@ def _is_int_at_least(value, minimum: int) -> bool:
 
 @dataclass
 class GPTConfig:
-    """Sizes of a GPT. ``activation`` is the MLP's non-linearity: GPT-2 uses the tanh approximation of GELU
+    """Sizes of a GPT, named as in :mod:`minitx.nn` (``d_model``, ``num_heads``, ``num_layers``,
+    ``dim_feedforward``, ``max_len``). ``activation`` is the MLP's non-linearity: GPT-2 uses the tanh approximation of GELU
     (``"gelu_tanh"``, Hugging Face's "gelu_new"); ``dropout`` acts on the embeddings, the attention weights
     and both residual branches."""
 
@@ -58,13 +59,13 @@ class GPTConfig:
     d_model: int
     num_heads: int
     num_layers: int
-    ff_dim: int
+    dim_feedforward: int
     dropout: float = 0.1
     activation: str = "gelu_tanh"
     layer_norm_eps: float = 1e-5
 
     def __post_init__(self):
-        for name in ("vocab_size", "max_len", "d_model", "num_heads", "num_layers", "ff_dim"):
+        for name in ("vocab_size", "max_len", "d_model", "num_heads", "num_layers", "dim_feedforward"):
             value = getattr(self, name)
             if not _is_int_at_least(value, 1):
                 raise ValueError(f"GPTConfig: {name} must be a positive integer, got {value!r}")
@@ -124,7 +125,7 @@ class GPT(Module):
         self.wpe = LearnedPositionalEmbedding(config.max_len, config.d_model)
         self.drop = Dropout(config.dropout)
         self.blocks = ModuleList([
-            DecoderBlock(config.d_model, config.num_heads, config.ff_dim, config.dropout, config.activation,
+            DecoderBlock(config.d_model, config.num_heads, config.dim_feedforward, config.dropout, config.activation,
                          config.layer_norm_eps) for _ in range(config.num_layers)])
         self.ln_f = LayerNorm(config.d_model, config.layer_norm_eps)
         self.reset_parameters()

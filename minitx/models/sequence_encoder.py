@@ -22,6 +22,8 @@ from ..tensor import Tensor
 class SequenceEncoder(Module):
     """ids (B, T) -> logits (B, T, vocab_size); see the module docstring for the equations.
 
+    The arguments keep the seed's names (``embed_dim``, ``ff_dim``, ``drop_rate``: the seed's class is mirrored
+    here; elsewhere minitx says ``d_model``, ``dim_feedforward``, ``dropout``).
     Sub-modules as in the seed: ``embedding``, ``position_encoder``, ``transformer_stack``,
     ``output_projection``. Every parameter with more than one dimension is Xavier-uniform initialised
     (the attention's W_q, W_k, W_v as slices of one stacked (3D, D) matrix, as in the seed's PyTorch model).

@@ -14,8 +14,8 @@ def _product(a, b):
 
     For stacked operands (ndim > 2) NumPy hands each pair of matrices to BLAS only when the right one has
     unit stride along its last axis; a transposed view such as attention's Kᵀ takes a plain loop instead,
-    3.6x slower for (16, 4, 128, 32) @ (16, 4, 32, 128) on two cores (3.3 ms against 0.9 ms with the
-    copy, which itself costs 0.1 ms). 2-D products pass transposes to BLAS directly.
+    several times slower than copying first and using BLAS (measured in benchmarks/RESULTS.md). 2-D
+    products pass transposes to BLAS directly.
     """
     if b.ndim > 2 and b.strides[-1] != b.itemsize:
         b = get_array_module(b).ascontiguousarray(b)
@@ -68,8 +68,7 @@ class Linear(Function):
     dL/dX = G W,  dL/dW = Gᵀ X,  dL/db = Σ_n G_n.
     The same result as ``x @ W.T + b`` from MatMul and Add, as one op: the bias goes into the product's
     fresh output in place, and the backward needs no broadcasting bookkeeping. Done with MatMul and Add,
-    each bias add making a fresh array, the bias adds had cost 14.7 ms per training step of the reference
-    encoder on two cores, in a step of about 200 ms (benchmarks/RESULTS.md).
+    each bias add makes a fresh array, a cost that shows in a training step (benchmarks/RESULTS.md).
     """
 
     def forward(self, x, weight, bias=None):
