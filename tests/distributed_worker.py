@@ -68,8 +68,8 @@ def train(args) -> None:
     pad_rng = np.random.default_rng(1)
     lengths = pad_rng.integers(3, length + 1, len(windows))  # real tokens per row (--padded)
     masks = (np.arange(length)[None, :] < lengths[:, None]).astype(np.int64)
-    model = GPT(GPTConfig(vocab_size=vocab, max_len=length - 1, d_model=16, num_heads=2, num_layers=1, ff_dim=32,
-                          dropout=0.0))
+    model = GPT(GPTConfig(vocab_size=vocab, max_len=length - 1, d_model=16, num_heads=2, num_layers=1,
+                          dim_feedforward=32, dropout=0.0))
     optimizer, scheduler = adamw_with_schedule(model.parameters(), 3e-3, args.steps)
     loader = DataLoader(ListDataset(windows, masks), 8, shuffle=True, seed=0, drop_last=True)
     calls = {"n": 0}

@@ -135,7 +135,7 @@ def test_check_same_names_what_differs():
 
 
 def test_gradient_reducer_buckets_and_keeps_missing_gradients():
-    model = GPT(GPTConfig(vocab_size=11, max_len=4, d_model=8, num_heads=2, num_layers=1, ff_dim=16))
+    model = GPT(GPTConfig(vocab_size=11, max_len=4, d_model=8, num_heads=2, num_layers=1, dim_feedforward=16))
     params = list(model.parameters())
     reducer = distributed.GradientReducer(params, distributed.World(), bucket_bytes=1024)
     assert len(reducer.buckets) > 1 and sorted(i for b in reducer.buckets for i in b) == list(range(len(params)))

@@ -14,7 +14,7 @@
 # weights someone trained on billions of words; loading one is **renaming**: a checkpoint is a dictionary
 # name → array, and the job is to put each array into the parameter that plays its role. This chapter
 # loads all-MiniLM-L6-v2 (a 6-layer, 384-wide BERT trained to give sentence embeddings) with the library's
-# loader (`minitx/models/pretrained.py`), checks it against a BERT forward pass written here in plain
+# loader (`minitx/hub.py`), checks it against a BERT forward pass written here in plain
 # NumPy from the checkpoint's arrays (and, in the full run, against Hugging Face `transformers` when it is
 # installed), and
 # uses it for sentence similarity:
@@ -33,7 +33,7 @@ from safetensors.numpy import load_file
 
 import minitx as mx
 from minitx.data.fetch import minilm_path
-from minitx.models.pretrained import hf_name_map, load_pretrained
+from minitx.hub import hf_name_map, load_pretrained
 
 import _common as C
 

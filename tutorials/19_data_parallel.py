@@ -67,8 +67,8 @@ mx.manual_seed(0)
 # %%
 def tiny_gpt():
     mx.manual_seed(1)
-    return GPT(GPTConfig(vocab_size=17, max_len=8, d_model=16, num_heads=2, num_layers=1, ff_dim=32,
-                         dropout=0.0)).double()
+    return GPT(GPTConfig(vocab_size=17, max_len=8, d_model=16, num_heads=2, num_layers=1,
+                         dim_feedforward=32, dropout=0.0)).double()
 
 
 def gradients(model, ids, mask=None) -> list:
@@ -293,15 +293,17 @@ def gpt_parameter_count(c: GPTConfig) -> int:
     """Token and position tables, L blocks (attention 4d² + 4d, MLP 2·d·ff + ff + d, two LayerNorms 4d),
     the final LayerNorm 2d; the output layer is the token table (tied)."""
     d = c.d_model
-    block = 4 * d * d + 4 * d + 2 * d * c.ff_dim + c.ff_dim + d + 4 * d
+    block = 4 * d * d + 4 * d + 2 * d * c.dim_feedforward + c.dim_feedforward + d + 4 * d
     return c.vocab_size * d + c.max_len * d + c.num_layers * block + 2 * d
 
 
-small = GPTConfig(vocab_size=50, max_len=12, d_model=24, num_heads=2, num_layers=3, ff_dim=40)
+small = GPTConfig(vocab_size=50, max_len=12, d_model=24, num_heads=2, num_layers=3,
+                  dim_feedforward=40)
 C.close("GPT parameter count formula", gpt_parameter_count(small), GPT(small).num_parameters(), atol=0, rtol=0)
 print("[check] the parameter-count formula equals minitx's GPT")
 
-GPT2 = GPTConfig(vocab_size=50257, max_len=1024, d_model=768, num_heads=12, num_layers=12, ff_dim=3072)
+GPT2 = GPTConfig(vocab_size=50257, max_len=1024, d_model=768, num_heads=12, num_layers=12,
+                 dim_feedforward=3072)
 P_GPT2 = gpt_parameter_count(GPT2)
 print(f"GPT-2 small: {P_GPT2:,} parameters -> {4 * P_GPT2 / 1e6:.0f} MB of float32 gradients per step")
 
@@ -383,8 +385,8 @@ from minitx.train import TrainConfig, Trainer
 steps, d_model = int(sys.argv[1]), int(sys.argv[2])
 world = distributed.world()
 backend.manual_seed(0)
-model = GPT(GPTConfig(vocab_size=256, max_len=64, d_model=d_model, num_heads=4, num_layers=2, ff_dim=4 * d_model,
-                      dropout=0.0))
+model = GPT(GPTConfig(vocab_size=256, max_len=64, d_model=d_model, num_heads=4, num_layers=2,
+                      dim_feedforward=4 * d_model, dropout=0.0))
 windows = np.random.default_rng(0).integers(0, 256, (1024, 65))
 loader = DataLoader(ListDataset(windows), 16, shuffle=True, drop_last=True)
 trainer = Trainer(model, AdamW(model.parameters(), lr=1e-3), loader, lambda m, b: (m.loss(Tensor(b)), {}),
