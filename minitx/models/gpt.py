@@ -87,8 +87,7 @@ def _as_int_array(values, name: str, device: str):
 def real_token_mask(attention_mask, shape: tuple, device: str):
     """HF-style attention_mask (B, T), 1 = real token, 0 = padding -> boolean (B, T) on ``device``, True = real
     token (the complement of :func:`minitx.functional.padding_mask_from_attention_mask`)."""
-    return ~F.padding_mask_from_attention_mask(attention_mask, shape, device,
-                                               of="the cached and the new tokens (B, P + T) =")
+    return ~F.padding_mask_from_attention_mask(attention_mask, shape, device)
 
 
 def last_token_index(real):
@@ -163,9 +162,8 @@ class GPT(Module):
         if past_len + steps > self.config.max_len:
             raise ValueError(f"GPT: {past_len} cached + {steps} new tokens exceed max_len={self.config.max_len}; "
                              f"crop the input to the last {self.config.max_len} tokens")
-        padding = None
-        if attention_mask is not None:
-            padding = ~real_token_mask(attention_mask, (batch, past_len + steps), self.device)  # (B, P+T)
+        padding = F.padding_mask_from_attention_mask(attention_mask, (batch, past_len + steps), self.device,
+                                                     of="the cached and the new tokens (B, P + T) =")  # (B, P+T)
         x = self.drop(self.wpe(self.wte(ids), offset=past_len))  # (B, T, D)
         presents = []
         for block, past in zip(self.blocks, past_kv or [None] * len(self.blocks)):
