@@ -1,5 +1,6 @@
-"""Complete models built from :mod:`minitx.nn`: the seed's SequenceEncoder, BERT (pre-training heads and
-Hugging Face weights), the TaskAdapter classifier, and a GPT language model with its sequence classifier."""
+"""Complete models built from :mod:`minitx.nn`: the seed's SequenceEncoder, BERT with its pre-training heads,
+the TaskAdapter classifier, and a GPT language model with its sequence classifier; :mod:`.sampling` turns any
+model's next-token logits into a token. Published weights load through :mod:`minitx.hub`, above this package."""
 
 from ..functional import padding_mask_from_attention_mask  # kept here for old imports; it lives in functional
 from .bert import BertConfig, BertEmbeddings, BertForPretraining, BertModel
