@@ -43,6 +43,7 @@ EXPECTED_FIGURES = {
     "09_task_adapter": ["features_pca", "accuracy_by_kind"],
     "10_gpt_generation": ["gpt_training", "sampling_filters", "kv_cache_cost"],
     "11_kernels": ["online_softmax_trace", "softmax_cpu_speed", "matmul_tiles"],
+    "12_tokenisation": ["vocab_vs_length"],
     "13_optimisation_init_dropout": ["optimiser_paths", "schedules", "init_statistics"],
     "15_flash_attention": ["attention_memory"],
     "16_pretrained_minilm": ["sentence_similarity"],
@@ -743,3 +744,87 @@ def test_13_checks_reject_wrong_optimisers_schedules_init_and_dropout(chapter):
                   lambda x, p, training: x * (r.random(x.shape) >= 1 - p) / (1 - p)):  # drops 1 - p
         with pytest.raises(AssertionError):
             ch.check_dropout(wrong)
+
+
+# ---------------------------------------------------------------------------------------- chapter 12
+def test_12_checks_reject_wrong_tokenisers(chapter):
+    ch = chapter("12_tokenisation")
+    from collections import Counter
+
+    def train_variant(text, vocab_size, pretokenise=True, weighted=True):
+        words = Counter(ch.gpt2_pretokenizer().findall(text) if pretokenise else [text])
+        symbols = [bytes([b]) for b in range(256)]
+        corpus = {tuple(w.encode("utf-8")): (n if weighted else 1) for w, n in words.items()}
+        while len(symbols) < vocab_size:
+            pairs = Counter()
+            for word, n in corpus.items():
+                for pair in zip(word, word[1:]):
+                    pairs[pair] += n
+            best = min(pairs, key=lambda q: (-pairs[q], q))
+            symbols.append(symbols[best[0]] + symbols[best[1]])
+            new, rewritten = len(symbols) - 1, {}
+            for word, n in corpus.items():
+                out, i = [], 0
+                while i < len(word):
+                    if i + 1 < len(word) and (word[i], word[i + 1]) == best:
+                        out.append(new)
+                        i += 2
+                    else:
+                        out.append(word[i])
+                        i += 1
+                rewritten[tuple(out)] = rewritten.get(tuple(out), 0) + n
+            corpus = rewritten
+        return symbols[256:]
+
+    for wrong in (lambda t, v: train_variant(t, v, pretokenise=False),  # merges across word boundaries
+                  lambda t, v: train_variant(t, v, weighted=False)):  # a piece counted once, however frequent
+        with pytest.raises(AssertionError):
+            ch.check_bpe_training(wrong)
+
+    def leftmost_first(text, ranks):  # merges the leftmost mergeable pair, whatever its rank
+        ids = []
+        for piece in ch.gpt2_pretokenizer().findall(text):
+            parts = [bytes([b]) for b in piece.encode("utf-8")]
+            merged = True
+            while merged:
+                merged = False
+                for i in range(len(parts) - 1):
+                    if parts[i] + parts[i + 1] in ranks:
+                        parts[i:i + 2] = [parts[i] + parts[i + 1]]
+                        merged = True
+                        break
+            ids.extend(ranks[p] for p in parts)
+        return ids
+
+    with pytest.raises(AssertionError):
+        ch.check_bpe_encoding(leftmost_first)
+
+    def shortest_first(word, vocab):
+        pieces, start = [], 0
+        while start < len(word):
+            for end in range(start + 1, len(word) + 1):
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in vocab:
+                    pieces.append(piece)
+                    start = end
+                    break
+            else:
+                return ["[UNK]"]
+        return pieces
+
+    def unk_only_the_rest(word, vocab):
+        pieces, start = [], 0
+        while start < len(word):
+            for end in range(len(word), start, -1):
+                piece = word[start:end] if start == 0 else "##" + word[start:end]
+                if piece in vocab:
+                    pieces.append(piece)
+                    start = end
+                    break
+            else:
+                return pieces + ["[UNK]"]
+        return pieces
+
+    for wrong in (shortest_first, unk_only_the_rest, lambda w, v: ch.wordpiece(w, v, max_chars=10 ** 6)):
+        with pytest.raises(AssertionError):
+            ch.check_wordpiece(wrong)
