@@ -45,6 +45,7 @@ EXPECTED_FIGURES = {
     "11_kernels": ["online_softmax_trace", "softmax_cpu_speed", "matmul_tiles"],
     "12_tokenisation": ["vocab_vs_length"],
     "13_optimisation_init_dropout": ["optimiser_paths", "schedules", "init_statistics"],
+    "14_gpt_sentiment_finetuning": ["finetuning"],
     "15_flash_attention": ["attention_memory"],
     "16_pretrained_minilm": ["sentence_similarity"],
     "19_data_parallel": ["ring_allreduce_steps", "alpha_beta_model", "measured_scaling"],
@@ -828,3 +829,30 @@ def test_12_checks_reject_wrong_tokenisers(chapter):
     for wrong in (shortest_first, unk_only_the_rest, lambda w, v: ch.wordpiece(w, v, max_chars=10 ** 6)):
         with pytest.raises(AssertionError):
             ch.check_wordpiece(wrong)
+
+
+# ---------------------------------------------------------------------------------------- chapter 14
+def test_14_checks_reject_wrong_pooling_and_loops(chapter):
+    ch = chapter("14_gpt_sentiment_finetuning")
+    F = mx.functional
+    for wrong in (lambda h, m: h[:, -1],  # the last position, padding or not
+                  lambda h, m: h[:, 0],  # the first token: under causal attention it has seen only itself
+                  lambda h, m: h.mean(axis=1)):
+        with pytest.raises(AssertionError):
+            ch.check_last_token_pooling(wrong)
+
+    def seed_loop(model, optimizer, ids, mask, labels):  # the seed: loss computed and nothing else
+        return F.cross_entropy(model(ids, mask), labels).item()
+
+    def no_zero_grad(model, optimizer, ids, mask, labels):
+        loss = F.cross_entropy(model(ids, mask), labels)
+        loss.backward()
+        optimizer.step()
+
+    def no_step(model, optimizer, ids, mask, labels):
+        optimizer.zero_grad()
+        F.cross_entropy(model(ids, mask), labels).backward()
+
+    for wrong in (seed_loop, no_zero_grad, no_step):
+        with pytest.raises(AssertionError):
+            ch.check_training_step(wrong)
