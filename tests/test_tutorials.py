@@ -856,3 +856,36 @@ def test_14_checks_reject_wrong_pooling_and_loops(chapter):
     for wrong in (seed_loop, no_zero_grad, no_step):
         with pytest.raises(AssertionError):
             ch.check_training_step(wrong)
+
+
+def test_10_gpt_block_check_rejects_wrong_blocks(chapter):
+    ch = chapter("10_gpt_generation")
+    F = mx.functional
+
+    def variant(x, block, post_norm=False, causal=True, activation=F.gelu):
+        b, t, d = x.shape
+        a, mlp = block.attn, block.mlp
+
+        def ln(v, norm):
+            return F.layer_norm(v, d, norm.weight, norm.bias, norm.eps)
+
+        def attend(h):
+            def heads(proj):
+                return F.linear(h, proj.weight, proj.bias).reshape(b, t, a.num_heads, d // a.num_heads).permute(0, 2, 1, 3)
+            o = F.scaled_dot_product_attention(heads(a.q_proj), heads(a.k_proj), heads(a.v_proj), is_causal=causal)
+            return F.linear(o.permute(0, 2, 1, 3).reshape(b, t, d), a.out_proj.weight, a.out_proj.bias)
+
+        def ffn(h):
+            return F.linear(activation(F.linear(h, mlp.linear1.weight, mlp.linear1.bias)), mlp.linear2.weight, mlp.linear2.bias)
+
+        if post_norm:
+            x = ln(x + attend(x), block.ln_1)
+            return ln(x + ffn(x), block.ln_2)
+        x = x + attend(ln(x, block.ln_1))
+        return x + ffn(ln(x, block.ln_2))
+
+    ch.check_gpt_block(variant)  # the test's own block is right
+    for wrong in (lambda x, blk: variant(x, blk, post_norm=True), lambda x, blk: variant(x, blk, causal=False),
+                  lambda x, blk: variant(x, blk, activation=lambda v: v.relu())):
+        with pytest.raises(AssertionError):
+            ch.check_gpt_block(wrong)

@@ -90,6 +90,78 @@ with mx.no_grad():
     check_causal(lambda ids: model(ids))
 
 # %% [markdown]
+# ### The GPT block, built by hand
+#
+# What `GPT` stacks (read `minitx/models/gpt.py` and `DecoderBlock` in `minitx/nn/transformer.py`). Unlike
+# chapter 06's encoder layer, the block is **pre-norm** — LayerNorm *inside* each residual branch, so the
+# stream $x$ itself is never normalised and the identity path of chapter 06 runs from the output to the
+# embeddings untouched — and its attention is causal:
+#
+# $$ x \leftarrow x + \mathrm{Attn}_\text{causal}(\mathrm{LN}_1(x)), \qquad
+#    x \leftarrow x + W_2\,\mathrm{GELU}(W_1 \mathrm{LN}_2(x) + b_1) + b_2 . $$
+#
+# The whole model: $h^0_t = E[x_t] + P[t]$ (learned positions), the blocks, a final $\mathrm{LN}_f$, and
+# logits $z_t = E\,h^L_t$ with the **same** table $E$ that embedded the tokens (*weight tying*: one
+# $V\times D$ matrix instead of two, and a token's input and output vectors are trained together).
+# **Initialisation** (GPT-2): every matrix $\sim\mathcal N(0, 0.02^2)$, except the two projections that
+# write into the residual stream ($W_O$ and $W_2$), whose std is $0.02/\sqrt{2L}$ (chapter 13).
+
+# %%
+def gpt_block(x, block, key_padding_mask=None):
+    """Pre-norm causal block from functional ops, reading the weights of a library DecoderBlock."""
+    b, t, d = x.shape
+    a = block.attn
+    h = F.layer_norm(x, d, block.ln_1.weight, block.ln_1.bias, block.ln_1.eps)
+
+    def heads(proj):  # (B, T, D) -> (B, H, T, d_h)
+        return F.linear(h, proj.weight, proj.bias).reshape(b, t, a.num_heads, d // a.num_heads).permute(0, 2, 1, 3)
+
+    o = F.scaled_dot_product_attention(heads(a.q_proj), heads(a.k_proj), heads(a.v_proj), is_causal=True,
+                                       key_padding_mask=key_padding_mask)
+    x = x + F.linear(o.permute(0, 2, 1, 3).reshape(b, t, d), a.out_proj.weight, a.out_proj.bias)
+    h = F.layer_norm(x, d, block.ln_2.weight, block.ln_2.bias, block.ln_2.eps)
+    mlp = block.mlp
+    return x + F.linear(F.gelu(F.linear(h, mlp.linear1.weight, mlp.linear1.bias)), mlp.linear2.weight, mlp.linear2.bias)
+
+
+def gpt_by_hand(model, ids, block_fn=gpt_block):
+    """Logits (B, T, V) of a library GPT, computed from its weights with `block_fn` for every block."""
+    t = ids.shape[1]
+    x = F.embedding(ids, model.wte.weight) + F.embedding(np.arange(t), model.wpe.weight)  # (B, T, D)
+    for block in model.blocks:
+        x = block_fn(x, block)
+    x = F.layer_norm(x, x.shape[-1], model.ln_f.weight, model.ln_f.bias, model.ln_f.eps)
+    return F.linear(x, model.wte.weight)  # tied: the embedding table is the output matrix
+
+
+def check_gpt_block(block_fn):
+    """Raise AssertionError unless block_fn(x, block) is the library's DecoderBlock (outputs and gradients)."""
+    m = tiny_gpt(seed=3)
+    ids = np.random.default_rng(3).integers(0, 20, size=(2, 9))
+    x = mx.tensor(np.random.default_rng(4).normal(size=(2, 9, 16)), requires_grad=True)
+    ours = block_fn(x, m.blocks[0])
+    ours.sum().backward()
+    x_lib = mx.tensor(x.numpy().copy(), requires_grad=True)
+    theirs = m.blocks[0](x_lib)
+    theirs.sum().backward()
+    C.close("hand-built block vs DecoderBlock", ours, theirs, atol=1e-10)
+    C.close("hand-built block dL/dx vs DecoderBlock", x.grad, x_lib.grad, atol=1e-10)
+    with mx.no_grad():
+        C.close("hand-built GPT (tied output) vs GPT.forward", gpt_by_hand(m, ids, block_fn), m(ids), atol=1e-10)
+
+
+check_gpt_block(gpt_block)
+fresh = GPT(GPTConfig(vocab_size=500, max_len=64, d_model=256, num_heads=4, num_layers=6, ff_dim=1024, dropout=0.0))
+vocab_sized = [name for name, p in fresh.named_parameters() if p.shape == (500, 256)]
+C.close(f"weight tying: the only (V, D) parameter is the embedding table {vocab_sized}", float(vocab_sized == ["wte.weight"]),
+        1.0, atol=0)
+for name, weight, want in (("W_Q (block 0)", fresh.blocks[0].attn.q_proj.weight, 0.02),
+                           ("W_1 (block 0)", fresh.blocks[0].mlp.linear1.weight, 0.02),
+                           ("W_O (block 0)", fresh.blocks[0].attn.out_proj.weight, 0.02 / math.sqrt(12)),
+                           ("W_2 (block 5)", fresh.blocks[5].mlp.linear2.weight, 0.02 / math.sqrt(12))):
+    C.close(f"GPT-2 init: std of {name}", weight.numpy().std(), want, rtol=0.05, atol=0)
+
+# %% [markdown]
 # ## 2. The next-token loss
 #
 # Position $t$'s logits predict token $t+1$, so the loss pairs logits $0\dots T-2$ with targets $1\dots T-1$
@@ -407,8 +479,17 @@ C.save(fig, CHAPTER, "sampling_filters")
 # Time per generated token, with and without the cache, as the text grows. The character model above is
 # so small that Python's fixed cost per call hides the difference, so we time a wider, deeper GPT
 # (random weights: the cost does not depend on their values) over its whole context. Without the cache the
-# cost grows with the prefix; with it, it stays nearly flat. (Each point is the fastest of a few runs, which
-# filters out interruptions by other programs.)
+# cost grows with the prefix; with it, it stays nearly flat. Each point is the fastest of a few runs, which
+# filters out interruptions by other programs; on a busy machine single points still jump, so read the
+# trend, not the points.
+#
+# **Why the measured curve is a straight line, not a parabola.** Count the multiply-adds of one step at
+# length $t$ in $L$ layers of width $D$. Without the cache the whole prefix is rerun: the projections and
+# the MLP cost $12\,t D^2$ (for $W_Q, W_K, W_V, W_O$: $4D^2$ per position; the MLP with $4D$ hidden units:
+# $8D^2$), the attention scores and weighted sums about $t^2 D$ (causal: half of $2t^2D$). With the cache:
+# $12D^2 + 2tD$. The quadratic term overtakes the linear one only when $t > 12D$ — 1536 positions for
+# $D = 128$, far beyond this model's context — so at these lengths the re-run prefix costs linearly more
+# per step, and the counted curve (right, all terms) is nearly straight too.
 
 # %%
 def time_per_step(model, use_cache, n, start_ids):
@@ -441,10 +522,13 @@ ax1.plot(pos, 1e3 * t_cache, label="KV cache: one new position")
 ax1.set(xlabel="length of the text so far", ylabel="ms per generated token",
         title="measured (GPT with 4 layers, D = 128)")
 ax1.legend()
-ax2.plot(pos, pos * (pos + 1) / 2, label="no cache: t(t+1)/2 scores")
-ax2.plot(pos, pos, label="cache: t scores")
-ax2.set(xlabel="length of the text so far", ylabel="attention scores per head and layer", title="counted")
-ax2.legend()
+D_big, L_big = big.config.d_model, big.config.num_layers
+ax2.plot(pos, L_big * (12 * pos * D_big ** 2 + pos ** 2 * D_big) / 1e6, label="no cache: L(12tD² + t²D)")
+ax2.plot(pos, L_big * pos ** 2 * D_big / 1e6, ":", color="tab:blue", label="… of which attention: L·t²D")
+ax2.plot(pos, L_big * (12 * D_big ** 2 + 2 * pos * D_big) / 1e6, label="KV cache: L(12D² + 2tD)")
+ax2.set(xlabel="length of the text so far", ylabel="million multiply-adds per generated token",
+        title=f"counted (L = {L_big}, D = {D_big})")
+ax2.legend(fontsize=8)
 C.save(fig, CHAPTER, "kv_cache_cost")
 
 # %% [markdown]
