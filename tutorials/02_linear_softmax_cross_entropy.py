@@ -370,9 +370,11 @@ with mx.no_grad():
 fig, (ax1, ax2) = C.plt.subplots(1, 2, figsize=(10, 4.2))
 ax1.plot(losses)
 ax1.set(xlabel="gradient-descent step", ylabel="mean cross-entropy", yscale="log", title="training loss")
-ax2.contourf(xx, yy, grid_pred.reshape(xx.shape), levels=[-0.5, 0.5, 1.5, 2.5], cmap="Pastel1", alpha=0.9)
-scatter = ax2.scatter(X[:, 0], X[:, 1], c=y, cmap="Set1", s=10, edgecolors="k", linewidths=0.3)
-ax2.legend(*scatter.legend_elements(), title="class", loc="lower right")
+class_colours = ["tab:red", "tab:blue", "tab:green"]  # one colour per class, in the regions and the points
+ax2.contourf(xx, yy, grid_pred.reshape(xx.shape), levels=[-0.5, 0.5, 1.5, 2.5], colors=class_colours, alpha=0.2)
+for c, colour in enumerate(class_colours):
+    ax2.scatter(X[y == c, 0], X[y == c, 1], color=colour, s=10, edgecolors="k", linewidths=0.3, label=f"class {c}")
+ax2.legend(title="class (points and regions)", loc="lower right", fontsize=7)
 ax2.set(xlabel="$x_1$", ylabel="$x_2$", title=f"decision regions (train accuracy {accuracy:.0%})")
 C.save(fig, CHAPTER, "spirals_training")
 

@@ -244,7 +244,10 @@ C.save(fig, CHAPTER, "sqrt_dk_scaling")
 # highly against keys of the *same* token; with a causal mask every position attends to the earlier
 # occurrences of its own word (and itself), and to nothing in the future (white upper triangle: weight
 # exactly 0). Right: random queries and keys for a batch of two sequences of lengths 7 and 10 padded to
-# 10; the padding columns of the first sequence get no weight.
+# 10; the padding columns of the first sequence get no weight. The padding *rows* (queries 7–9) still
+# have weights that sum to 1: the mask hides padding **keys**, and a padding query, like any other, spreads
+# its weight over the real keys. Its output is computed and meaningless; nothing downstream may read it
+# (the loss ignores those positions, pooling masks them: chapters 07 and 09).
 
 # %%
 words = "the cat sat on the mat and the cat ran".split()
@@ -270,8 +273,10 @@ ax1.set_yticks(range(len(words)), [f"{i} {w}" for i, w in enumerate(words)], fon
 ax1.set(xlabel="key (position it looks at)", ylabel="query", title="causal self-attention, q = k = 4·onehot(token)")
 C.heatmap(fig, ax2, p_pad[0], "attention weight", cmap="magma_r", vmin=0, aspect="equal")
 ax2.axvline(6.5, color="c", ls="--")
+ax2.axhline(6.5, color="c", ls=":")
 ax2.text(8.0, 4.5, "padding keys", color="c", rotation=90, ha="center", va="center", fontsize=11)
-ax2.set(xlabel="key position", ylabel="query position", title="random q, k; sequence of length 7 padded to 10")
+ax2.set(xlabel="key position", ylabel="query position", title="random q, k; sequence of length 7 padded to 10\n"
+       "below the dotted line: padding queries (weights sum to 1, output unused)")
 C.save(fig, CHAPTER, "attention_weights")
 
 # %% [markdown]
