@@ -151,7 +151,7 @@ def check_gpt_block(block_fn):
 
 
 check_gpt_block(gpt_block)
-fresh = GPT(GPTConfig(vocab_size=500, max_len=64, d_model=256, num_heads=4, num_layers=6, ff_dim=1024, dropout=0.0))
+fresh = GPT(GPTConfig(vocab_size=500, max_len=64, d_model=256, num_heads=4, num_layers=6, dim_feedforward=1024, dropout=0.0))
 vocab_sized = [name for name, p in fresh.named_parameters() if p.shape == (500, 256)]
 C.close(f"weight tying: the only (V, D) parameter is the embedding table {vocab_sized}", float(vocab_sized == ["wte.weight"]),
         1.0, atol=0)

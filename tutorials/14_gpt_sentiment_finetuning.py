@@ -132,7 +132,7 @@ check_last_token_pooling(last_token_pool)
 
 # %%
 config = GPTConfig(vocab_size=tokenizer.vocab_size, max_len=max_length, d_model=64, num_heads=4, num_layers=2,
-                   ff_dim=128, dropout=0.0)
+                   dim_feedforward=128, dropout=0.0)
 lm = GPT(config)
 lm_steps = C.pick(600, 150)
 lm_optimizer = optim.AdamW(lm.parameters(), lr=3e-3, weight_decay=0.01)
