@@ -101,3 +101,27 @@ def test_wordpiece_matches_hf_tokenizers():
                               padding=False)
     assert batch["input_ids"] == [e.ids for e in expected]
     assert batch["token_type_ids"] == [e.type_ids for e in expected]
+
+
+def test_wordpiece_normaliser_and_pre_tokeniser_match_hf_on_every_code_point():
+    """Every code point c, between two letters ("…xcx…"), normalised (cased and uncased) and pre-tokenised as
+    the oracle does. All of them in one string: the pre-tokeniser then returns only the few pieces that
+    whitespace and punctuation cut, and the check takes seconds, not minutes."""
+    pytest.importorskip("tokenizers", reason="tokenizers (test-only oracle) is not installed")
+    from tokenizers.normalizers import BertNormalizer
+    from tokenizers.pre_tokenizers import BertPreTokenizer
+
+    from minitx.tokenizers.wordpiece import normalize, pre_tokenize
+
+    points = [cp for cp in range(0x110000) if not 0xD800 <= cp <= 0xDFFF]
+    text = "x" + "x".join(map(chr, points)) + "x"
+    for lowercase in (True, False):
+        oracle = BertNormalizer(clean_text=True, handle_chinese_chars=True, strip_accents=lowercase,
+                                lowercase=lowercase)
+        theirs, ours = oracle.normalize_str(text), normalize(text, lowercase)
+        if ours != theirs:
+            bad = next(cp for cp in points if normalize(f"ab{chr(cp)}cd", lowercase) !=
+                       oracle.normalize_str(f"ab{chr(cp)}cd"))
+            pytest.fail(f"lowercase={lowercase}: U+{bad:04X} is normalised differently from tokenizers")
+        words = [word for word, _ in BertPreTokenizer().pre_tokenize_str(theirs)]
+        assert pre_tokenize(theirs) == words

@@ -30,12 +30,24 @@ property (so U+2028/U+2029 separate words), unassigned code points (``Cn``)
 are kept rather than dropped (and usually become ``[UNK]``), and the CJK
 table's Extension E block starts at U+2B920, as in ``tokenizers``, rather
 than U+2B820.
+
+Which character is a control, punctuation or an accent, and what it becomes in
+lower case, depends on the Unicode version: Python's ``unicodedata`` has its own
+(Unicode 14 on Python 3.11), ``tokenizers`` the tables compiled into it. So the
+character classes are not computed here but read from ``bert_unicode.json``,
+written once from ``tokenizers`` by ``tests/make_bert_unicode.py``: the ids are
+the same on every Python version.  Each character is normalised on its own
+(the NFD + accent stripping + lower-casing of one character, looked up), which
+equals normalising the whole text except where NFD would reorder two adjacent
+combining marks that are not both stripped (no such pair in ordinary text).
 """
 
 from __future__ import annotations
 
+import bisect
+import json
+import os
 import re
-import unicodedata
 from collections import Counter
 from typing import Any, Iterable, Sequence
 
@@ -44,32 +56,64 @@ from .base import Tokenizer
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONTINUATION = "##"
-_WHITESPACE = frozenset("\t\n\x0b\x0c\r \x85\xa0\u1680\u2028\u2029\u202f\u205f\u3000"
-                        + "".join(map(chr, range(0x2000, 0x200B))))
-_DROPPED_CATEGORIES = frozenset({"Cc", "Cf", "Co", "Cs"})  # "other" characters, but not unassigned (Cn) ones
-_CJK_RANGES = ((0x4E00, 0x9FFF), (0x3400, 0x4DBF), (0x20000, 0x2A6DF), (0x2A700, 0x2B73F),
-               (0x2B740, 0x2B81F), (0x2B920, 0x2CEAF), (0xF900, 0xFAFF), (0x2F800, 0x2FA1F))
+_HANGUL = (0xAC00, 0xD7A3)  # syllables, decomposed into jamo by arithmetic (Unicode's L V [T] rule)
+
+
+class _Ranges:
+    """A sorted list of [lo, hi] code point ranges (optionally with a value each); ``find(cp)`` is a bisection."""
+
+    def __init__(self, rows: list[list[int]]) -> None:
+        self.starts = [row[0] for row in rows]
+        self.rows = rows
+
+    def find(self, cp: int):
+        i = bisect.bisect_right(self.starts, cp) - 1
+        return self.rows[i] if i >= 0 and cp <= self.rows[i][1] else None
+
+    def __contains__(self, cp: int) -> bool:
+        return self.find(cp) is not None
+
+
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "bert_unicode.json"), encoding="utf-8") as _f:
+    _TABLES = json.load(_f)
+_DROP, _SPACE, _CJK, _PUNCTUATION, _STRIP, _SHIFT = (_Ranges(_TABLES[name]) for name in
+                                                    ("drop", "space", "cjk", "punctuation", "strip", "shift"))
+_UNCASED_MAP = {int(cp): text for cp, text in _TABLES["map"].items()}
 
 
 def is_punctuation(c: str) -> bool:
-    """BERT's punctuation test: ASCII symbols or a Unicode ``P*`` category."""
-    cp = ord(c)
-    return 33 <= cp <= 47 or 58 <= cp <= 64 or 91 <= cp <= 96 or 123 <= cp <= 126 or unicodedata.category(c)[0] == "P"
+    """BERT's punctuation test: ASCII symbols (``$``, ``+``, ``^`` too) or a Unicode ``P*`` category."""
+    return ord(c) in _PUNCTUATION
 
 
 def is_cjk(c: str) -> bool:
     """Whether ``c`` is a CJK ideograph that BERT splits off as its own word."""
-    cp = ord(c)
-    return any(lo <= cp <= hi for lo, hi in _CJK_RANGES)
+    return ord(c) in _CJK
 
 
 def _clean_char(c: str) -> str:
     """Normalisation of one character before accent stripping (steps "clean" and CJK)."""
-    if c not in "\t\n\r" and (c == "\ufffd" or unicodedata.category(c) in _DROPPED_CATEGORIES):
-        return ""  # NUL is a control character too
-    if c in _WHITESPACE:
+    cp = ord(c)
+    if cp in _DROP:
+        return ""  # controls, format characters, private use, U+FFFD (not tab, newline, carriage return)
+    if cp in _SPACE:
         return " "
-    return f" {c} " if is_cjk(c) else c
+    return f" {c} " if cp in _CJK else c
+
+
+def _uncase_char(c: str) -> str:
+    """One character decomposed (NFD), without its accents (``Mn``), lower-cased."""
+    cp = ord(c)
+    if cp in _STRIP:
+        return ""
+    if _HANGUL[0] <= cp <= _HANGUL[1]:
+        index = cp - _HANGUL[0]
+        tail = index % 28
+        return chr(0x1100 + index // 588) + chr(0x1161 + index % 588 // 28) + (chr(0x11A7 + tail) if tail else "")
+    shift = _SHIFT.find(cp)
+    if shift is not None:
+        return chr(cp + shift[2])
+    return _UNCASED_MAP.get(cp, c)
 
 
 class _MemoTable(dict):
@@ -85,17 +129,14 @@ class _MemoTable(dict):
 
 
 _CLEAN = _MemoTable(_clean_char)
-_LOWER = _MemoTable(str.lower)  # per character, as tokenizers does: a final "Σ" becomes "σ"
+_UNCASE = _MemoTable(_uncase_char)  # per character, as tokenizers does: a final "Σ" becomes "σ"
 _PUNCT = _MemoTable(lambda c: f" {c} " if is_punctuation(c) else c)
 
 
 def normalize(text: str, lowercase: bool = True) -> str:
     """Step 1: clean, isolate CJK characters and (when ``lowercase``) strip accents and lower-case."""
     text = text.translate(_CLEAN)
-    if lowercase:
-        text = "".join(c for c in unicodedata.normalize("NFD", text) if unicodedata.category(c) != "Mn")
-        text = text.translate(_LOWER)
-    return text
+    return text.translate(_UNCASE) if lowercase else text
 
 
 def pre_tokenize(normalized: str) -> list[str]:
