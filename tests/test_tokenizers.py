@@ -224,3 +224,55 @@ def test_encode_batch_padding_modes():
         tok.encode_batch(["a"], padding="longest")
     with pytest.raises(ValueError, match="needs a max_length"):
         tok.encode_batch(["a"], padding="max_length")
+
+
+# ---------------------------------------------------------------- refusing bad input
+def test_decode_refuses_ids_outside_the_vocabulary(bpe, wp):
+    char = CharTokenizer("abc")
+    for tok in (bpe, wp, char):
+        for bad in ([-1], [-100], [tok.vocab_size], [1.5], [True]):
+            with pytest.raises(ValueError, match=r"ids must be integers in \[0, "):
+                tok.decode(bad)
+        assert tok.decode(np.array([0, 1])) == tok.decode([0, 1])  # NumPy integers are ids too
+
+
+def test_a_bare_string_is_refused_where_texts_are_expected(bpe, wp):
+    with pytest.raises(TypeError, match="wrap a single text"):
+        ByteLevelBPE.train("some text", vocab_size=300)
+    with pytest.raises(TypeError, match="wrap a single text"):
+        WordPieceTokenizer.train("some text", vocab_size=30)
+    for tok in (bpe, wp):
+        with pytest.raises(TypeError, match="wrap a single text"):
+            tok.encode_batch("abc")
+        with pytest.raises(TypeError, match="strings"):
+            tok.encode_batch(["abc", 3])
+    with pytest.raises(TypeError, match="wrap a single text"):
+        wp.encode_batch(["a"], texts_pair="b")
+
+
+@pytest.mark.parametrize("max_length", [-1, 0, 2.5])
+def test_encode_batch_refuses_a_max_length_that_is_not_positive(bpe, wp, max_length):
+    for tok in (bpe, wp):
+        with pytest.raises(ValueError, match="max_length must be a positive integer"):
+            tok.encode_batch(["abc"], max_length=max_length)
+
+
+def test_an_empty_special_token_is_refused():
+    with pytest.raises(ValueError, match="non-empty"):
+        ByteLevelBPE.train(["some text"], vocab_size=300, special_tokens=["<|endoftext|>", ""])
+    with pytest.raises(ValueError, match="non-empty"):
+        CharTokenizer("abc", special_tokens=["[PAD]", ""])
+
+
+@pytest.mark.parametrize("content, match", [
+    ("{not json", "not a JSON file"),
+    ("[1, 2]", "not an object"),
+    ('{"type": 3}', "type=3"),
+    ('{"type": "ByteLevelBPE", "tokens": []}', "malformed ByteLevelBPE"),
+    ('{"type": "WordPieceTokenizer", "vocab": 5, "lowercase": true, "max_input_chars_per_word": 9}', "malformed"),
+])
+def test_malformed_tokenizer_json_gives_a_clear_error(tmp_path, content, match):
+    path = tmp_path / "tokenizer.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(ValueError, match=match):
+        Tokenizer.load(path)

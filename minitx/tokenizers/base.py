@@ -22,6 +22,20 @@ import numpy as np
 
 _REGISTRY: dict[str, type["Tokenizer"]] = {}
 
+
+def check_special_tokens(tokens: Iterable[str]) -> None:
+    """Special tokens must be non-empty strings (an empty one would match between every two characters)."""
+    for token in tokens:
+        if not isinstance(token, str) or not token:
+            raise ValueError(f"special tokens must be non-empty strings, got {token!r}")
+
+
+def check_texts(where: str, texts) -> None:
+    """Refuse a bare string where an iterable of texts is expected (it would be read character by character)."""
+    if isinstance(texts, (str, bytes)):
+        raise TypeError(f"{where}: texts must be an iterable of strings, got a {type(texts).__name__} "
+                        "(wrap a single text in a list: [text])")
+
 PADDING_CHOICES = (True, False, "max_length")
 
 
@@ -49,6 +63,7 @@ class Tokenizer:
         unk_token: str | None = None,
         mask_token: str | None = None,
     ) -> None:
+        check_special_tokens(special_tokens)
         for role, token in (("pad", pad_token), ("unk", unk_token), ("mask", mask_token)):
             if token is not None and token not in special_tokens:
                 raise ValueError(f"{role}_token {token!r} is not one of the special tokens {list(special_tokens)}")
@@ -83,6 +98,32 @@ class Tokenizer:
         """Text of the token ids ``ids``; special tokens are dropped when asked."""
         raise NotImplementedError
 
+    def check_ids(self, ids: Iterable[int]) -> list[int]:
+        """``ids`` as a list, refused with ValueError if one is not an integer in ``[0, vocab_size)``
+        (a negative id would otherwise index from the end: -1 would decode as the last token)."""
+        ids = list(ids)
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, (int, np.integer))
+               or not 0 <= i < self.vocab_size]
+        if bad:
+            raise ValueError(f"{type(self).__name__}.decode: ids must be integers in [0, {self.vocab_size}), got "
+                             f"{bad[:5]!r}{' …' if len(bad) > 5 else ''}")
+        return ids
+
+    def check_batch(self, texts, max_length: int | None) -> list[str]:
+        """``texts`` as a list of strings; a bare string is refused (it would be taken as a list of characters)."""
+        if isinstance(texts, str) or not hasattr(texts, "__iter__"):
+            raise TypeError(f"{type(self).__name__}.encode_batch: texts must be a list of strings, got "
+                            f"{type(texts).__name__} (wrap a single text in a list: [text])")
+        texts = list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError(f"{type(self).__name__}.encode_batch: texts must be strings, got "
+                            f"{sorted({type(t).__name__ for t in texts if not isinstance(t, str)})}")
+        if max_length is not None and (isinstance(max_length, bool) or not isinstance(max_length, (int, np.integer))
+                                       or max_length < 1):
+            raise ValueError(f"{type(self).__name__}.encode_batch: max_length must be a positive integer or None, "
+                             f"got {max_length!r}")
+        return texts
+
     def encode_batch(
         self,
         texts: Sequence[str],
@@ -103,7 +144,7 @@ class Tokenizer:
             arrays of shape ``(B, T)`` with ``attention_mask`` 1 on real
             tokens and 0 on padding.
         """
-        rows = [self.encode(t) for t in texts]
+        rows = [self.encode(t) for t in self.check_batch(texts, max_length)]
         if truncation and max_length is not None:
             rows = [r[:max_length] for r in rows]
         return self._pad_batch({"input_ids": rows}, max_length, padding)
@@ -169,11 +210,19 @@ class Tokenizer:
         ``SomeTokenizer.load`` also checks that the file holds that class.
         """
         with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+            try:
+                data = json.load(f)
+            except ValueError as exc:  # JSONDecodeError, or bytes that are not UTF-8
+                raise ValueError(f"{path} is not a JSON file ({exc})") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"{path} does not hold a minitx tokeniser (a JSON {type(data).__name__}, not an object)")
         kind = data.pop("type", None)
-        if kind not in _REGISTRY:
+        if not isinstance(kind, str) or kind not in _REGISTRY:
             raise ValueError(f"{path} does not hold a minitx tokeniser (type={kind!r})")
         target = _REGISTRY[kind]
         if not issubclass(target, cls):
             raise ValueError(f"{path} holds a {kind}, not a {cls.__name__}")
-        return target.from_dict(data)
+        try:
+            return target.from_dict(data)
+        except (KeyError, TypeError, AttributeError, IndexError) as exc:
+            raise ValueError(f"{path}: a malformed {kind} file ({type(exc).__name__}: {exc})") from None

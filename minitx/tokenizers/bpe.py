@@ -39,7 +39,7 @@ from collections import Counter
 from typing import Any, Iterable
 
 from ._merges import learn_merges
-from .base import Tokenizer
+from .base import Tokenizer, check_special_tokens, check_texts
 
 ENDOFTEXT = "<|endoftext|>"
 
@@ -168,7 +168,9 @@ class ByteLevelBPE(Tokenizer):
         0..255 in byte order, merged tokens the following ids, special
         tokens the last ids.
         """
+        check_texts("ByteLevelBPE.train", texts)
         special_tokens = list(special_tokens)
+        check_special_tokens(special_tokens)
         if vocab_size < 256 + len(special_tokens):
             raise ValueError(f"vocab_size must be at least 256 + {len(special_tokens)} special tokens")
         pattern = gpt2_pretokenizer()
@@ -270,7 +272,7 @@ class ByteLevelBPE(Tokenizer):
         A byte sequence that is not valid UTF-8 (ids cut in the middle of a
         character) shows up as U+FFFD instead of raising.
         """
-        table = self._id_to_bytes
+        table, ids = self._id_to_bytes, self.check_ids(ids)
         if skip_special_tokens:
             ids = [i for i in ids if i not in self.special_ids]
         return b"".join(table[i] for i in ids).decode("utf-8", errors="replace")

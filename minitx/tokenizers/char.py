@@ -63,7 +63,7 @@ class CharTokenizer(Tokenizer):
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         table, n_special = self._id_to_text, len(self.special_tokens)
-        return "".join(table[i] for i in ids if not (skip_special_tokens and i < n_special))
+        return "".join(table[i] for i in self.check_ids(ids) if not (skip_special_tokens and i < n_special))
 
     def to_dict(self) -> dict[str, Any]:
         return {"chars": self.chars, "special_tokens": list(self.special_tokens)}

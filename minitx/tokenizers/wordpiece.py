@@ -52,7 +52,7 @@ from collections import Counter
 from typing import Any, Iterable, Sequence
 
 from ._merges import learn_merges
-from .base import Tokenizer
+from .base import Tokenizer, check_texts
 
 SPECIALS = ("[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]")
 CONTINUATION = "##"
@@ -197,6 +197,7 @@ class WordPieceTokenizer(Tokenizer):
         until no pair occurs ``min_frequency`` times.
         Encoding later uses WordPiece's greedy longest match over this vocabulary.
         """
+        check_texts("WordPieceTokenizer.train", texts)
         counts: Counter[str] = Counter()
         for text in texts:
             counts.update(pre_tokenize(normalize(text, lowercase)))
@@ -276,6 +277,9 @@ class WordPieceTokenizer(Tokenizer):
         Padding is as in :meth:`Tokenizer.encode_batch`; the result also has
         ``token_type_ids`` (0 for the first segment, 1 for the second, 0 on padding).
         """
+        texts = self.check_batch(texts, max_length)
+        if texts_pair is not None:
+            texts_pair = self.check_batch(texts_pair, max_length)
         if texts_pair is not None and len(texts_pair) != len(texts):
             raise ValueError(f"{len(texts)} texts but {len(texts_pair)} second segments")
         n_special = 2 if texts_pair is None else 3
@@ -295,7 +299,7 @@ class WordPieceTokenizer(Tokenizer):
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = False) -> str:
         """Join the tokens with spaces, gluing ``##`` pieces to the piece before them."""
         out: list[str] = []
-        for i in ids:
+        for i in self.check_ids(ids):
             if skip_special_tokens and i in self.special_ids:
                 continue
             token = self.vocab[i]
