@@ -11,6 +11,9 @@ is not installed or the fetch fails.
 
 import random
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
 import pytest
 
 from helpers import fetched_or_skip
@@ -125,3 +128,44 @@ def test_wordpiece_normaliser_and_pre_tokeniser_match_hf_on_every_code_point():
             pytest.fail(f"lowercase={lowercase}: U+{bad:04X} is normalised differently from tokenizers")
         words = [word for word, _ in BertPreTokenizer().pre_tokenize_str(theirs)]
         assert pre_tokenize(theirs) == words
+
+
+# Any Unicode text (no surrogates: they cannot be encoded as UTF-8), short, with the specials mixed in.
+ANY_TEXT = st.lists(st.one_of(st.text(st.characters(exclude_categories=("Cs",)), max_size=12),
+                              st.sampled_from(["<|endoftext|>", "[MASK]", " ", "  ", "\n", "'s", "ab", "X"])),
+                    max_size=8).map("".join)
+
+
+@pytest.fixture(scope="module")
+def gpt2_pair():
+    tiktoken = pytest.importorskip("tiktoken", reason="tiktoken (test-only oracle) is not installed")
+    from tiktoken.load import load_tiktoken_bpe
+
+    path = fetched_or_skip(gpt2_ranks_path, "the GPT-2 ranks")
+    return ByteLevelBPE.from_tiktoken_file(str(path)), tiktoken.Encoding(
+        "gpt2", pat_str=GPT2_PATTERN, mergeable_ranks=load_tiktoken_bpe(str(path)),
+        special_tokens={"<|endoftext|>": 50256})
+
+
+@pytest.fixture(scope="module")
+def wordpiece_pair():
+    tokenizers = pytest.importorskip("tokenizers", reason="tokenizers (test-only oracle) is not installed")
+    folder = fetched_or_skip(minilm_path, "the WordPiece vocabulary")
+    oracle = tokenizers.Tokenizer.from_file(str(folder / "tokenizer.json"))
+    oracle.no_padding()
+    oracle.no_truncation()
+    return WordPieceTokenizer.from_vocab(str(folder / "vocab.txt")), oracle
+
+
+@given(text=ANY_TEXT)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fuzz_bpe_against_tiktoken(gpt2_pair, text):
+    ours, oracle = gpt2_pair
+    assert ours.encode(text) == oracle.encode(text, allowed_special="all")
+
+
+@given(text=ANY_TEXT)
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_fuzz_wordpiece_against_hf_tokenizers(wordpiece_pair, text):
+    ours, oracle = wordpiece_pair
+    assert ours.encode(text) == oracle.encode(text).ids
