@@ -198,11 +198,12 @@ def save_checkpoint(path, model, optimizer=None, step: int = 0, extra: dict | No
     save_state_dict(tensors, path, metadata)
 
 
-def load_checkpoint(path, model, optimizer=None) -> dict:
+def load_checkpoint(path, model, optimizer=None, check_extra=None) -> dict:
     """Restore a file written by :func:`save_checkpoint` into ``model`` (and ``optimizer``).
 
     Everything is read and checked before anything is assigned: a damaged file or one that does not fit
-    the model or optimizer raises :class:`CheckpointError` and leaves both unchanged.
+    the model or optimizer (or whose ``extra`` ``check_extra(extra)`` refuses with ValueError) raises
+    :class:`CheckpointError` and leaves both unchanged.
     Returns {"step": int, "extra": dict}.
     """
     tensors, metadata = read_state_dict_file(path)
@@ -214,6 +215,8 @@ def load_checkpoint(path, model, optimizer=None) -> dict:
         model.check_state_dict(model_state)
         if optimizer is not None:
             optimizer.check_state_dict(optimizer_state)
+        if check_extra is not None:
+            check_extra(extra)
     except (ValueError, TypeError, KeyError) as exc:
         raise CheckpointError(f"{path}: {exc}") from None
     model.load_state_dict(model_state)

@@ -257,10 +257,19 @@ class Trainer:
         io.save_checkpoint(path, self.model, self.optimizer, step=self.step, extra=extra)
         self.saved_step = self.step
 
+    def _check_extra(self, extra: dict) -> None:
+        """Refuse (ValueError) a checkpoint whose extra state this trainer could not restore, before the model
+        or optimizer is touched."""
+        if not isinstance(extra.get("rng"), dict):
+            raise ValueError("the checkpoint holds no random generator state (extra['rng'])")
+        for name, owner in (("scheduler", self.scheduler), ("loader", self.loader)):
+            if name in extra and hasattr(owner, "load_state_dict") and not isinstance(extra[name], dict):
+                raise ValueError(f"extra[{name!r}] must be a dict, got {type(extra[name]).__name__}")
+
     def resume(self, path: str) -> None:
         """Load a checkpoint written by :meth:`save`; training continues exactly where it stopped (every rank
         reads it; its loader position counts global batches, so any number of ranks can resume it)."""
-        info = io.load_checkpoint(path, self.model, self.optimizer)
+        info = io.load_checkpoint(path, self.model, self.optimizer, check_extra=self._check_extra)
         self.step = self.saved_step = info["step"]
         extra = info.get("extra", {})
         backend.set_rng_state(extra["rng"])

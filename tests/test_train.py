@@ -209,3 +209,19 @@ def test_a_nan_loss_leaves_no_nan_gradient_behind(clip):
     assert all(p.grad is None for p in model.parameters())
     trainer.fit()  # continues from step 1 with finite losses
     assert all(np.isfinite(w).all() for w in _weights(model).values())
+
+
+def test_resume_refuses_a_checkpoint_without_rng_state_before_touching_the_model(tmp_path):
+    from minitx import io
+
+    path = str(tmp_path / "ckpt.safetensors")
+    source = _model(seed=1)
+    io.save_checkpoint(path, source, optim.AdamW(source.parameters(), lr=1e-2), step=3, extra={})
+    target = _model(seed=2)
+    before = _weights(target)
+    trainer = _trainer(target, steps=5)
+    with pytest.raises(io.CheckpointError, match="random generator"):
+        trainer.resume(path)
+    for name, w in before.items():
+        np.testing.assert_array_equal(_weights(target)[name], w, err_msg=name)
+    assert trainer.step == 0 and trainer.optimizer.state == {}
