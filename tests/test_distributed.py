@@ -13,7 +13,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -215,12 +214,10 @@ def test_padded_batches_are_averaged_over_the_global_token_count(tmp_path):
 def test_killed_rank_ends_the_run_and_resuming_on_any_world_size_matches(tmp_path):
     _mpi_or_skip()
     train = [sys.executable, WORKER, "train", "--steps", "10"]
-    start = time.monotonic()
+    # the bound: a run that hangs instead of ending raises subprocess.TimeoutExpired after 60 s
     proc = _run(train + ["--weights", "never.st", "--checkpoint", "ckpt.st", "--checkpoint-every", "4",
                          "--kill-rank", "1", "--kill-step", "6"], tmp_path, ranks=2, timeout=60)
-    elapsed = time.monotonic() - start
     assert proc.returncode != 0 and "BAD TERMINATION" in proc.stdout + proc.stderr, proc.stdout + proc.stderr
-    assert elapsed < 30, f"the run took {elapsed:.0f} s to end after rank 1 was killed"
     assert (tmp_path / "ckpt.st").is_file() and not (tmp_path / "never.st").exists()
     _ok(_run(train + ["--weights", "uninterrupted.st"], tmp_path))
     _ok(_run(train + ["--weights", "resumed1.st", "--resume", "ckpt.st"], tmp_path))
@@ -235,24 +232,19 @@ def test_killed_rank_ends_the_run_and_resuming_on_any_world_size_matches(tmp_pat
 
 def test_hanging_rank_is_ended_by_the_watchdog(tmp_path):
     _mpi_or_skip()
-    start = time.monotonic()
     proc = _run([sys.executable, WORKER, "train", "--weights", "never.st", "--hang-rank", "1", "--hang-step", "2"],
-                tmp_path, ranks=2, timeout=60, MINITX_DIST_TIMEOUT="4")
-    elapsed = time.monotonic() - start
+                tmp_path, ranks=2, timeout=60, MINITX_DIST_TIMEOUT="4")  # a hang past 60 s: TimeoutExpired
     assert proc.returncode != 0
     # rank 0, in the all-reduce of step 2 (or either rank earlier, if a loaded machine delays one by 4 s)
     assert re.search(r"rank [01]: waited more than 4 s in \w+ for the other ranks", proc.stderr), proc.stderr
-    assert elapsed < 40, f"took {elapsed:.0f} s"
 
 
 def test_rank_that_raises_ends_the_others(tmp_path):
     """Without the abort on an uncaught exception, rank 0 would wait in its all-reduce for the watchdog."""
     _mpi_or_skip()
-    start = time.monotonic()
+    # the watchdog would fire only after 300 s: a run that waits for it raises TimeoutExpired at 60 s
     proc = _run([sys.executable, WORKER, "train", "--weights", "never.st", "--raise-rank", "1", "--raise-step", "2"],
                 tmp_path, ranks=2, timeout=60, MINITX_DIST_TIMEOUT="300")
-    elapsed = time.monotonic() - start
     assert proc.returncode != 0
     assert "RuntimeError: rank 1 fails on purpose at step 2" in proc.stderr, proc.stderr
     assert "minitx: rank 1 failed; aborting all 2 ranks" in proc.stderr, proc.stderr
-    assert elapsed < 30, f"took {elapsed:.0f} s"
