@@ -7,7 +7,7 @@ from hypothesis import strategies as st
 
 from minitx.data.corpus import corpus_text, sentiment_sentences
 from minitx.tokenizers import ByteLevelBPE, CharTokenizer, Tokenizer, WordPieceTokenizer
-from minitx.tokenizers.bpe import bytes_to_printable, gpt2_pretokenizer, printable_to_bytes
+from minitx.tokenizers.bpe import bytes_to_printable, gpt2_pretokenizer, printable_to_bytes, smollm_pieces
 from minitx.tokenizers.wordpiece import normalize, pre_tokenize, truncate_longest_first
 
 
@@ -119,6 +119,55 @@ def test_bpe_rejects_bad_ranks():
         ByteLevelBPE({b"a": 0})
     with pytest.raises(ValueError, match="0 .. len"):
         ByteLevelBPE({bytes([b]): b + 1 for b in range(256)})
+
+
+@pytest.mark.parametrize("text, pieces", [
+    ("In 2024 we had 42 cats", ["In", " ", "2", "0", "2", "4", " we", " had", " ", "4", "2", " cats"]),
+    ("x3.14, ½ and Ⅻ!", ["x", "3", ".", "1", "4", ",", " ", "½", " and", " ", "Ⅻ", "!"]),
+    ("a  7", ["a", "  ", "7"]),           # GPT-2 would give "a", " ", " 7"
+    ("it's 1's", ["it", "'s", " ", "1", "'s"]),
+])
+def test_smollm_pretokenizer_isolates_each_number_character(text, pieces):
+    assert smollm_pieces(text) == pieces
+
+
+def merge_list_tokenizer():
+    """Specials first (ids 0, 1), then bytes (all but byte 4), then merged tokens; merges rank by their line."""
+    special = ["<s>", "</s>"]
+    singles = [bytes_to_printable(bytes([b])) for b in range(256) if b != 0x04]  # byte 4 is not a token
+    tokens = special + singles + ["ab", "bc", "abc", "!!"]
+    merges = ["a b", "b c", "a bc", "! !"]   # "ab"+"c" is not a merge, though "abc" is a token
+    return ByteLevelBPE.from_merges(tokens, merges, special_ids=[0, 1], pretokenizer="smollm"), tokens
+
+
+def test_bpe_merge_list_ranks_pairs_not_results():
+    tok, tokens = merge_list_tokenizer()
+    ids = {t: i for i, t in enumerate(tokens)}
+    assert tok.encode("abc") == [ids["ab"], ids["c"]]   # "a b" first; "ab c" is no merge (GPT-2 ranks: "abc")
+    assert tok.encode("bc") == [ids["bc"]]
+    assert tok.encode("abd") == [ids["ab"], ids["d"]]
+    assert tok.encode("!\x04!<s>") == [ids["!!"], 0]  # a byte that is no token is dropped before merging
+    assert tok.decode(tok.encode("x12<s>y", allow_special=True)) == "x12<s>y"
+
+
+def test_bpe_merge_list_save_load(tmp_path):
+    tok, _ = merge_list_tokenizer()
+    tok.save(tmp_path / "m.json")
+    loaded = Tokenizer.load(tmp_path / "m.json")
+    assert loaded.merges == tok.merges and loaded.pretokenizer == "smollm"
+    text = "abc 12 a\x04bc</s>"
+    assert loaded.encode(text) == tok.encode(text)
+
+
+def test_bpe_merge_list_rejects_bad_input():
+    with pytest.raises(ValueError, match="0 .. V-1"):
+        ByteLevelBPE({b"a": 0}, {"<s>": 5}, merges=[])
+    with pytest.raises(ValueError, match="1 merges join or make bytes that are not tokens"):
+        ByteLevelBPE({b"a": 0, b"b": 1}, {}, merges=[(b"a", b"b")])
+    with pytest.raises(ValueError, match="a merge must be 'left right'"):
+        ByteLevelBPE.from_merges(["a", "b", "ab"], ["ab"], special_ids=[])
+    with pytest.raises(ValueError, match="pretokenizer must be one of"):
+        ByteLevelBPE({b"a": 0}, {}, merges=[], pretokenizer="llama")
 
 
 # ---------------------------------------------------------------- WordPiece
