@@ -155,3 +155,114 @@ def read_gguf(path: str | Path) -> GGUFFile:
     except (ValueError, IndexError, KeyError, OSError, TypeError) as e:
         raise GGUFError(f"{path} is not a readable GGUF file ({type(e).__name__}: {e})") from None
     return GGUFFile(path, metadata, tensors)
+
+
+# ------------------------------------------------------------------------------------------- Llama models
+# (GGUF name, Hugging Face name) of the tensors inside layer i: "blk.{i}." and "model.layers.{i}." in front.
+LLAMA_LAYER_NAMES = [
+    ("attn_norm.weight", "input_layernorm.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight"),
+    ("attn_output.weight", "self_attn.o_proj.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight"),
+]
+LLAMA_OTHER_NAMES = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),  # absent when the output layer is the token embedding (tied)
+]
+
+
+def llama_hyperparameters(f: GGUFFile) -> dict[str, Any]:
+    """A Llama model's sizes from the ``llama.*`` metadata of ``f``, under Hugging Face's config names."""
+    if f.require("general.architecture") != "llama":
+        raise GGUFError(f"{f.path} holds a {f.metadata['general.architecture']!r} model, not 'llama'")
+    dim, n_heads = int(f.require("llama.embedding_length")), int(f.require("llama.attention.head_count"))
+    vocab = f.metadata.get("llama.vocab_size", len(f.require("tokenizer.ggml.tokens")))
+    return {
+        "vocab_size": int(vocab),
+        "hidden_size": dim,
+        "num_hidden_layers": int(f.require("llama.block_count")),
+        "num_attention_heads": n_heads,
+        "num_key_value_heads": int(f.metadata.get("llama.attention.head_count_kv", n_heads)),
+        "head_dim": int(f.metadata.get("llama.rope.dimension_count", dim // n_heads)),
+        "intermediate_size": int(f.require("llama.feed_forward_length")),
+        # Stored as float32 (1e-5 reads back as 9.99999975e-06); 7 significant digits give the written value.
+        "rms_norm_eps": float(f"{f.require('llama.attention.layer_norm_rms_epsilon'):.7g}"),
+        "rope_theta": float(f.metadata.get("llama.rope.freq_base", 10000.0)),
+        "max_position_embeddings": int(f.require("llama.context_length")),
+        "tie_word_embeddings": "output.weight" not in f.tensors,
+        "bos_token_id": f.metadata.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": f.metadata.get("tokenizer.ggml.eos_token_id"),
+    }
+
+
+def unpermute_rope_rows(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo the row order llama.cpp gives the query and key weights, back to Hugging Face's.
+
+    Rotary embeddings turn pairs of a head's features. Hugging Face pairs feature ``i`` with ``i + d/2``
+    (rotate-half); llama.cpp pairs neighbours ``2i`` and ``2i + 1``. Converting a checkpoint to GGUF reorders
+    the output rows of each head of ``W_q`` and ``W_k`` so that llama.cpp's pairs are Hugging Face's: GGUF row
+    ``2i`` is Hugging Face row ``i``, GGUF row ``2i + 1`` is row ``i + d/2``. This puts them back.
+
+    Args:
+        weight: (n_heads * d, in), the rows of GGUF's order.
+        n_heads: the heads those rows belong to (key/value heads for ``W_k``).
+    """
+    rows, cols = weight.shape
+    if rows % (2 * n_heads):
+        raise GGUFError(f"a rotary weight of {rows} rows cannot be split into {n_heads} heads of pairs")
+    half = rows // n_heads // 2
+    return weight.reshape(n_heads, half, 2, cols).swapaxes(1, 2).reshape(rows, cols)   # (H, 2, d/2, in)
+
+
+def llama_state_dict(f: GGUFFile) -> dict[str, np.ndarray]:
+    """Every tensor of a Llama GGUF file de-quantised to float32, under Hugging Face's names and layout.
+
+    Query and key weights get Hugging Face's row order back (:func:`unpermute_rope_rows`).
+    """
+    sizes = llama_hyperparameters(f)
+    names = {}
+    for i in range(sizes["num_hidden_layers"]):
+        names.update({f"blk.{i}.{g}": f"model.layers.{i}.{h}" for g, h in LLAMA_LAYER_NAMES})
+    names.update(LLAMA_OTHER_NAMES)
+    unexpected = sorted(set(f.tensors) - set(names))
+    if unexpected:
+        raise GGUFError(f"{f.path} has tensors a Llama model does not: {unexpected[:5]}")
+    state = {}
+    for gguf_name, hf_name in names.items():
+        if gguf_name == "output.weight" and sizes["tie_word_embeddings"]:
+            continue
+        weight = f.tensor(gguf_name).dequantize()
+        if gguf_name.endswith("attn_q.weight"):
+            weight = unpermute_rope_rows(weight, sizes["num_attention_heads"])
+        elif gguf_name.endswith("attn_k.weight"):
+            weight = unpermute_rope_rows(weight, sizes["num_key_value_heads"])
+        state[hf_name] = weight
+    return state
+
+
+def tokenizer_from_gguf(f: GGUFFile):
+    """minitx's byte-level BPE from the vocabulary, merges and special tokens in ``f``'s metadata.
+
+    Supports ``tokenizer.ggml.model = "gpt2"`` (byte-level BPE) with the pre-tokenisers minitx has
+    (``tokenizer.ggml.pre``: ``"gpt2"``, ``"smollm"``). Tokens of type 3 (control) are special tokens; the
+    end-of-sequence token pads.
+    """
+    from .tokenizers import ByteLevelBPE
+
+    model, pre = f.require("tokenizer.ggml.model"), f.metadata.get("tokenizer.ggml.pre", "gpt2")
+    if model != "gpt2":
+        raise GGUFError(f"{f.path}: tokenizer.ggml.model is {model!r}; minitx reads only 'gpt2' (byte-level BPE)")
+    if pre not in ("gpt2", "smollm"):
+        raise GGUFError(f"{f.path}: pre-tokeniser {pre!r} is not one minitx has ('gpt2', 'smollm')")
+    tokens = f.require("tokenizer.ggml.tokens")
+    types = f.require("tokenizer.ggml.token_type")
+    special_ids = [i for i, kind in enumerate(types) if kind == 3]  # llama.cpp's LLAMA_TOKEN_TYPE_CONTROL
+    eos = f.metadata.get("tokenizer.ggml.eos_token_id")
+    return ByteLevelBPE.from_merges(tokens, f.require("tokenizer.ggml.merges"), special_ids, pretokenizer=pre,
+                                    pad_token=tokens[eos] if eos in special_ids else None)
