@@ -5,7 +5,10 @@ about file formats. One section per family:
 
 - BERT (e.g. all-MiniLM-L6-v2) from a Hugging Face folder: ``config.json`` + ``model.safetensors`` +
   ``vocab.txt``: :func:`load_pretrained`, :func:`load_bert`, :func:`load_bert_tokenizer`;
-- GPT-2's byte-level BPE from its ``gpt2.tiktoken`` ranks: :func:`load_gpt2_tokenizer`.
+- GPT-2's byte-level BPE from its ``gpt2.tiktoken`` ranks: :func:`load_gpt2_tokenizer`;
+- Llama-architecture models from a GGUF file (llama.cpp's format, :mod:`minitx.gguf`; weights de-quantised
+  to float32 by hand): a :class:`~minitx.models.llama.Llama` and minitx's byte-level BPE from the file's
+  vocabulary and merges: :func:`load_gguf_llama`; SmolLM2-135M-Instruct, fetched once: :func:`load_smollm2`.
 
 Hugging Face's weights are the same numbers as minitx's under other names: Hugging Face calls the query
 projection of layer 3 ``encoder.layer.3.attention.self.query.weight``, minitx
@@ -18,13 +21,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from safetensors.numpy import load_file
 
 from .backend import to_device
-from .data.fetch import gpt2_ranks_path
+from .data.fetch import gpt2_ranks_path, smollm2_path
+from .gguf import GGUFError, GGUFFile, read_gguf
 from .models import BertConfig, BertModel
+from .models.llama import Llama, LlamaConfig
+from .nn.rotary import interleaved_to_rotate_half
 from .tokenizers import ByteLevelBPE, WordPieceTokenizer
 
 
@@ -150,3 +157,119 @@ def load_gpt2_tokenizer(path=None) -> ByteLevelBPE:
     """GPT-2's byte-level BPE (50,257 ids, ``<|endoftext|>`` = 50256) from a ``gpt2.tiktoken`` ranks file
     (default: :func:`minitx.data.fetch.gpt2_ranks_path`, fetched and cached on first use)."""
     return ByteLevelBPE.from_tiktoken_file(str(path or gpt2_ranks_path()))
+
+
+# ------------------------------------------------------------------------------------ Llama (GGUF)
+# (GGUF name, Hugging Face name, minitx name) of the tensors inside layer i, after "blk.{i}.",
+# "model.layers.{i}." and "blocks.{i}.".
+LLAMA_LAYER_NAMES = [
+    ("attn_norm.weight", "input_layernorm.weight", "ln_1.weight"),
+    ("attn_q.weight", "self_attn.q_proj.weight", "attn.q_proj.weight"),
+    ("attn_k.weight", "self_attn.k_proj.weight", "attn.k_proj.weight"),
+    ("attn_v.weight", "self_attn.v_proj.weight", "attn.v_proj.weight"),
+    ("attn_output.weight", "self_attn.o_proj.weight", "attn.out_proj.weight"),
+    ("ffn_norm.weight", "post_attention_layernorm.weight", "ln_2.weight"),
+    ("ffn_gate.weight", "mlp.gate_proj.weight", "mlp.gate_proj.weight"),
+    ("ffn_up.weight", "mlp.up_proj.weight", "mlp.up_proj.weight"),
+    ("ffn_down.weight", "mlp.down_proj.weight", "mlp.down_proj.weight"),
+]
+LLAMA_OTHER_NAMES = [
+    ("token_embd.weight", "model.embed_tokens.weight", "embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight", "norm.weight"),
+    ("output.weight", "lm_head.weight", "lm_head.weight"),  # absent when tied to the token embedding
+]
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"  # its chat template's
+
+
+def llama_config_from_gguf(f: GGUFFile) -> LlamaConfig:
+    """A :class:`LlamaConfig` from the ``llama.*`` metadata of ``f``."""
+    if f.require("general.architecture") != "llama":
+        raise GGUFError(f"{f.path} holds a {f.metadata['general.architecture']!r} model, not 'llama'")
+    d_model, num_heads = int(f.require("llama.embedding_length")), int(f.require("llama.attention.head_count"))
+    if int(f.metadata.get("llama.rope.dimension_count", d_model // num_heads)) != d_model // num_heads:
+        raise GGUFError(f"{f.path}: rotary on part of a head (llama.rope.dimension_count) is not supported")
+    # The file stores ε as float32 (1e-5 reads back as 9.99999975e-06); 7 significant digits give the written value.
+    eps = float(f"{f.require('llama.attention.layer_norm_rms_epsilon'):.7g}")
+    return LlamaConfig(
+        vocab_size=int(f.metadata.get("llama.vocab_size", len(f.require("tokenizer.ggml.tokens")))),
+        d_model=d_model, num_layers=int(f.require("llama.block_count")), num_heads=num_heads,
+        num_kv_heads=int(f.metadata.get("llama.attention.head_count_kv", num_heads)),
+        ff_dim=int(f.require("llama.feed_forward_length")), max_len=int(f.require("llama.context_length")),
+        rms_norm_eps=eps, rope_base=float(f.metadata.get("llama.rope.freq_base", 10000.0)),
+        tie_embeddings="output.weight" not in f.tensors)
+
+
+def llama_weights(f: GGUFFile, config: LlamaConfig, names: str = "minitx") -> dict[str, np.ndarray]:
+    """Every tensor of a Llama GGUF file de-quantised to float32, named as ``names`` says (``"minitx"`` or
+    ``"hf"``), in Hugging Face's rotary layout.
+
+    GGUF stores W_q and W_k with each head's rows reordered for llama.cpp's adjacent-pair rotation;
+    :func:`~minitx.nn.rotary.interleaved_to_rotate_half` puts them back in the order of the rotate-half
+    rotation that :class:`~minitx.nn.RotaryEmbedding` (and Hugging Face) use.
+    """
+    column = {"hf": 1, "minitx": 2}[names]
+    table = {row[0]: row[column] for row in LLAMA_OTHER_NAMES}
+    for i in range(config.num_layers):
+        prefix = ("", f"model.layers.{i}.", f"blocks.{i}.")[column]
+        table.update({f"blk.{i}.{row[0]}": prefix + row[column] for row in LLAMA_LAYER_NAMES})
+    unexpected = sorted(set(f.tensors) - set(table))
+    if unexpected:
+        raise GGUFError(f"{f.path} has tensors a Llama model of {config.num_layers} layers does not: {unexpected[:5]}")
+    weights = {}
+    for gguf_name, name in table.items():
+        if gguf_name == "output.weight" and config.tie_embeddings:
+            continue
+        weight = f.tensor(gguf_name).dequantize()
+        if gguf_name.endswith("attn_q.weight"):
+            weight = interleaved_to_rotate_half(weight, config.num_heads)
+        elif gguf_name.endswith("attn_k.weight"):
+            weight = interleaved_to_rotate_half(weight, config.num_kv_heads)
+        weights[name] = weight
+    return weights
+
+
+def tokenizer_from_gguf(f: GGUFFile) -> ByteLevelBPE:
+    """minitx's byte-level BPE from the vocabulary, merges and special tokens in ``f``'s metadata.
+
+    Reads ``tokenizer.ggml.model = "gpt2"`` (byte-level BPE) with a pre-tokeniser minitx has
+    (``tokenizer.ggml.pre``: ``"gpt2"`` or ``"smollm"``). Tokens of type 3 (llama.cpp's "control") are the
+    special tokens; the end-of-sequence token pads.
+    """
+    model, pre = f.require("tokenizer.ggml.model"), f.metadata.get("tokenizer.ggml.pre", "gpt2")
+    if model != "gpt2":
+        raise GGUFError(f"{f.path}: tokenizer.ggml.model is {model!r}; minitx reads only 'gpt2' (byte-level BPE)")
+    if pre not in ("gpt2", "smollm"):
+        raise GGUFError(f"{f.path}: pre-tokeniser {pre!r} is not one minitx has ('gpt2', 'smollm')")
+    tokens, types = f.require("tokenizer.ggml.tokens"), f.require("tokenizer.ggml.token_type")
+    special_ids = [i for i, kind in enumerate(types) if kind == 3]
+    eos = f.metadata.get("tokenizer.ggml.eos_token_id")
+    return ByteLevelBPE.from_merges(tokens, f.require("tokenizer.ggml.merges"), special_ids, pretokenizer=pre,
+                                    pad_token=tokens[eos] if eos in special_ids else None)
+
+
+def load_gguf_llama(source: str | Path | GGUFFile) -> tuple[Llama, ByteLevelBPE, dict[str, Any]]:
+    """``(model, tokenizer, info)`` from a Llama GGUF file (a path or an already parsed file).
+
+    ``info`` holds what generation needs besides the weights: ``eos_token_id``, ``bos_token_id`` and the
+    file's ``chat_template`` (Jinja text, for reference; :func:`~minitx.models.llama.chatml_prompt` writes it).
+    """
+    f = source if isinstance(source, GGUFFile) else read_gguf(source)
+    config = llama_config_from_gguf(f)
+    tokenizer = tokenizer_from_gguf(f)
+    if tokenizer.vocab_size != config.vocab_size:
+        raise GGUFError(f"{f.path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {config.vocab_size}")
+    model = Llama(config)
+    model.load_state_dict(llama_weights(f, config))
+    model.eval()
+    info = {"eos_token_id": f.metadata.get("tokenizer.ggml.eos_token_id"),
+            "bos_token_id": f.metadata.get("tokenizer.ggml.bos_token_id"),
+            "chat_template": f.metadata.get("tokenizer.chat_template")}
+    return model, tokenizer, info
+
+
+def load_smollm2() -> tuple[Llama, ByteLevelBPE, dict[str, Any]]:
+    """SmolLM2-135M-Instruct (fetched once, see :func:`minitx.data.fetch.smollm2_path`) as
+    ``(model, tokenizer, info)``; ``info["system"]`` is its chat template's default system message."""
+    model, tokenizer, info = load_gguf_llama(smollm2_path())
+    info["system"] = SMOLLM2_SYSTEM
+    return model, tokenizer, info

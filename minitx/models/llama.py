@@ -1,0 +1,224 @@
+"""A Llama-style language model (Touvron et al., 2023): the GPT recipe with four newer parts.
+
+    h⁰   = E[x_t]                                  (B, T, D)   no position table: positions enter as rotations
+    hˡ   = DecoderBlock(hˡ⁻¹),  l = 1…L            pre-norm, causal, with
+             norm      RMSNorm          y = x / √(mean(x²) + ε) · γ
+             attention grouped-query    H query heads share H_kv key/value heads
+             positions rotary (RoPE)    q and k of position m turned by the angles m·ω_i, ω_i = base^(-2i/d)
+             FFN       SwiGLU           (SiLU(x W_gateᵀ) ⊙ x W_upᵀ) W_downᵀ, no biases anywhere
+    z_t  = RMSNorm_f(h^L_t) Wᵀ                     (B, T, V)   W = E when the embeddings are tied
+
+Every part is a library block (:class:`~minitx.nn.DecoderBlock` configured with ``norm=RMSNorm``,
+``rotary=RotaryEmbedding``, ``num_kv_heads``, ``gated=True``, ``bias=False``); this module only stacks them.
+SmolLM2-135M is one: L = 30, D = 576, H = 9, H_kv = 3 (d = 64), SwiGLU width 1536, base 100000, tied E.
+
+The KV cache of each block holds the keys already rotated to their positions, H_kv heads of them (3 instead of
+9 for SmolLM2: a third of a multi-head cache). Parameter names follow Hugging Face's ``LlamaForCausalLM``
+after one renaming table (see :func:`minitx.hub.load_gguf_llama`); the rotary layout is Hugging Face's
+(rotate-half), so q/k weights from a GGUF file are un-permuted on loading.
+"""
+
+from __future__ import annotations
+
+import numbers
+from dataclasses import dataclass
+from typing import Iterator
+
+import numpy as np
+
+from .. import backend
+from .. import functional as F
+from ..nn import DecoderBlock, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding
+from ..tensor import Tensor, no_grad
+from .gpt import check_sampling_arguments, sample_next_token
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= 1
+
+
+@dataclass
+class LlamaConfig:
+    """Sizes of a Llama-style model (defaults: none; see :data:`SMOLLM2_135M` for a real one).
+
+    ``max_len`` is the context the model was trained for: rotary positions have no table, so nothing stops a
+    longer input except that the model never learned it, and minitx refuses one.
+    """
+
+    vocab_size: int
+    d_model: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    ff_dim: int
+    max_len: int
+    rms_norm_eps: float = 1e-5
+    rope_base: float = 10000.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "ff_dim", "max_len"):
+            if not _positive_int(getattr(self, name)):
+                raise ValueError(f"LlamaConfig: {name} must be a positive integer, got {getattr(self, name)!r}")
+        if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
+            raise ValueError(f"LlamaConfig: d_model {self.d_model} must split into num_heads {self.num_heads} "
+                             f"heads of an even size (rotary turns pairs of features)")
+        if self.num_heads % self.num_kv_heads:
+            raise ValueError(f"LlamaConfig: num_heads {self.num_heads} is not a multiple of num_kv_heads "
+                             f"{self.num_kv_heads}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.num_heads
+
+
+SMOLLM2_135M = LlamaConfig(vocab_size=49152, d_model=576, num_layers=30, num_heads=9, num_kv_heads=3, ff_dim=1536,
+                           max_len=8192, rms_norm_eps=1e-5, rope_base=100000.0, tie_embeddings=True)
+
+
+class Llama(Module):
+    """A Llama-style causal language model: ids (B, T) -> next-token logits (B, T, V); see the module docstring.
+
+    Sub-modules: ``embed_tokens``, ``blocks`` (``num_layers`` :class:`~minitx.nn.DecoderBlock`), ``norm`` (the
+    final RMSNorm), and ``lm_head`` only when the embeddings are not tied. Weights start as the blocks'
+    defaults; the model is meant to be loaded (:func:`minitx.hub.load_smollm2`).
+    """
+
+    def __init__(self, config: LlamaConfig, dtype=None, device=None):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = Embedding(config.vocab_size, config.d_model, dtype=dtype, device=device)
+        rotary = RotaryEmbedding(config.head_dim, config.rope_base)  # no parameters: one serves every block
+        self.blocks = ModuleList([
+            DecoderBlock(config.d_model, config.num_heads, config.ff_dim, 0.0, "silu", config.rms_norm_eps,
+                         dtype, device, norm=RMSNorm, num_kv_heads=config.num_kv_heads, rotary=rotary,
+                         gated=True, bias=False)
+            for _ in range(config.num_layers)])
+        self.norm = RMSNorm(config.d_model, config.rms_norm_eps, dtype=dtype, device=device)
+        self.lm_head = None if config.tie_embeddings else Linear(config.d_model, config.vocab_size, bias=False,
+                                                                  dtype=dtype, device=device)
+
+    @property
+    def device(self) -> str:
+        return self.embed_tokens.weight.device
+
+    def forward(self, input_ids, past_kv=None, use_cache: bool = False):
+        """input_ids (B, T) -> logits (B, T, V), or (logits, presents) with ``use_cache``.
+
+        ``past_kv``: the ``presents`` of an earlier call, one (keys, values) pair per block, each
+        (B, H_kv, P, d); the new tokens then sit at positions P … P + T - 1.
+        """
+        ids = self._ids(input_ids)
+        past_len = 0 if past_kv is None else self._past_length(past_kv, ids.shape[0])
+        if past_len + ids.shape[1] > self.config.max_len:
+            raise ValueError(f"Llama: {past_len} cached + {ids.shape[1]} new tokens exceed the context of "
+                             f"max_len={self.config.max_len} tokens")
+        x = self.embed_tokens(ids)  # (B, T, D)
+        presents = []
+        for block, past in zip(self.blocks, past_kv or [None] * len(self.blocks)):
+            out = block(x, past_kv=past, use_cache=use_cache)
+            x, present = out if use_cache else (out, None)
+            presents.append(present)
+        h = self.norm(x)  # (B, T, D)
+        logits = F.linear(h, self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight)  # (B, T, V)
+        return (logits, presents) if use_cache else logits
+
+    def _ids(self, input_ids):
+        ids = input_ids.data if isinstance(input_ids, Tensor) else input_ids
+        ids = ids if hasattr(ids, "dtype") else np.asarray(ids)
+        if ids.dtype.kind not in "iu" or ids.ndim != 2 or ids.shape[1] == 0:
+            raise ValueError(f"Llama: input_ids must be integers of shape (B, T) with T >= 1, got dtype "
+                             f"{ids.dtype} shape {tuple(ids.shape)}")
+        return backend.to_device(ids, self.device)
+
+    def _past_length(self, past_kv, batch: int) -> int:
+        if len(past_kv) != len(self.blocks):
+            raise ValueError(f"Llama: past_kv must hold one (keys, values) pair per block ({len(self.blocks)}), "
+                             f"got {len(past_kv)}")
+        keys = past_kv[0][0]  # (B, H_kv, P, d)
+        if keys.shape[0] != batch:
+            raise ValueError(f"Llama: past_kv was computed for batch size {keys.shape[0]}, input_ids has {batch}")
+        return keys.shape[2]
+
+    # ------------------------------------------------------------------------------------ generation
+    def stream(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+               top_p: float | None = None, greedy: bool = False, seed: int | None = None,
+               eos_token_id: int | None = None) -> Iterator[int]:
+        """Yield up to ``max_new_tokens`` new token ids after ``prompt_ids`` (1-D), one as soon as it is chosen.
+
+        The prompt runs once; every later step feeds only the newest token against the KV cache. Each token
+        is the argmax (``greedy``) or a draw from softmax(filter(z/τ)) with top-k then top-p
+        (:func:`~minitx.models.gpt.sample_next_token`), from ``numpy.random.default_rng(seed)`` when a seed is
+        given, else from minitx's global generator. Stops after yielding ``eos_token_id``, or when the context
+        (``max_len``) is full. Runs in eval mode under ``no_grad``.
+
+        Raises:
+            ValueError: a bad sampling setting, an empty prompt, ids outside the vocabulary, or a prompt longer
+                than the context — before anything runs.
+        """
+        ids = self._prompt(prompt_ids)
+        check_sampling_arguments(temperature, top_k, top_p, greedy)
+        if not (isinstance(max_new_tokens, numbers.Integral) and max_new_tokens >= 0):
+            raise ValueError(f"generate: max_new_tokens must be an integer >= 0, got {max_new_tokens!r}")
+        rng = np.random.default_rng(seed) if seed is not None else backend.rng("cpu")
+        was_training = self.training
+        self.eval()
+        try:
+            with no_grad():
+                feed, past = ids, None
+                for _ in range(min(max_new_tokens, self.config.max_len - len(ids) + 1)):
+                    x = backend.to_device(np.array([feed], dtype=np.int64), self.device)  # (1, T)
+                    logits, past = self(x, past_kv=past, use_cache=True)  # (1, T, V)
+                    z = backend.to_numpy(logits.data[0, -1]).astype(np.float64)  # (V,)
+                    token = sample_next_token(z, rng, temperature, top_k, top_p, greedy)
+                    yield token
+                    if token == eos_token_id:
+                        return
+                    feed = [token]
+        finally:
+            self.train(was_training)
+
+    def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, greedy: bool = False, seed: int | None = None,
+                 eos_token_id: int | None = None) -> np.ndarray:
+        """The prompt followed by the new ids, as a 1-D int64 NumPy array (see :meth:`stream`)."""
+        new = list(self.stream(prompt_ids, max_new_tokens, temperature, top_k, top_p, greedy, seed, eos_token_id))
+        return np.array(self._prompt(prompt_ids) + new, dtype=np.int64)
+
+    def _prompt(self, prompt_ids) -> list[int]:
+        prompt = prompt_ids.data if isinstance(prompt_ids, Tensor) else prompt_ids
+        prompt = backend.to_numpy(prompt) if hasattr(prompt, "dtype") else np.asarray(prompt)
+        if prompt.ndim != 1 or prompt.size == 0 or prompt.dtype.kind not in "iu":
+            raise ValueError(f"generate: prompt_ids must be a non-empty 1-D sequence of ids, got dtype "
+                             f"{prompt.dtype} shape {prompt.shape}")
+        if prompt.min() < 0 or prompt.max() >= self.config.vocab_size:
+            raise ValueError(f"generate: prompt ids must lie in [0, {self.config.vocab_size}), got values in "
+                             f"[{prompt.min()}, {prompt.max()}]")
+        if prompt.size > self.config.max_len:
+            raise ValueError(f"generate: the prompt has {prompt.size} tokens, longer than the context of "
+                             f"{self.config.max_len}")
+        return [int(i) for i in prompt]
+
+
+# -------------------------------------------------------------------------------------- chat template
+def chatml_prompt(messages: list[dict[str, str]], default_system: str | None = None,
+                  add_generation_prompt: bool = True) -> str:
+    """ChatML, the chat format of SmolLM2-Instruct: each message as
+
+        <|im_start|>{role}\\n{content}<|im_end|>\\n
+
+    and, with ``add_generation_prompt``, ``<|im_start|>assistant\\n`` after the last one, where the model's
+    answer begins (it ends its answer with ``<|im_end|>``). When the first message is not from ``"system"``
+    and a ``default_system`` text is given, a system message with it goes first (SmolLM2's template does
+    this). ``messages``: dicts with ``"role"`` (``"system"``, ``"user"``, ``"assistant"``) and ``"content"``.
+    """
+    parts = []
+    for k, message in enumerate(messages):
+        if not isinstance(message, dict) or not {"role", "content"} <= message.keys():
+            raise ValueError(f"chatml_prompt: message {k} must be a dict with 'role' and 'content', got {message!r}")
+    if default_system is not None and messages and messages[0]["role"] != "system":
+        parts.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
+    parts += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+    if add_generation_prompt:
+        parts.append("<|im_start|>assistant\n")
+    return "".join(parts)
