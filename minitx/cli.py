@@ -4,7 +4,9 @@
     minitx pretrain          pre-train a BERT (MLM + sentence order) and save it to a folder
     minitx finetune          fine-tune a TaskAdapter on a saved BERT (built-in sentences or movie reviews)
     minitx train-gpt         train a GPT on a text file (or the built-in corpus) and save it
-    minitx generate          continue a prompt with a saved GPT
+    minitx generate          continue a prompt with a saved GPT (or --pretrained smollm2)
+    minitx chat              chat with SmolLM2-135M-Instruct (--pretrained smollm2)
+    minitx perplexity        perplexity of SmolLM2 on a text file (--pretrained smollm2)
     minitx compare-kernels   NumPy vs Numba CPU (vs CUDA) kernels: errors, times, speed-ups
     minitx embed             sentence embeddings with the pretrained MiniLM
 
@@ -66,6 +68,13 @@ def positive_float(text: str) -> float:
         raise argparse.ArgumentTypeError(f"must be a number, got {text!r}") from None
     if not 0 < value < float("inf"):
         raise argparse.ArgumentTypeError(f"must be a finite positive number, got {text}")
+    return value
+
+
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be a non-negative number, got {text}")
     return value
 
 
@@ -324,11 +333,105 @@ def cmd_generate(args) -> None:
     if not args.prompt:
         raise CLIError("--prompt is empty: give the text to continue")
     check_device(args.device)
+    if args.pretrained:
+        model, tokenizer, info = load_pretrained_llm(args.pretrained, args.device)
+        ids = tokenizer.encode(args.prompt)
+        tokens = model.stream(ids, args.max_new_tokens, **sampling_options(args), eos_token_id=info["eos_token_id"])
+        print_stream(tokenizer, tokens, check_prompt=lambda: check_fits(ids, model))
+        return
+    if args.temperature == 0:
+        args.greedy = True
     model, tokenizer = load_model(args.model, "train-gpt", GPT, GPTConfig)
     model = model.to(args.device)
     print(generate_text(model, tokenizer, args.prompt, max_new_tokens=args.max_new_tokens,
                         temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, greedy=args.greedy,
                         seed=args.seed))
+
+
+# ------------------------------------------------------------------------- a published LLM (SmolLM2)
+def load_pretrained_llm(name: str, device: str):
+    """(model, tokenizer, info) of a published model on ``device``; a failed download is a one-line error."""
+    from .data.fetch import FetchError
+    from .hub import load_smollm2
+
+    try:
+        model, tokenizer, info = {"smollm2": load_smollm2}[name]()
+    except FetchError as exc:
+        raise CLIError(f"could not fetch {name}: {str(exc).splitlines()[0]}") from None
+    return model.to(device), tokenizer, info
+
+
+def sampling_options(args) -> dict:
+    """generate/chat's sampling arguments; --temperature 0 (or --greedy) decodes by argmax."""
+    greedy = args.greedy or args.temperature == 0
+    return {"temperature": 1.0 if greedy else args.temperature, "top_k": args.top_k, "top_p": args.top_p,
+            "greedy": greedy, "seed": args.seed}
+
+
+def check_fits(ids: list[int], model) -> None:
+    if len(ids) > model.config.max_len:
+        raise CLIError(f"the prompt has {len(ids)} tokens, longer than the model's context of "
+                       f"{model.config.max_len}")
+
+
+def print_stream(tokenizer, tokens, check_prompt=None) -> list[int]:
+    """Print the text of ``tokens`` (an iterator of ids) as they come, then a newline; returns the ids.
+
+    Text is printed once it is whole: a character whose UTF-8 bytes span two tokens waits for the second.
+    The end-of-sequence token is not printed.
+    """
+    if check_prompt is not None:
+        check_prompt()
+    ids, shown = [], ""
+    for token in tokens:
+        ids.append(token)
+        text = tokenizer.decode(ids, skip_special_tokens=True)
+        if not text.endswith("\ufffd"):
+            print(text[len(shown):], end="", flush=True)
+            shown = text
+    print(tokenizer.decode(ids, skip_special_tokens=True)[len(shown):], flush=True)
+    return ids
+
+
+def cmd_chat(args) -> None:
+    from .models.llama import chatml_prompt
+
+    model, tokenizer, info = load_pretrained_llm(args.pretrained, args.device)
+    end_of_turn = tokenizer.special_tokens["<|im_end|>"]
+    messages = [{"role": "system", "content": args.system}] if args.system else []
+    print("Chat with SmolLM2-135M-Instruct; Ctrl-D leaves.", flush=True)
+    while True:
+        try:
+            line = input("> ")
+        except EOFError:
+            print()
+            return
+        if not line.strip():
+            continue
+        messages.append({"role": "user", "content": line})
+        ids = tokenizer.encode(chatml_prompt(messages, default_system=info["system"]))
+        check_fits(ids, model)
+        tokens = model.stream(ids, args.max_new_tokens, **sampling_options(args), eos_token_id=end_of_turn)
+        answer = print_stream(tokenizer, tokens)
+        messages.append({"role": "assistant", "content": tokenizer.decode(answer, skip_special_tokens=True)})
+
+
+def cmd_perplexity(args) -> None:
+    from .models.llama import perplexity
+
+    try:
+        text = Path(args.file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"cannot read --file {args.file}: {exc}") from None
+    model, tokenizer, _ = load_pretrained_llm(args.pretrained, args.device)
+    ids = tokenizer.encode(text, allow_special=False)
+    if len(ids) < 2:
+        raise CLIError(f"--file {args.file} has {len(ids)} token(s); perplexity needs at least 2")
+    if args.window > model.config.max_len:
+        raise CLIError(f"--window {args.window} is longer than the model's context of {model.config.max_len}")
+    value, count = perplexity(model, ids, args.window)
+    print(f"tokens predicted: {count}")
+    print(f"perplexity: {value:.4f}")
 
 
 def cmd_compare_kernels(argv: list[str]) -> None:
@@ -356,6 +459,17 @@ class Parser(argparse.ArgumentParser):
 
     def error(self, message):
         self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+PRETRAINED_LLMS = ("smollm2",)
+
+
+def add_sampling(p: argparse.ArgumentParser, temperature: float) -> None:
+    p.add_argument("--temperature", type=non_negative_float, default=temperature,
+                   help="softmax temperature; 0 decodes greedily (default: %(default)s)")
+    p.add_argument("--top-k", type=bounded_int(1, 10**6), default=None)
+    p.add_argument("--top-p", type=positive_float, default=None)
+    p.add_argument("--greedy", action="store_true")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -400,16 +514,31 @@ def build_parser() -> argparse.ArgumentParser:
     add_common(p)
     p.set_defaults(func=cmd_train_gpt)
 
-    p = sub.add_parser("generate", help="continue a prompt with a saved GPT")
+    p = sub.add_parser("generate", help="continue a prompt with a saved GPT or a published LLM")
     p.add_argument("--model", default="minitx_out/gpt", help="folder written by `minitx train-gpt`")
+    p.add_argument("--pretrained", choices=PRETRAINED_LLMS,
+                   help="a published model instead of --model (fetched once; prints only the continuation)")
     p.add_argument("--prompt", default="First,")
     p.add_argument("--max-new-tokens", type=bounded_int(1, 100_000), default=60)
-    p.add_argument("--temperature", type=positive_float, default=1.0)
-    p.add_argument("--top-k", type=bounded_int(1, 10**6), default=None)
-    p.add_argument("--top-p", type=positive_float, default=None)
-    p.add_argument("--greedy", action="store_true")
+    add_sampling(p, temperature=1.0)
     add_common(p)
     p.set_defaults(func=cmd_generate)
+
+    p = sub.add_parser("chat", help="chat with a published instruction-tuned LLM (Ctrl-D leaves)")
+    p.add_argument("--pretrained", choices=PRETRAINED_LLMS, required=True)
+    p.add_argument("--system", help="a system message (default: the model's own)")
+    p.add_argument("--max-new-tokens", type=positive_int, default=256, help="per answer (default: %(default)s)")
+    add_sampling(p, temperature=0.2)
+    add_common(p)
+    p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("perplexity", help="perplexity of a published LLM on a UTF-8 text file")
+    p.add_argument("--pretrained", choices=PRETRAINED_LLMS, required=True)
+    p.add_argument("--file", required=True, help="a UTF-8 text file")
+    p.add_argument("--window", type=positive_int, default=512,
+                   help="tokens per window; windows are scored one after another (default: %(default)s)")
+    add_common(p)
+    p.set_defaults(func=cmd_perplexity)
 
     # Listed here only so that `minitx --help` shows them; main() forwards their arguments (see FORWARDED).
     sub.add_parser("compare-kernels", add_help=False,

@@ -200,6 +200,36 @@ class Llama(Module):
         return [int(i) for i in prompt]
 
 
+def perplexity(model: Llama, ids, window: int = 512) -> tuple[float, int]:
+    """Perplexity exp(-(1/N) Σ_t log P(x_{t+1} | x_≤t)) of the 1-D ids under ``model`` -> (perplexity, N).
+
+    The ids are cut into consecutive windows of ``window`` tokens, each run on its own (its first token is
+    context only; a window of one token predicts nothing), so N = len(ids) minus the number of windows.
+    """
+    ids = np.asarray(ids)
+    if ids.ndim != 1 or ids.size < 2 or ids.dtype.kind not in "iu":
+        raise ValueError(f"perplexity: needs a 1-D sequence of at least 2 token ids, got dtype {ids.dtype} "
+                         f"shape {ids.shape}")
+    if not _positive_int(window) or window < 2 or window > model.config.max_len:
+        raise ValueError(f"perplexity: window must be an integer in [2, {model.config.max_len}], got {window!r}")
+    total, count = 0.0, 0
+    was_training = model.training
+    model.eval()
+    try:
+        with no_grad():
+            for start in range(0, ids.size, window):
+                chunk = ids[start:start + window]
+                if chunk.size < 2:
+                    continue
+                logits = model(chunk[None, :-1])  # (1, n-1, V): predictions of tokens 1 … n-1
+                nll = F.cross_entropy(logits[0], Tensor(chunk[1:].astype(np.int64)))  # mean over n-1 targets
+                total += float(nll.item()) * (chunk.size - 1)
+                count += chunk.size - 1
+    finally:
+        model.train(was_training)
+    return float(np.exp(total / count)), count
+
+
 # -------------------------------------------------------------------------------------- chat template
 def chatml_prompt(messages: list[dict[str, str]], default_system: str | None = None,
                   add_generation_prompt: bool = True) -> str:
