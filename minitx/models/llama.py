@@ -30,7 +30,7 @@ from .. import backend
 from .. import functional as F
 from ..nn import DecoderBlock, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding
 from ..tensor import Tensor, no_grad
-from .gpt import check_sampling_arguments, sample_next_token
+from .sampling import check_sampling_arguments, sample_next_token
 
 
 def _positive_int(value) -> bool:
@@ -148,7 +148,7 @@ class Llama(Module):
 
         The prompt runs once; every later step feeds only the newest token against the KV cache. Each token
         is the argmax (``greedy``) or a draw from softmax(filter(z/τ)) with top-k then top-p
-        (:func:`~minitx.models.gpt.sample_next_token`), from ``numpy.random.default_rng(seed)`` when a seed is
+        (:func:`~minitx.models.sampling.sample_next_token`), from ``numpy.random.default_rng(seed)`` when a seed is
         given, else from minitx's global generator. Stops after yielding ``eos_token_id``, or when the context
         (``max_len``) is full. Runs in eval mode under ``no_grad``.
 
