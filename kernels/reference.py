@@ -229,3 +229,23 @@ def ffn_backward(x, w1, b1, w2, b2, h_pre, dy, activation="relu"):
     db1 = dh_pre.sum(axis=0)                                  # (F,)
     dx = dh_pre @ w1                                          # (N, D)
     return dx, dw1, db1, dw2, db2
+
+
+def q4_1_weights(scale, minimum, packed):
+    """Q4_1 weights, de-quantised: (O, in) from blocks of 32 weights along each row.
+
+    scale and minimum (O, nb), packed (O, nb, 16) uint8 with in = 32 nb. Byte j of a block
+    holds the 4-bit q_j in its low nibble and q_{j+16} in its high nibble; w = d q + m.
+    """
+    xp = array_module(scale, minimum, packed)
+    q = xp.concatenate([packed & 0x0F, packed >> 4], axis=-1)             # (O, nb, 32)
+    w = scale[..., None] * q.astype(scale.dtype) + minimum[..., None]     # (O, nb, 32)
+    return w.reshape(scale.shape[0], -1)                                  # (O, in)
+
+
+def q4_1_linear(x, scale, minimum, packed):
+    """y = x W^T with W (O, in) held as Q4_1 (see q4_1_weights); x (N, in) -> y (N, O).
+
+    The float32 path: de-quantise the whole matrix, then one BLAS product.
+    """
+    return x @ q4_1_weights(scale, minimum, packed).T

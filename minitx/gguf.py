@@ -45,13 +45,18 @@ def _half(raw: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(raw).view("<f2").astype(np.float32)
 
 
+def q4_1_fields(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Q4_1 blocks (..., 20) uint8 -> scale d (...,) and minimum m (...,) float32, packed q (..., 16) uint8."""
+    d = _half(blocks[..., 0:2])[..., 0]
+    m = _half(blocks[..., 2:4])[..., 0]
+    return d, m, blocks[..., 4:]
+
+
 def dequantize_q4_1(blocks: np.ndarray) -> np.ndarray:
     """Q4_1 blocks (n, 20) uint8 -> weights (n, 32) float32: ``w = d * q + m``."""
-    d = _half(blocks[:, 0:2])                                    # (n, 1) scale
-    m = _half(blocks[:, 2:4])                                    # (n, 1) minimum
-    packed = blocks[:, 4:]                                       # (n, 16) two 4-bit numbers per byte
+    d, m, packed = q4_1_fields(blocks)                           # (n,), (n,), (n, 16) two 4-bit numbers a byte
     q = np.concatenate([packed & 0x0F, packed >> 4], axis=1)     # (n, 32) weights 0-15 low, 16-31 high
-    return d * q.astype(np.float32) + m
+    return d[:, None] * q.astype(np.float32) + m[:, None]
 
 
 def dequantize_q8_0(blocks: np.ndarray) -> np.ndarray:
@@ -84,6 +89,13 @@ class GGUFTensor:
     @property
     def type_name(self) -> str:
         return TYPE_NAMES.get(self.ggml_type, f"GGML type {self.ggml_type}")
+
+    def q4_1_blocks(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """A Q4_1 matrix (O, in) kept quantised: scale and minimum (O, in/32) float32, packed (O, in/32, 16)."""
+        if self.ggml_type != Q4_1 or len(self.shape) != 2 or self.shape[1] % BLOCK_SIZE:
+            raise GGUFError(f"tensor {self.name!r} ({self.type_name}, shape {self.shape}) is not a Q4_1 matrix")
+        rows, n_blocks = self.shape[0], self.shape[1] // BLOCK_SIZE
+        return q4_1_fields(self.data.reshape(rows, n_blocks, BYTES_PER_BLOCK[Q4_1]))
 
     def dequantize(self) -> np.ndarray:
         """The tensor as float32, of shape :attr:`shape`."""

@@ -28,9 +28,10 @@ from safetensors.numpy import load_file
 
 from .backend import to_device
 from .data.fetch import gpt2_ranks_path, smollm2_path
-from .gguf import GGUFError, GGUFFile, read_gguf
+from .gguf import Q4_1, GGUFError, GGUFFile, read_gguf
 from .models import BertConfig, BertModel
 from .models.llama import Llama, LlamaConfig
+from .nn.quantized import Q4_1Linear, QuantizedGatedFeedForward
 from .nn.rotary import interleaved_to_rotate_half
 from .tokenizers import ByteLevelBPE, WordPieceTokenizer
 
@@ -199,9 +200,10 @@ def llama_config_from_gguf(f: GGUFFile) -> LlamaConfig:
         tie_embeddings="output.weight" not in f.tensors)
 
 
-def llama_weights(f: GGUFFile, config: LlamaConfig, names: str = "minitx") -> dict[str, np.ndarray]:
+def llama_weights(f: GGUFFile, config: LlamaConfig, names: str = "minitx", skip_q4_1: bool = False
+                  ) -> dict[str, np.ndarray]:
     """Every tensor of a Llama GGUF file de-quantised to float32, named as ``names`` says (``"minitx"`` or
-    ``"hf"``), in Hugging Face's rotary layout.
+    ``"hf"``), in Hugging Face's rotary layout; with ``skip_q4_1``, all but the Q4_1 tensors of the layers.
 
     GGUF stores W_q and W_k with each head's rows reordered for llama.cpp's adjacent-pair rotation;
     :func:`~minitx.nn.rotary.interleaved_to_rotate_half` puts them back in the order of the rotate-half
@@ -218,6 +220,8 @@ def llama_weights(f: GGUFFile, config: LlamaConfig, names: str = "minitx") -> di
     weights = {}
     for gguf_name, name in table.items():
         if gguf_name == "output.weight" and config.tie_embeddings:
+            continue
+        if skip_q4_1 and gguf_name.startswith("blk.") and f.tensor(gguf_name).ggml_type == Q4_1:
             continue
         weight = f.tensor(gguf_name).dequantize()
         if gguf_name.endswith("attn_q.weight"):
@@ -247,11 +251,40 @@ def tokenizer_from_gguf(f: GGUFFile) -> ByteLevelBPE:
                                     pad_token=tokens[eos] if eos in special_ids else None)
 
 
-def load_gguf_llama(source: str | Path | GGUFFile) -> tuple[Llama, ByteLevelBPE, dict[str, Any]]:
+def keep_layers_q4_1(f: GGUFFile, model: Llama) -> None:
+    """Put :class:`~minitx.nn.quantized.Q4_1Linear` layers, built from the file's Q4_1 blocks, in place of the
+    linear layers of every block of ``model`` (attention projections and the SwiGLU's three matrices).
+
+    W_q and W_k get Hugging Face's rotary row order back like their de-quantised forms: the rows of the
+    scales, minima and packed nibbles move together, since a block never spans two rows.
+    """
+    config = model.config
+
+    def quantized(name: str, heads: int | None = None) -> Q4_1Linear:
+        arrays = f.tensor(name).q4_1_blocks()  # scale, minimum (O, nb); packed (O, nb, 16)
+        if heads is not None:
+            arrays = [interleaved_to_rotate_half(a, heads) for a in arrays]
+        return Q4_1Linear(*arrays)
+
+    for i, block in enumerate(model.blocks):
+        block.attn.q_proj = quantized(f"blk.{i}.attn_q.weight", config.num_heads)
+        block.attn.k_proj = quantized(f"blk.{i}.attn_k.weight", config.num_kv_heads)
+        block.attn.v_proj = quantized(f"blk.{i}.attn_v.weight")
+        block.attn.out_proj = quantized(f"blk.{i}.attn_output.weight")
+        block.mlp = QuantizedGatedFeedForward(quantized(f"blk.{i}.ffn_gate.weight"),
+                                              quantized(f"blk.{i}.ffn_up.weight"),
+                                              quantized(f"blk.{i}.ffn_down.weight"))
+
+
+def load_gguf_llama(source: str | Path | GGUFFile, q4_1: bool = False
+                    ) -> tuple[Llama, ByteLevelBPE, dict[str, Any]]:
     """``(model, tokenizer, info)`` from a Llama GGUF file (a path or an already parsed file).
 
-    ``info`` holds what generation needs besides the weights: ``eos_token_id``, ``bos_token_id`` and the
-    file's ``chat_template`` (Jinja text, for reference; :func:`~minitx.models.llama.chatml_prompt` writes it).
+    By default every weight is de-quantised to float32. With ``q4_1`` the layers' linear weights stay Q4_1
+    (:func:`keep_layers_q4_1`, for fast generation on the CPU; no training, no GPU); the embedding and the
+    norms are de-quantised. ``info`` holds what generation needs besides the weights: ``eos_token_id``,
+    ``bos_token_id`` and the file's ``chat_template`` (Jinja text, for reference;
+    :func:`~minitx.models.llama.chatml_prompt` writes it).
     """
     f = source if isinstance(source, GGUFFile) else read_gguf(source)
     config = llama_config_from_gguf(f)
@@ -259,7 +292,14 @@ def load_gguf_llama(source: str | Path | GGUFFile) -> tuple[Llama, ByteLevelBPE,
     if tokenizer.vocab_size != config.vocab_size:
         raise GGUFError(f"{f.path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {config.vocab_size}")
     model = Llama(config)
-    model.load_state_dict(llama_weights(f, config))
+    if q4_1:
+        keep_layers_q4_1(f, model)
+        weights = llama_weights(f, config, skip_q4_1=True)
+        missing = model.load_state_dict(weights, strict=False).missing_keys
+        if any(not key.endswith((".scale", ".minimum", ".packed")) for key in missing):
+            raise GGUFError(f"{f.path}: no weights for {[k for k in missing if not k.endswith('.scale')][:5]}")
+    else:
+        model.load_state_dict(llama_weights(f, config))
     model.eval()
     info = {"eos_token_id": f.metadata.get("tokenizer.ggml.eos_token_id"),
             "bos_token_id": f.metadata.get("tokenizer.ggml.bos_token_id"),
@@ -267,9 +307,10 @@ def load_gguf_llama(source: str | Path | GGUFFile) -> tuple[Llama, ByteLevelBPE,
     return model, tokenizer, info
 
 
-def load_smollm2() -> tuple[Llama, ByteLevelBPE, dict[str, Any]]:
+def load_smollm2(q4_1: bool = False) -> tuple[Llama, ByteLevelBPE, dict[str, Any]]:
     """SmolLM2-135M-Instruct (fetched once, see :func:`minitx.data.fetch.smollm2_path`) as
-    ``(model, tokenizer, info)``; ``info["system"]`` is its chat template's default system message."""
-    model, tokenizer, info = load_gguf_llama(smollm2_path())
+    ``(model, tokenizer, info)``, float32 or with Q4_1 layers (``q4_1``, see :func:`load_gguf_llama`);
+    ``info["system"]`` is its chat template's default system message."""
+    model, tokenizer, info = load_gguf_llama(smollm2_path(), q4_1=q4_1)
     info["system"] = SMOLLM2_SYSTEM
     return model, tokenizer, info
