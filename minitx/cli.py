@@ -334,7 +334,7 @@ def cmd_generate(args) -> None:
         raise CLIError("--prompt is empty: give the text to continue")
     check_device(args.device)
     if args.pretrained:
-        model, tokenizer, info = load_pretrained_llm(args.pretrained, args.device)
+        model, tokenizer, info = load_pretrained_llm(args.pretrained, args.device, args.q4_1)
         ids = tokenizer.encode(args.prompt)
         tokens = model.stream(ids, args.max_new_tokens, **sampling_options(args), eos_token_id=info["eos_token_id"])
         print_stream(tokenizer, tokens, check_prompt=lambda: check_fits(ids, model))
@@ -349,13 +349,16 @@ def cmd_generate(args) -> None:
 
 
 # ------------------------------------------------------------------------- a published LLM (SmolLM2)
-def load_pretrained_llm(name: str, device: str):
-    """(model, tokenizer, info) of a published model on ``device``; a failed download is a one-line error."""
+def load_pretrained_llm(name: str, device: str, q4_1: bool = False):
+    """(model, tokenizer, info) of a published model on ``device`` (with ``q4_1``: its layers kept Q4_1, CPU
+    only); a failed download is a one-line error."""
+    from . import hub
     from .data.fetch import FetchError
-    from .hub import load_smollm2
 
+    if q4_1 and device != "cpu":
+        raise CLIError("--q4-1 runs on the CPU only (its kernel is a Numba CPU kernel)")
     try:
-        model, tokenizer, info = {"smollm2": load_smollm2}[name]()
+        model, tokenizer, info = {"smollm2": hub.load_smollm2}[name](**({"q4_1": True} if q4_1 else {}))
     except FetchError as exc:
         raise CLIError(f"could not fetch {name}: {str(exc).splitlines()[0]}") from None
     return model.to(device), tokenizer, info
@@ -396,7 +399,7 @@ def print_stream(tokenizer, tokens, check_prompt=None) -> list[int]:
 def cmd_chat(args) -> None:
     from .models.llama import chatml_prompt
 
-    model, tokenizer, info = load_pretrained_llm(args.pretrained, args.device)
+    model, tokenizer, info = load_pretrained_llm(args.pretrained, args.device, args.q4_1)
     end_of_turn = tokenizer.special_tokens["<|im_end|>"]
     messages = [{"role": "system", "content": args.system}] if args.system else []
     print("Chat with SmolLM2-135M-Instruct; Ctrl-D leaves.", flush=True)
@@ -470,6 +473,8 @@ def add_sampling(p: argparse.ArgumentParser, temperature: float) -> None:
     p.add_argument("--top-k", type=bounded_int(1, 10**6), default=None)
     p.add_argument("--top-p", type=positive_float, default=None)
     p.add_argument("--greedy", action="store_true")
+    p.add_argument("--q4-1", action="store_true",
+                   help="with --pretrained: keep the layers' weights 4-bit (Q4_1 kernel; faster tokens on a CPU)")
 
 
 def build_parser() -> argparse.ArgumentParser:
