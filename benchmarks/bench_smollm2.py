@@ -54,7 +54,7 @@ def set_threads(threads: int) -> None:
         os.environ[var] = str(threads)
 
 
-def load(name: str, f, float_model=None):
+def load(name: str, f):
     """The model called ``name``: a callable ``step(ids, cache) -> (next-token logits (V,), cache)``."""
     import numpy as np
 
@@ -72,13 +72,13 @@ def load(name: str, f, float_model=None):
     import torch
     import transformers
 
-    c = float_model.config
+    from minitx.hub import llama_config_from_gguf, llama_weights
+    c = llama_config_from_gguf(f)
     hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
         vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.num_layers,
-        num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads, intermediate_size=c.ff_dim,
+        num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads, intermediate_size=c.dim_feedforward,
         max_position_embeddings=c.max_len, rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_base,
         tie_word_embeddings=True)).eval()
-    from minitx.hub import llama_weights
     hf.load_state_dict({k: torch.from_numpy(v) for k, v in llama_weights(f, c, "hf").items()}, strict=False)
     hf.tie_weights()
 
@@ -120,33 +120,30 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     set_threads(args.threads)
     import numpy as np
-    import torch
 
     from minitx.data.fetch import smollm2_path
     from minitx.gguf import read_gguf
     from minitx.hub import tokenizer_from_gguf
 
-    torch.set_num_threads(args.threads)
     f = read_gguf(smollm2_path())
     prompt = tokenizer_from_gguf(f).encode(PROSE.read_text(encoding="utf-8"))[:args.prompt_tokens]
-    if args.memory_of:
-        float_model = load("minitx float32", f)[0] if args.memory_of.startswith("transformers") else None
-        model, step = load(args.memory_of, f, float_model)
-        del float_model
+    if args.memory_of:  # torch is imported only where it runs the model
+        if args.memory_of.startswith("transformers"):
+            import torch
+            torch.set_num_threads(args.threads)
+        model, step = load(args.memory_of, f)
         generate(step, prompt, 1)
         print(resident_mib())
         return
+    import torch
+    torch.set_num_threads(args.threads)
 
     import platform
     cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
                platform.processor())
     print(f"{cpu}; {args.threads} thread(s); numpy {np.__version__}, torch {torch.__version__}; "
           f"load average {os.getloadavg()[0]:.1f}")
-    steps = {}
-    float_model = None
-    for name in MODELS:
-        model, steps[name] = load(name, f, float_model)
-        float_model = model if name == "minitx float32" else float_model
+    steps = {name: load(name, f)[1] for name in MODELS}
     texts, times = {}, {name: {"prompt": [], "decode": []} for name in MODELS}
     for r in range(args.rounds):
         for name in (MODELS if r % 2 == 0 else MODELS[::-1]):

@@ -195,7 +195,7 @@ def llama_config_from_gguf(f: GGUFFile) -> LlamaConfig:
         vocab_size=int(f.metadata.get("llama.vocab_size", len(f.require("tokenizer.ggml.tokens")))),
         d_model=d_model, num_layers=int(f.require("llama.block_count")), num_heads=num_heads,
         num_kv_heads=int(f.metadata.get("llama.attention.head_count_kv", num_heads)),
-        ff_dim=int(f.require("llama.feed_forward_length")), max_len=int(f.require("llama.context_length")),
+        dim_feedforward=int(f.require("llama.feed_forward_length")), max_len=int(f.require("llama.context_length")),
         rms_norm_eps=eps, rope_base=float(f.metadata.get("llama.rope.freq_base", 10000.0)),
         tie_embeddings="output.weight" not in f.tensors)
 

@@ -53,7 +53,7 @@ def smollm2():
     c = model.config
     hf_config = transformers.LlamaConfig(
         vocab_size=c.vocab_size, hidden_size=c.d_model, num_hidden_layers=c.num_layers,
-        num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads, intermediate_size=c.ff_dim,
+        num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads, intermediate_size=c.dim_feedforward,
         max_position_embeddings=c.max_len, rms_norm_eps=c.rms_norm_eps, rope_theta=c.rope_base,
         tie_word_embeddings=True, attention_bias=False, mlp_bias=False)
     hf_model = transformers.LlamaForCausalLM(hf_config).eval()

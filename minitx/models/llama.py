@@ -50,14 +50,14 @@ class LlamaConfig:
     num_layers: int
     num_heads: int
     num_kv_heads: int
-    ff_dim: int
+    dim_feedforward: int
     max_len: int
     rms_norm_eps: float = 1e-5
     rope_base: float = 10000.0
     tie_embeddings: bool = True
 
     def __post_init__(self):
-        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "ff_dim", "max_len"):
+        for name in ("vocab_size", "d_model", "num_layers", "num_heads", "num_kv_heads", "dim_feedforward", "max_len"):
             if not _positive_int(getattr(self, name)):
                 raise ValueError(f"LlamaConfig: {name} must be a positive integer, got {getattr(self, name)!r}")
         if self.d_model % self.num_heads or (self.d_model // self.num_heads) % 2:
@@ -72,7 +72,7 @@ class LlamaConfig:
         return self.d_model // self.num_heads
 
 
-SMOLLM2_135M = LlamaConfig(vocab_size=49152, d_model=576, num_layers=30, num_heads=9, num_kv_heads=3, ff_dim=1536,
+SMOLLM2_135M = LlamaConfig(vocab_size=49152, d_model=576, num_layers=30, num_heads=9, num_kv_heads=3, dim_feedforward=1536,
                            max_len=8192, rms_norm_eps=1e-5, rope_base=100000.0, tie_embeddings=True)
 
 
@@ -90,7 +90,7 @@ class Llama(Module):
         self.embed_tokens = Embedding(config.vocab_size, config.d_model, dtype=dtype, device=device)
         rotary = RotaryEmbedding(config.head_dim, config.rope_base)  # no parameters: one serves every block
         self.blocks = ModuleList([
-            DecoderBlock(config.d_model, config.num_heads, config.ff_dim, 0.0, "silu", config.rms_norm_eps,
+            DecoderBlock(config.d_model, config.num_heads, config.dim_feedforward, 0.0, "silu", config.rms_norm_eps,
                          dtype, device, norm=RMSNorm, num_kv_heads=config.num_kv_heads, rotary=rotary,
                          gated=True, bias=False)
             for _ in range(config.num_layers)])
