@@ -14,8 +14,8 @@ transformers runs the same loop by hand (``model(ids, past_key_values=…)``, ar
 same work per step. The three continuations are printed as equal or not. Rounds alternate the order of the
 models; the medians are reported, with the ratios to transformers.
 
-Resident memory (VmRSS, after loading and one generated token) is measured in a fresh process per model,
-since a process's heap does not shrink back after a model is freed. ``--threads`` (default 1) sets NumPy's
+Resident memory (VmRSS, after loading, one generated token and ``malloc_trim``) is measured in a fresh
+process per model, since a process's heap does not shrink back after a model is freed. ``--threads`` (default 1) sets NumPy's
 OpenBLAS, Numba and torch threads before anything is imported; on a machine shared with other jobs one thread
 each gives steadier timings than two.
 """
@@ -103,6 +103,15 @@ def generate(step, prompt: list[int], new_tokens: int):
 
 
 def resident_mib() -> float:
+    """VmRSS in MiB after returning freed heap memory to the system (minitx's import makes glibc keep freed
+    blocks for reuse, and loading frees a float32 copy of the weights: that is not the model's memory)."""
+    import ctypes
+    import gc
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
     with open("/proc/self/status") as status:
         return next(int(line.split()[1]) for line in status if line.startswith("VmRSS:")) / 1024
 
