@@ -249,3 +249,9 @@ def q4_1_linear(x, scale, minimum, packed):
     The float32 path: de-quantise the whole matrix, then one BLAS product.
     """
     return x @ q4_1_weights(scale, minimum, packed).T
+
+
+def q8_0_linear(x, scale, quants):
+    """y = x W^T with W (O, in) held as Q8_0: scale (O, nb), quants (O, nb, 32) int8, w = d q."""
+    w = (scale[..., None] * quants.astype(scale.dtype)).reshape(scale.shape[0], -1)   # (O, in)
+    return x @ w.T

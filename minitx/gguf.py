@@ -59,11 +59,15 @@ def dequantize_q4_1(blocks: np.ndarray) -> np.ndarray:
     return d[:, None] * q.astype(np.float32) + m[:, None]
 
 
+def q8_0_fields(blocks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Q8_0 blocks (..., 34) uint8 -> scale d (...,) float32, numbers q (..., 32) int8."""
+    return _half(blocks[..., 0:2])[..., 0], blocks[..., 2:].view(np.int8)
+
+
 def dequantize_q8_0(blocks: np.ndarray) -> np.ndarray:
     """Q8_0 blocks (n, 34) uint8 -> weights (n, 32) float32: ``w = d * q``."""
-    d = _half(blocks[:, 0:2])                                    # (n, 1) scale
-    q = blocks[:, 2:].view(np.int8)                              # (n, 32) signed
-    return d * q.astype(np.float32)
+    d, q = q8_0_fields(blocks)                                   # (n,) scale, (n, 32) signed
+    return d[:, None] * q.astype(np.float32)
 
 
 _DEQUANTIZERS = {Q4_1: dequantize_q4_1, Q8_0: dequantize_q8_0}
@@ -96,6 +100,13 @@ class GGUFTensor:
             raise GGUFError(f"tensor {self.name!r} ({self.type_name}, shape {self.shape}) is not a Q4_1 matrix")
         rows, n_blocks = self.shape[0], self.shape[1] // BLOCK_SIZE
         return q4_1_fields(self.data.reshape(rows, n_blocks, BYTES_PER_BLOCK[Q4_1]))
+
+    def q8_0_blocks(self) -> tuple[np.ndarray, np.ndarray]:
+        """A Q8_0 matrix (O, in) kept quantised: scale (O, in/32) float32, numbers (O, in/32, 32) int8."""
+        if self.ggml_type != Q8_0 or len(self.shape) != 2 or self.shape[1] % BLOCK_SIZE:
+            raise GGUFError(f"tensor {self.name!r} ({self.type_name}, shape {self.shape}) is not a Q8_0 matrix")
+        rows, n_blocks = self.shape[0], self.shape[1] // BLOCK_SIZE
+        return q8_0_fields(self.data.reshape(rows, n_blocks, BYTES_PER_BLOCK[Q8_0]))
 
     def dequantize(self) -> np.ndarray:
         """The tensor as float32, of shape :attr:`shape`."""

@@ -28,10 +28,10 @@ from safetensors.numpy import load_file
 
 from .backend import to_device
 from .data.fetch import gpt2_ranks_path, smollm2_path
-from .gguf import Q4_1, GGUFError, GGUFFile, read_gguf
+from .gguf import Q4_1, Q8_0, GGUFError, GGUFFile, read_gguf
 from .models import BertConfig, BertModel
 from .models.llama import Llama, LlamaConfig
-from .nn.quantized import Q4_1Linear, QuantizedGatedFeedForward
+from .nn.quantized import Q4_1Linear, Q8_0Linear, QuantizedGatedFeedForward
 from .nn.rotary import interleaved_to_rotate_half
 from .tokenizers import ByteLevelBPE, WordPieceTokenizer
 
@@ -256,7 +256,9 @@ def keep_layers_q4_1(f: GGUFFile, model: Llama) -> None:
     linear layers of every block of ``model`` (attention projections and the SwiGLU's three matrices).
 
     W_q and W_k get Hugging Face's rotary row order back like their de-quantised forms: the rows of the
-    scales, minima and packed nibbles move together, since a block never spans two rows.
+    scales, minima and packed nibbles move together, since a block never spans two rows. When the output
+    layer is the token embedding and the file stores it as Q8_0, the output product uses a
+    :class:`~minitx.nn.quantized.Q8_0Linear` copy of it (the embedding lookup keeps the float32 table).
     """
     config = model.config
 
@@ -274,6 +276,8 @@ def keep_layers_q4_1(f: GGUFFile, model: Llama) -> None:
         block.mlp = QuantizedGatedFeedForward(quantized(f"blk.{i}.ffn_gate.weight"),
                                               quantized(f"blk.{i}.ffn_up.weight"),
                                               quantized(f"blk.{i}.ffn_down.weight"))
+    if config.tie_embeddings and f.tensor("token_embd.weight").ggml_type == Q8_0:
+        model.lm_head = Q8_0Linear(*f.tensor("token_embd.weight").q8_0_blocks())
 
 
 def load_gguf_llama(source: str | Path | GGUFFile, q4_1: bool = False
@@ -296,8 +300,9 @@ def load_gguf_llama(source: str | Path | GGUFFile, q4_1: bool = False
         keep_layers_q4_1(f, model)
         weights = llama_weights(f, config, skip_q4_1=True)
         missing = model.load_state_dict(weights, strict=False).missing_keys
-        if any(not key.endswith((".scale", ".minimum", ".packed")) for key in missing):
-            raise GGUFError(f"{f.path}: no weights for {[k for k in missing if not k.endswith('.scale')][:5]}")
+        unfilled = [key for key in missing if not key.endswith((".scale", ".minimum", ".packed", ".quants"))]
+        if unfilled:
+            raise GGUFError(f"{f.path}: no weights for {unfilled[:5]}")
     else:
         model.load_state_dict(llama_weights(f, config))
     model.eval()

@@ -221,12 +221,13 @@ def test_cli_errors_are_one_line(cli_uses_loaded_model, tmp_path, capsys):
 
 def test_q4_1_layers_give_the_float32_logits_and_paris(smollm2):
     """The layers kept 4-bit (the Numba Q4_1 kernel) compute what the de-quantised float32 layers compute."""
-    from minitx.nn.quantized import Q4_1Linear
+    from minitx.nn.quantized import Q4_1Linear, Q8_0Linear
 
     model, tokenizer = smollm2["model"], smollm2["tokenizer"]
     quantized, _, _ = load_gguf_llama(smollm2["file"], q4_1=True)
     assert isinstance(quantized.blocks[0].attn.q_proj, Q4_1Linear)
     assert isinstance(quantized.blocks[29].mlp.down_proj, Q4_1Linear)
+    assert isinstance(quantized.lm_head, Q8_0Linear)  # the tied output layer, from the Q8_0 embedding
     ids = tokenizer.encode("The capital of France is")
     with no_grad():
         assert relative_error(quantized(np.array([ids])).data, model(np.array([ids])).data) <= MAX_RELATIVE_ERROR

@@ -1,4 +1,5 @@
-"""Numba CPU kernel: y = x Wᵀ with W held as Q4_1 (4-bit numbers, one scale and one minimum per 32 weights).
+"""Numba CPU kernels: y = x Wᵀ with W held as Q4_1 (4-bit numbers, one scale and one minimum per 32 weights)
+or Q8_0 (bytes, one scale per 32; :func:`q8_0_linear`, the same loop without nibbles and minima).
 
     W[o, 32 b + j] = d[o, b] · q[o, b, j] + m[o, b]                  (conventions: kernels.reference.q4_1_weights)
 
@@ -67,7 +68,37 @@ def q4_1_linear(x, scale, minimum, packed, rows_per_task=32):
     return out
 
 
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _q8_0_linear(x, scale, quants, out, rows_per_task):
+    n_rows, in_features = x.shape
+    out_features = scale.shape[0]
+    n_tasks = (out_features + rows_per_task - 1) // rows_per_task
+    for task in numba.prange(n_tasks):
+        for o in range(task * rows_per_task, min((task + 1) * rows_per_task, out_features)):
+            q, d = quants[o], scale[o]                            # (in,) int8, (nb,)
+            for n in range(n_rows):
+                row = x[n]
+                acc = x.dtype.type(0)
+                for i in range(in_features):                      # weight i, in block i >> 5
+                    acc += d[i >> 5] * (row[i] * np.int32(q[i]))
+                out[n, o] = acc
+
+
+def q8_0_linear(x, scale, quants, rows_per_task=64):
+    """y = x Wᵀ with W (O, in) as Q8_0 (w = d · q, q int8, one scale per 32 weights): ``scale`` (O, in/32) of
+    x's dtype, ``quants`` (O, in/32, 32) int8. The same loop as Q4_1's without the nibbles and the minima."""
+    dtype = _common.check_float(x, scale)
+    if x.ndim != 2 or scale.ndim != 2 or quants.dtype != np.int8 or quants.shape != scale.shape + (BLOCK,) \
+            or x.shape[1] != BLOCK * scale.shape[1]:
+        raise ValueError(f"q8_0_linear: expected x (N, 32 nb), scale (O, nb), quants (O, nb, 32) int8; got x "
+                         f"{x.shape}, scale {scale.shape}, quants {quants.shape} {quants.dtype}")
+    out = _common.empty((x.shape[0], scale.shape[0]), dtype)
+    _q8_0_linear(np.ascontiguousarray(x), np.ascontiguousarray(scale),
+                 np.ascontiguousarray(quants).reshape(quants.shape[0], -1), out, rows_per_task)
+    return out
+
+
 VERSIONS = registry(
     Version("v1", "per output row, one flat vectorised loop over its packed bytes; block sums of x for the minima",
-            None, q4_1_linear=q4_1_linear),
+            None, q4_1_linear=q4_1_linear, q8_0_linear=q8_0_linear),
 )

@@ -81,7 +81,8 @@ class Llama(Module):
 
     Sub-modules: ``embed_tokens``, ``blocks`` (``num_layers`` :class:`~minitx.nn.DecoderBlock`), ``norm`` (the
     final RMSNorm), and ``lm_head`` only when the embeddings are not tied. Weights start as the blocks'
-    defaults; the model is meant to be loaded (:func:`minitx.hub.load_smollm2`).
+    defaults; the model is meant to be loaded (:func:`minitx.hub.load_smollm2`). A tied model may still be
+    given an ``lm_head`` (a quantised copy of the embedding, for speed); it is then used for the output.
     """
 
     def __init__(self, config: LlamaConfig, dtype=None, device=None):
@@ -120,7 +121,7 @@ class Llama(Module):
             x, present = out if use_cache else (out, None)
             presents.append(present)
         h = self.norm(x)  # (B, T, D)
-        logits = F.linear(h, self.embed_tokens.weight if self.lm_head is None else self.lm_head.weight)  # (B, T, V)
+        logits = F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)  # (B, T, V)
         return (logits, presents) if use_cache else logits
 
     def _ids(self, input_ids):

@@ -1,16 +1,18 @@
-"""Layers whose weights stay quantised (Q4_1: 4-bit numbers with a scale and a minimum per 32 weights), for
+"""Layers whose weights stay quantised (Q4_1: 4-bit numbers with a scale and a minimum per 32 weights; Q8_0:
+bytes with a scale per 32), for
 running a model, not training it: the product goes through kernels/cpu/quantized.py, which never builds the
 float32 matrix, and nothing here has a gradient.
 
 :class:`Q4_1Linear` stands where a bias-free :class:`~minitx.nn.Linear` did; :class:`QuantizedGatedFeedForward`
-is :class:`~minitx.nn.GatedFeedForward`'s formula over three such layers.
+is :class:`~minitx.nn.GatedFeedForward`'s formula over three such layers; :class:`Q8_0Linear` serves an output
+layer stored as Q8_0.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from kernels.cpu.quantized import q4_1_linear
+from kernels.cpu.quantized import q4_1_linear, q8_0_linear
 
 from .. import functional as F
 from ..tensor import Tensor
@@ -39,6 +41,32 @@ class Q4_1Linear(Module):
                              f"{x.device}")
         rows = x.data.reshape(-1, self.in_features).astype(np.float32, copy=False)   # (N, in)
         y = q4_1_linear(rows, self.scale.data, self.minimum.data, self.packed.data)  # (N, out)
+        return Tensor(y.reshape(*x.shape[:-1], self.out_features))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}"
+
+
+class Q8_0Linear(Module):
+    """y = x Wᵀ with W (out, in) held as Q8_0: buffers ``scale`` (out, in/32) float32 and ``quants``
+    (out, in/32, 32) int8, W[o, 32b + j] = scale[o, b] · quants[o, b, j]. CPU, float32, no gradient."""
+
+    def __init__(self, scale: np.ndarray, quants: np.ndarray):
+        super().__init__()
+        if quants.shape != scale.shape + (32,) or quants.dtype != np.int8:
+            raise ValueError(f"Q8_0Linear: expected scale (out, in/32), quants (out, in/32, 32) int8; got "
+                             f"{scale.shape}, {quants.shape} {quants.dtype}")
+        self.out_features, self.in_features = scale.shape[0], 32 * scale.shape[1]
+        self.register_buffer("scale", np.ascontiguousarray(scale, dtype=np.float32))
+        self.register_buffer("quants", np.ascontiguousarray(quants))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x (…, in) -> (…, out), a constant (no gradient flows through it)."""
+        if x.shape[-1] != self.in_features or x.device != "cpu":
+            raise ValueError(f"Q8_0Linear: expected x (…, {self.in_features}) on the CPU, got shape {x.shape} on "
+                             f"{x.device}")
+        rows = x.data.reshape(-1, self.in_features).astype(np.float32, copy=False)   # (N, in)
+        y = q8_0_linear(rows, self.scale.data, self.quants.data)                     # (N, out)
         return Tensor(y.reshape(*x.shape[:-1], self.out_features))
 
     def extra_repr(self) -> str:

@@ -47,3 +47,15 @@ def test_q4_1_linear_rejects_bad_shapes():
         quantized.q4_1_linear(x[:, :40], scale, minimum, packed)
     with pytest.raises(TypeError, match="mixed dtypes"):
         quantized.q4_1_linear(x.astype(np.float64), scale, minimum, packed)
+
+
+@pytest.mark.parametrize("version", list(quantized.VERSIONS.values()), ids=lambda v: v.name)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n, out_features, in_features", [(1, 1, 32), (3, 70, 96)])
+def test_q8_0_linear_equals_dequantised_product(version, dtype, n, out_features, in_features):
+    rng = np.random.default_rng(n)
+    scale = rng.uniform(0.001, 0.05, (out_features, in_features // 32)).astype(dtype)
+    quants = rng.integers(-128, 128, (out_features, in_features // 32, 32), dtype=np.int8)
+    x = rng.standard_normal((n, in_features)).astype(dtype)
+    assert_close("q8_0_linear", version.q8_0_linear(x, scale, quants, rows_per_task=8),
+                 reference.q8_0_linear(x, scale, quants))
