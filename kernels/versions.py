@@ -27,10 +27,18 @@ BACKENDS = ("cpu", "cuda")
 
 class Version:
     """One version of a kernel family: its name, a one-line description, the version it improves on (None for
-    the first) and its functions, by the reference's names."""
+    the first) and its functions, by the reference's names.
 
-    def __init__(self, name, about, improves_on, **functions):
+    ``builds`` (CUDA versions): dtype -> [(label, kernel, argument types, threads)], every compiled kernel of
+    the version at the largest configuration its host functions accept (the largest block, hence the largest
+    shared-memory tiles), with its threads per block there. tests/kernels/test_cuda_ptx.py compiles each for
+    a real GPU and checks that it fits a block's shared memory and registers: smaller blocks of the same code
+    then fit too.
+    """
+
+    def __init__(self, name, about, improves_on, builds=None, **functions):
         self.name, self.about, self.improves_on, self.functions = name, about, improves_on, functions
+        self.builds = builds
 
     def __getattr__(self, name):
         try:

@@ -35,13 +35,16 @@ give Numba device arrays. The kind of the first array argument decides the kind 
 import functools
 import math
 
+import numba
 import numpy as np
-from numba import cuda
+from numba import cuda, types
 
 from kernels.activations import GELU, GELU_TANH_COEF, IDENTITY, INV_SQRT_2, INV_SQRT_2PI, RELU, SQRT_2_OVER_PI
 
 MAX_THREADS_PER_BLOCK = 1024
 STATIC_SHARED_BYTES = 48 * 1024       # static shared memory (cuda.shared.array) one block may use
+REGISTERS_PER_BLOCK = 64 * 1024       # 32-bit registers one block may use (compute capability 5.0 to 9.0)
+MAX_REGISTERS_PER_THREAD = 255        # the most ptxas gives one thread; above it, it spills to local memory
 
 
 # ------------------------------------------------------------------ moving arrays
@@ -136,17 +139,24 @@ def check_shape(name, a, expected, symbols):
         raise ValueError(f"{name} must have shape {symbols}{known}, got {shape}")
 
 
-def check_block_size(name, size, square=False, power_of_two=False):
-    """``size`` (the argument ``name``) is a positive int giving at most 1024 threads per block: ``size``
+def check_block_size(name, size, square=False, power_of_two=False, limit=MAX_THREADS_PER_BLOCK, why=""):
+    """``size`` (the argument ``name``) is a positive int giving at most ``limit`` threads per block (1024, the
+    hardware's limit, unless the kernel's registers allow fewer: ``why`` says so in the message): ``size``
     threads, or size x size if ``square``; a power of two if ``power_of_two`` (a tree reduction halves the
     active threads at every step)."""
     if isinstance(size, bool) or not isinstance(size, (int, np.integer)) or size < 1:
         raise ValueError(f"{name} must be a positive int, got {size!r}")
     threads = size * size if square else size
-    if threads > MAX_THREADS_PER_BLOCK:
-        raise ValueError(f"{name}={size} gives {threads} threads per block; the limit is {MAX_THREADS_PER_BLOCK}")
+    if threads > limit:
+        raise ValueError(f"{name}={size} gives {threads} threads per block; the limit is {limit}{why}")
     if power_of_two and size & (size - 1):
         raise ValueError(f"{name} must be a power of two (a tree reduction halves it at every step), got {size}")
+
+
+def array_type(dtype, ndim):
+    """The Numba type of a C-contiguous array of ``dtype``: kernels' argument types for compiling them ahead
+    of a launch (the versions' ``builds``, see kernels/versions.py)."""
+    return types.Array(numba.from_dtype(np.dtype(dtype)), ndim, "C")
 
 
 # ------------------------------------------------------------------ activations

@@ -25,6 +25,12 @@ kernel (dK, dV) stages two (tile, D) tiles and two (tile,) vectors, i.e.
 64 rows for float32 D = 64, 47 for float32 D = 128 or float64 D = 64, 23 for
 float64 D = 128 (with the default block_size = 64).
 
+Registers. Each v2 thread keeps its query row and output row (forward) or its dK, dV rows (backward) in
+registers: ptxas gives the kernels 230-255 registers per thread at D >= 64 (tests/kernels/test_cuda_ptx.py
+prints the counts), and a block has 65536, so more than 256 threads per block cannot launch
+(CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES). 255 is the most a thread ever gets (ptxas spills beyond), so
+V2_MAX_BLOCK_SIZE = 256 launches whatever D is; the host functions refuse larger blocks.
+
 The head dimension D, block_size and tile are compile-time constants of the v2
 kernels (they size the per-thread and shared arrays); kernels are built per
 (dtype, block_size, tile, D), the v1 kernels per dtype (see _common.py).
@@ -36,10 +42,12 @@ import math
 
 import numba
 import numpy as np
-from numba import cuda
+from numba import cuda, types
 
 from kernels.cuda import _common
 from kernels.versions import Version, registry
+
+V2_MAX_BLOCK_SIZE = _common.REGISTERS_PER_BLOCK // (_common.MAX_REGISTERS_PER_THREAD + 1)   # 256
 
 
 @cuda.jit(device=True)
@@ -318,13 +326,14 @@ def _flash_kernels(dtype, block, tile, d):
 # ------------------------------------------------------------------- host
 
 
-def _prepare(q, others, key_padding_mask, scale, block_size):
+def _prepare(q, others, key_padding_mask, scale, block_size, max_block_size=_common.MAX_THREADS_PER_BLOCK, why=""):
     """Check the inputs and move them to the device.
 
     ``others``: name -> array for k, v and (backward) o, lse, do, in the kernels' argument order.
-    Returns (device arrays [q, *others], pad, has_pad, scale as a dtype scalar, dtype).
+    ``max_block_size``: the most threads per block the version's kernels can launch (``why``: the reason, for
+    the message). Returns (device arrays [q, *others], pad, has_pad, scale as a dtype scalar, dtype).
     """
-    _common.check_block_size("block_size", block_size)
+    _common.check_block_size("block_size", block_size, limit=max_block_size, why=why)
     dtype = _common.check_float(q=q, **others)
     _common.check_shape("q", q, (None,) * 4, "(B, H, Tq, D)")
     batch, heads, tq, d = q.shape
@@ -349,6 +358,11 @@ def _rows_grid(rows, block_size):
 def _tiles_grid(batch_heads, rows, block_size):
     """(grid, threads) for one block per (b, h) and tile of block_size rows."""
     return (batch_heads, (rows + block_size - 1) // block_size), block_size
+
+
+_V2_WHY = (f": the v2 kernels keep a head-dim row (or two) per thread in registers, up to "
+           f"{_common.MAX_REGISTERS_PER_THREAD} registers per thread, and a block has "
+           f"{_common.REGISTERS_PER_BLOCK} registers (see kernels/cuda/attention.py)")
 
 
 def attention_forward_v1(q, k, v, key_padding_mask=None, causal=False, scale=None, block_size=128):
@@ -382,11 +396,11 @@ def attention_backward_v1(q, k, v, o, lse, do, key_padding_mask=None, causal=Fal
 def attention_forward_v2(q, k, v, key_padding_mask=None, causal=False, scale=None, block_size=64):
     """Flash-style forward: query tiles per block, K/V tiles in shared memory, online softmax. Returns (o, lse).
 
-    ``block_size``: threads (query rows) per block, at most 1024; the K/V tiles have as many rows or fewer
-    (see the module docstring on shared memory).
+    ``block_size``: threads (query rows) per block, at most V2_MAX_BLOCK_SIZE = 256 (see the module docstring
+    on registers); the K/V tiles have as many rows or fewer (see the module docstring on shared memory).
     """
     (d_q, d_k, d_v), pad, has_pad, scale, dtype = _prepare(q, {"k": k, "v": v}, key_padding_mask, scale,
-                                                           block_size)
+                                                           block_size, V2_MAX_BLOCK_SIZE, _V2_WHY)
     batch, heads, tq, d = d_q.shape
     o = _common.device_empty((batch, heads, tq, d), dtype)
     lse = _common.device_empty((batch, heads, tq), dtype)
@@ -401,7 +415,7 @@ def attention_backward_v2(q, k, v, o, lse, do, key_padding_mask=None, causal=Fal
     ``block_size`` as in attention_forward_v2.
     """
     device, pad, has_pad, scale, dtype = _prepare(q, {"k": k, "v": v, "o": o, "lse": lse, "do": do},
-                                                  key_padding_mask, scale, block_size)
+                                                  key_padding_mask, scale, block_size, V2_MAX_BLOCK_SIZE, _V2_WHY)
     d_q, d_k = device[0], device[1]
     batch, heads, tq, d = d_q.shape
     tk = d_k.shape[2]
@@ -414,9 +428,44 @@ def attention_backward_v2(q, k, v, o, lse, do, key_padding_mask=None, causal=Fal
     return _common.like_input([dq, dk, dv], q)
 
 
+
+def _signatures(dtype):
+    """Argument types of the (forward, backward_dq, backward_dkdv) kernels, v1 and v2 alike."""
+    def a(ndim):
+        return _common.array_type(dtype, ndim)
+
+    flags = (types.boolean, types.boolean, numba.from_dtype(dtype))                  # has_pad, causal, scale
+    mask = _common.array_type(np.bool_, 2)
+    forward = (a(4), a(4), a(4), mask) + flags + (a(4), a(3))
+    backward = (a(4), a(4), a(4), a(4), a(3), a(4), mask) + flags + (a(4),)
+    return forward, backward, backward + (a(4),)
+
+
+KERNEL_NAMES = ("attention_forward", "attention_backward_dq", "attention_backward_dkdv")
+
+
+def _v1_builds(dtype):
+    """v1's ``builds`` (kernels/versions.py): one compilation per dtype, launched with up to 1024 threads."""
+    dtype = np.dtype(dtype)
+    return [(f"{name}_v1", kernel, signature, _common.MAX_THREADS_PER_BLOCK)
+            for name, kernel, signature in zip(KERNEL_NAMES, _v1_kernels(dtype), _signatures(dtype))]
+
+
+def _v2_builds(dtype, head_dims=(64, 128)):
+    """v2's ``builds``: compiled per (block, tile, D); at V2_MAX_BLOCK_SIZE, whose tiles are the largest."""
+    dtype = np.dtype(dtype)
+    builds = []
+    for d in head_dims:
+        block = V2_MAX_BLOCK_SIZE
+        tile = _flash_tile(block, d, dtype)
+        kernels = _flash_kernels(dtype, block, tile, d)
+        builds += [(f"{name}_v2 d={d} block={block} tile={tile}", kernel, signature, block)
+                   for name, kernel, signature in zip(KERNEL_NAMES, kernels, _signatures(dtype))]
+    return builds
+
 VERSIONS = registry(
     Version("v1", "naive port of the reference: one thread per row, operands from global memory", None,
-            attention_forward=attention_forward_v1, attention_backward=attention_backward_v1),
+            builds=_v1_builds, attention_forward=attention_forward_v1, attention_backward=attention_backward_v1),
     Version("v2", "flash-style: a block per row tile, K/V (or Q/dO) tiles in shared memory, online softmax",
-            "v1", attention_forward=attention_forward_v2, attention_backward=attention_backward_v2),
+            "v1", builds=_v2_builds, attention_forward=attention_forward_v2, attention_backward=attention_backward_v2),
 )

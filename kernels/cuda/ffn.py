@@ -26,13 +26,14 @@ import functools
 
 import numba
 import numpy as np
-from numba import cuda
+from numba import cuda, types
 
 from kernels.activations import activation_code
 from kernels.cuda import _common
 from kernels.versions import Version, registry
 
 EPILOGUE_NONE, EPILOGUE_BIAS_ACT, EPILOGUE_TIMES_ACT_GRAD = 0, 1, 2
+SUM_BLOCK = 128   # threads per block of the column sums
 
 
 @functools.lru_cache(maxsize=None)
@@ -127,7 +128,7 @@ def _matmul(a, b, tile, trans_a=False, trans_b=False, act_b=False, code=0,
     return out
 
 
-def _sum_rows(x, block=128):
+def _sum_rows(x, block=SUM_BLOCK):
     out = _common.device_empty((x.shape[1],), x.dtype)
     _column_sum(np.dtype(x.dtype))[(x.shape[1] + block - 1) // block, block](x, out)
     return out
@@ -182,7 +183,20 @@ def ffn_backward(x, w1, b1, w2, b2, h_pre, dy, activation="relu", tile=16):
     return _common.like_input([dx, dw1, _sum_rows(dh_pre), dw2, _sum_rows(d_dy)], x)
 
 
+
+def _builds(dtype):
+    """The ``builds`` (kernels/versions.py): the matmul at its largest tile, 32 x 32 = 1024 threads, and the
+    column sum (128 threads)."""
+    dtype = np.dtype(dtype)
+    a = functools.partial(_common.array_type, dtype)
+    flag, code = types.boolean, types.int64
+    matmul = (a(2), a(2), flag, flag, flag, code, code, a(1), a(2), flag, a(2), a(2))
+    tile = int(_common.MAX_THREADS_PER_BLOCK ** 0.5)
+    return [(f"matmul tile={tile}", _matmul_kernel(dtype, tile), matmul, tile * tile),
+            ("column_sum", _column_sum(dtype), (a(2), a(1)), SUM_BLOCK)]
+
+
 VERSIONS = registry(
     Version("v1", "shared-memory tiled matmul with bias / activation fused into its prologue and epilogue",
-            None, ffn_forward=ffn_forward, ffn_backward=ffn_backward),
+            None, builds=_builds, ffn_forward=ffn_forward, ffn_backward=ffn_backward),
 )

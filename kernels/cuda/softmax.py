@@ -21,10 +21,12 @@ import math
 
 import numba
 import numpy as np
-from numba import cuda
+from numba import cuda, types
 
 from kernels.cuda import _common
 from kernels.versions import Version, registry
+
+DEFAULT_BLOCK_SIZE = 128
 
 
 @functools.lru_cache(maxsize=None)
@@ -205,26 +207,41 @@ def _softmax(version, x, scale, mask, block_size):
     return _common.like_input([out.reshape(shape)], x)[0]
 
 
-def softmax_v1(x, scale=1.0, mask=None, block_size=128):
+def softmax_v1(x, scale=1.0, mask=None, block_size=DEFAULT_BLOCK_SIZE):
     """Thread-per-row softmax (see module docstring)."""
     return _softmax(1, x, scale, mask, block_size)
 
 
-def softmax_v2(x, scale=1.0, mask=None, block_size=128):
+def softmax_v2(x, scale=1.0, mask=None, block_size=DEFAULT_BLOCK_SIZE):
     """Block-per-row softmax with shared-memory max and sum reductions (see module docstring)."""
     return _softmax(2, x, scale, mask, block_size)
 
 
-def softmax_v3(x, scale=1.0, mask=None, block_size=128):
+def softmax_v3(x, scale=1.0, mask=None, block_size=DEFAULT_BLOCK_SIZE):
     """Block-per-row online softmax: max and sum in one pass (see module docstring)."""
     return _softmax(3, x, scale, mask, block_size)
 
 
+
+def _builds(version):
+    """The version's ``builds`` (see kernels/versions.py): its kernel at the largest block, 1024 threads."""
+    def builds(dtype):
+        dtype = np.dtype(dtype)
+        a = _common.array_type
+        signature = (a(dtype, 2), numba.from_dtype(dtype), a(np.bool_, 2), types.boolean, a(dtype, 2))
+        if version == 1:                          # one kernel for every block size
+            return [("softmax_v1", _softmax_v1(dtype), signature, _common.MAX_THREADS_PER_BLOCK)]
+        make = _softmax_v2 if version == 2 else _softmax_v3
+        block = _common.MAX_THREADS_PER_BLOCK
+        return [(f"softmax_v{version} block={block}", make(dtype, block), signature, block)]
+    return builds
+
+
 VERSIONS = registry(
     Version("v1", "one thread per row, three passes (max, sum, write); loads not coalesced", None,
-            softmax=softmax_v1),
+            builds=_builds(1), softmax=softmax_v1),
     Version("v2", "one block per row: coalesced strided loads, max and sum by shared-memory tree reductions",
-            "v1", softmax=softmax_v2),
+            "v1", builds=_builds(2), softmax=softmax_v2),
     Version("v3", "like v2, with max and sum in one pass (online softmax) and one merge of (m, z) pairs", "v2",
-            softmax=softmax_v3),
+            builds=_builds(3), softmax=softmax_v3),
 )

@@ -50,6 +50,20 @@ def test_attention_refuses_bad_block_sizes(forward, backward, block_size, case):
         backward(q, k, v, o, lse, case["do"], block_size=block_size)
 
 
+@pytest.mark.parametrize("block_size", [257, 512, 1024])
+def test_attention_v2_refuses_blocks_its_registers_cannot_launch(block_size, case):
+    """The v2 kernels use up to 255 registers per thread, and a block has 65536: more than 256 threads cannot
+    launch (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES on a GPU), so they are refused before any device work.
+    test_cuda_ptx.py checks the limit against ptxas's register counts."""
+    q, k, v = case["q"], case["k"], case["v"]
+    message = rf"block_size={block_size} gives {block_size} threads per block; the limit is 256: .*registers"
+    with pytest.raises(ValueError, match=message):
+        attention.attention_forward_v2(q, k, v, block_size=block_size)
+    o, lse = np.zeros_like(q), np.zeros(q.shape[:3], q.dtype)
+    with pytest.raises(ValueError, match=message):
+        attention.attention_backward_v2(q, k, v, o, lse, case["do"], block_size=block_size)
+
+
 def test_ffn_refuses_tiles_of_more_than_1024_threads():
     c = ffn_case(np.random.default_rng(0), 5, 3, 4, np.float32)
     with pytest.raises(ValueError, match=r"tile=33 gives 1089 threads per block"):

@@ -1,11 +1,14 @@
 """Every CUDA kernel compiled for a real GPU (sm_90) by Numba's CUDA compiler, on a machine without one.
 
 The simulator (test_cuda_sim.py) checks what the kernels compute, but it runs them as Python and never sees
-what the GPU compiler makes of them. Here each kernel is compiled for float32 and float64, at the
-configuration its host wrapper launches by default (head dim 64 and 128 for attention), through libNVVM to
-PTX, and the PTX is assembled by ptxas. Two properties are asserted:
+what the GPU compiler makes of them. Here every kernel of every registered version (kernels/versions.py) is compiled for float32 and float64,
+at the largest configuration its host functions accept (the versions' ``builds``: the largest block, so
+the largest shared-memory tiles; head dims 64 and 128 for attention), through libNVVM to PTX, and the PTX is assembled
+by ptxas. Three properties are asserted:
 
 * ptxas accepts every kernel; in particular its static shared memory fits in the 48 KiB a block may have;
+* every kernel can launch with the largest block its host function accepts: its registers per thread
+  (ptxas -v), times the block's threads, fit in the 65536 registers of a block;
 * float32 kernels contain no float64 instruction, not even a conversion (none is needed: libdevice's
   float32 exp, log, erf and tanh stay in float32). A Python float literal in a kernel (``0.0``,
   ``-math.inf``) is a float64 constant, and float32 op float64 is computed in float64, at 1/2 to 1/64 of
@@ -18,7 +21,6 @@ the same time), because it patches three of Numba's device queries (see ``_compi
 NUMBA_ENABLE_CUDASIM must not be set there; neither may leak into the test process.
 """
 import glob
-import inspect
 import json
 import os
 import re
@@ -33,6 +35,8 @@ ROOT = Path(__file__).resolve().parents[2]
 ARCH = (9, 0)
 HEAD_DIMS = (64, 128)
 STATIC_SHARED_LIMIT = 48 * 1024
+REGISTERS_PER_BLOCK = 64 * 1024   # sm_90 (and every architecture since 5.0)
+WARP, REGISTER_UNIT = 32, 256     # registers are allocated per warp, in units of 256
 INTERNALS_MOVED = 3  # the subprocess's exit status when Numba's patched functions are not where they were
 # an instruction whose type is f64 (add.f64, cvt.f64.f32, setp.lt.f64, ...); not the `.reg .f64` declarations
 F64_INSTRUCTION = re.compile(r"^\s*(?:@!?%p\d+\s+)?[a-z][\w.]*\.f64\b", re.MULTILINE)
@@ -80,49 +84,13 @@ def _compile_without_a_gpu():
     cuda_paths._get_nvrtc_path = lambda: cuda_paths._env_path_tuple("not needed", None)
 
 
-def _default(fn, name):
-    return inspect.signature(fn).parameters[name].default
-
-
 def kernel_table(dtype):
-    """(name, kernel, argument types) for every kernel, at the configuration its wrapper uses by default."""
-    import numpy as np
-    from numba import types
+    """(name, kernel, argument types, threads per block) for every kernel of every registered CUDA version, at
+    the largest configuration its host functions accept (the versions' ``builds``, see kernels/versions.py)."""
+    from kernels.versions import all_versions
 
-    from kernels.cuda import attention, ffn, softmax
-
-    dtype = np.dtype(dtype)
-    dt = types.float32 if dtype == np.float32 else types.float64
-
-    def array(ndim, of=dt):
-        return types.Array(of, ndim, "C")
-
-    flag = types.boolean
-    mask = array(2, flag)
-    rows = (array(2), dt, mask, flag, array(2))                                           # softmax
-    forward = (array(4), array(4), array(4), mask, flag, flag, dt, array(4), array(3))    # attention
-    backward = (array(4), array(4), array(4), array(4), array(3), array(4), mask, flag, flag, dt, array(4))
-    block = _default(softmax.softmax_v2, "block_size")
-    table = [("softmax_v1", softmax._softmax_v1(dtype), rows),
-             (f"softmax_v2 block={block}", softmax._softmax_v2(dtype, block), rows),
-             (f"softmax_v3 block={block}", softmax._softmax_v3(dtype, block), rows)]
-    v1 = attention._v1_kernels(dtype)
-    table += [("attention_forward_v1", v1[0], forward), ("attention_backward_dq_v1", v1[1], backward),
-              ("attention_backward_dkdv_v1", v1[2], backward + (array(4),))]
-    block = _default(attention.attention_forward_v2, "block_size")
-    for d in HEAD_DIMS:
-        tile = attention._flash_tile(block, d, dtype)
-        v2 = attention._flash_kernels(dtype, block, tile, d)
-        label = f"d={d} block={block} tile={tile}"
-        table += [(f"attention_forward_v2 {label}", v2[0], forward),
-                  (f"attention_backward_dq_v2 {label}", v2[1], backward),
-                  (f"attention_backward_dkdv_v2 {label}", v2[2], backward + (array(4),))]
-    tile = _default(ffn.ffn_forward, "tile")
-    matmul = (array(2), array(2), flag, flag, flag, types.int64, types.int64, array(1), array(2), flag,
-              array(2), array(2))
-    table += [(f"matmul tile={tile}", ffn._matmul_kernel(dtype, tile), matmul),
-              ("column_sum", ffn._column_sum(dtype), (array(2), array(1)))]
-    return table
+    return [(f"{family} {version.name}: {label}", kernel, signature, threads)
+            for family, version in all_versions("cuda") for label, kernel, signature, threads in version.builds(dtype)]
 
 
 def _ptxas(toolkit, ptx_path):
@@ -142,14 +110,16 @@ def _compile_all(dtype, out_dir):
     _compile_without_a_gpu()
     from numba import cuda
 
-    for name, kernel, signature in kernel_table(dtype):
+    for name, kernel, signature, threads in kernel_table(dtype):
         ptx, _ = cuda.compile_ptx(kernel.py_func, signature, cc=ARCH)
         path = Path(out_dir) / (re.sub(r"\W+", "_", f"{name}_{dtype}") + ".ptx")
         path.write_text(ptx)
         accepted, report = _ptxas(toolkit, path)
         smem = re.search(r"(\d+) bytes smem", report)
+        registers = re.search(r"Used (\d+) registers", report)
         print(json.dumps({"kernel": name, "dtype": dtype, "f64_instructions": len(F64_INSTRUCTION.findall(ptx)),
                           "accepted": accepted, "shared_bytes": int(smem.group(1)) if smem else 0,
+                          "registers": int(registers.group(1)) if registers else None, "threads": threads,
                           "ptxas": report}), flush=True)
 
 
@@ -185,12 +155,37 @@ def compiled(tmp_path_factory):
 
 def _table(records):
     return "\n".join(f"  {r['kernel']} {r['dtype']}: {r['f64_instructions']} f64 instructions, "
-                     f"{r['shared_bytes']} B shared; ptxas: {r['ptxas']}" for r in records)
+                     f"{r['shared_bytes']} B shared, {r['registers']} registers x {r['threads']} threads; "
+                     f"ptxas: {r['ptxas']}" for r in records)
+
+
+def registers_per_block(registers_per_thread, threads):
+    """Registers a block of ``threads`` takes: each warp's share is allocated in units of 256 registers."""
+    warps = -(-threads // WARP)
+    return warps * -(-registers_per_thread * WARP // REGISTER_UNIT) * REGISTER_UNIT
 
 
 def test_ptxas_accepts_every_kernel(compiled):
     rejected = [r for r in compiled if not r["accepted"] or r["shared_bytes"] > STATIC_SHARED_LIMIT]
     assert not rejected, "ptxas rejected:\n" + _table(rejected)
+
+
+def test_every_kernel_can_launch_with_the_largest_block_its_host_function_accepts(compiled):
+    """A kernel launched with more threads than its registers allow fails on the GPU
+    (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES); the host functions refuse such block sizes before launching, and
+    this keeps their limits true as the kernels change (the v2 attention kernels accepted 1024 threads while
+    using 230-255 registers each)."""
+    assert all(r["registers"] is not None for r in compiled), "ptxas -v reported no register counts"
+    too_big = [r for r in compiled if registers_per_block(r["registers"], r["threads"]) > REGISTERS_PER_BLOCK]
+    assert not too_big, "kernels that cannot launch with the block size their host function accepts:\n" + \
+        _table(too_big)
+
+
+def test_registers_per_block_counts_whole_allocation_units():
+    assert registers_per_block(255, 256) == REGISTERS_PER_BLOCK      # 255 -> 256 per thread: exactly a block
+    assert registers_per_block(64, 1024) == REGISTERS_PER_BLOCK
+    assert registers_per_block(65, 1024) > REGISTERS_PER_BLOCK      # 65 -> 72 per thread
+    assert registers_per_block(230, 512) > REGISTERS_PER_BLOCK
 
 
 def test_float32_kernels_have_no_float64_instructions(compiled):
