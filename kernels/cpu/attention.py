@@ -12,6 +12,9 @@ max m, running sum l and an unnormalised output acc (the "online softmax"):
     l' = alpha l + sum_j P_ij,  acc' = alpha acc + P V_tile
 
 and finishes with O = acc / l, lse = m + log l. Extra memory per task is O(block_q * (block_k + D)).
+Each score row of a tile takes two passes: padding bias, causal cut and max in one (``_add_bias_max``),
+exp and sum in the other (``_exp_sum``). The default tiles (128 queries x 256 keys) keep a tile's scores,
+128 KiB in float32, in the L2 cache; larger key tiles mean fewer rescalings of acc.
 
 Backward: one task per (batch, head). For each key tile it loops over query tiles, rebuilds
 P = exp(S - lse), accumulates dK, dV of the key tile locally and adds the dQ contribution into the task's
@@ -28,8 +31,45 @@ import numba
 import numpy as np
 
 from kernels.cpu import _common
-from kernels.cpu._common import FASTMATH, exp_inplace
+from kernels.cpu._common import FASTMATH, exp32
 from kernels.versions import Version, registry
+
+
+@numba.njit(fastmath=FASTMATH)   # not inlined, like _common.exp_inplace
+def _add_bias_max(row, bias, n_visible, m):
+    """In one pass: row[j] += bias[j] for j < n_visible, row[j] = -inf after (hidden keys); returns the max of
+    m and the row (m, of the row's dtype, keeps the arithmetic in that dtype).
+
+    ``bias`` is 0 for a real key and -inf for a padded one; ``n_visible`` may be <= 0 (all hidden).
+    """
+    n = row.shape[0]
+    for j in range(max(n_visible, 0)):
+        x = row[j] + bias[j]
+        row[j] = x
+        m = max(m, x)
+    for j in range(max(n_visible, 0), n):
+        row[j] = -np.inf
+    return m
+
+
+@numba.njit(fastmath=FASTMATH)
+def _exp_sum(row, shift, n_visible):
+    """In one pass: row[j] = exp(row[j] - shift) for j < n_visible, 0 after; returns the sum (-inf -> 0)."""
+    n = row.shape[0]
+    total = 0.0
+    if row.itemsize == 4:
+        for j in range(max(n_visible, 0)):
+            e = exp32(row[j] - shift)
+            row[j] = e
+            total += e
+    else:
+        for j in range(max(n_visible, 0)):
+            e = math.exp(row[j] - shift)
+            row[j] = e
+            total += e
+    for j in range(max(n_visible, 0), n):
+        row[j] = 0.0
+    return total
 
 
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -56,20 +96,13 @@ def _attention_forward(q, k, v, pad, causal, scale, block_q, block_k, o, lse):
             s = np.dot(qs, k[b, h, j0:j1].T)          # (nq, nk)
             for i in range(nq):
                 row = s[i]
-                row += key_bias[j0:j1]
-                if causal:                            # keys after i + shift are hidden
-                    row[max(0, i0 + i + shift + 1 - j0):] = -np.inf
-                m_new = max(m[i], row.max())
+                n_visible = min(j1, i0 + i + shift + 1) - j0 if causal else j1 - j0   # keys past i + shift hidden
+                m_new = _add_bias_max(row, key_bias[j0:j1], n_visible, m[i])
                 if m_new == -np.inf:                  # every key so far masked: P = 0
                     row[:] = 0.0
                 else:
                     alpha = np.exp(m[i] - m_new)      # exp(-inf) = 0 on the first visible tile
-                    row -= m_new
-                    exp_inplace(row)
-                    total = 0.0
-                    for j in range(j1 - j0):
-                        total += row[j]
-                    l[i] = alpha * l[i] + total
+                    l[i] = alpha * l[i] + _exp_sum(row, m_new, n_visible)
                     acc[i] *= alpha
                     m[i] = m_new
             acc += np.dot(s, v[b, h, j0:j1])          # (nq, D)
@@ -112,10 +145,9 @@ def _attention_backward(q, k, v, o, lse, do, pad, causal, scale, block_q, block_
                     if lse[b, h, i0 + i] == -np.inf:               # no visible key in the whole row: P = 0
                         row[:] = 0.0
                         continue
-                    row += key_bias[j0:j1] - lse[b, h, i0 + i]
-                    if causal:                                     # keys after i + shift are hidden
-                        row[max(0, i0 + i + shift + 1 - j0):] = -np.inf
-                    exp_inplace(row)                              # exp(-inf) = 0
+                    n_visible = min(j1, i0 + i + shift + 1) - j0 if causal else j1 - j0
+                    _add_bias_max(row, key_bias[j0:j1], n_visible, lse[b, h, i0 + i])
+                    _exp_sum(row, lse[b, h, i0 + i], n_visible)    # P = exp(S - lse)
                 dv_t += np.dot(p.T, do[b, h, i0:i1])               # (nk, D)
                 ds = np.dot(do[b, h, i0:i1], vt.T)                 # dP, then dS (nq, nk)
                 for i in range(i1 - i0):
@@ -135,7 +167,7 @@ def _padding(key_padding_mask, batch, tk):
     return np.ascontiguousarray(key_padding_mask, dtype=bool).reshape(batch, tk)
 
 
-def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, block_q=64, block_k=128):
+def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, block_q=128, block_k=256):
     """Tiled attention forward with online softmax (see reference.attention_forward).
 
     O = softmax(scale * Q K^T, masked) V,   lse_i = log sum_j exp(S_ij)
@@ -158,7 +190,7 @@ def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, 
 
 
 def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False, scale=None,
-                       block_q=64, block_k=128):
+                       block_q=128, block_k=256):
     """Tiled attention backward recomputing P = exp(S - lse) (see reference.attention_backward).
 
     dV = P^T dO,  dS = P * (dO V^T - D_i),  D_i = sum_d dO_id O_id,
