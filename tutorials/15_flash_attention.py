@@ -24,7 +24,7 @@
 # Memory: $O(T\,d)$ per head instead of $O(T^2)$. The backward pass does not store $P$ either: it
 # *recomputes* each tile as $P = e^{S - \mathrm{lse}}$ from the saved lse. We build both in NumPy, check
 # them against the library's $(T, T)$ reference (`kernels/reference.py`) and its Numba kernels
-# (`kernels/cpu.py`), and measure the memory.
+# (`kernels/cpu/attention.py`), and measure the memory.
 
 # %%
 import math
@@ -151,11 +151,11 @@ check_flash_backward(flash_backward, causal=True)
 # %% [markdown]
 # ## 3. The library's kernels
 #
-# `kernels/cpu.py` runs exactly these loops compiled with Numba (`_attention_forward`, `_attention_backward`:
-# one task per (batch, head, query block), the tile products with BLAS), and `kernels/cuda/attention.py`
-# runs them on a GPU, one thread block per query tile with the tiles in shared memory (its tests run in
-# Numba's CUDA simulator: `tests/test_kernels_cuda*.py`). The CPU kernels, float32, against our NumPy
-# version:
+# `kernels/cpu/attention.py` runs exactly these loops compiled with Numba (`_attention_forward`,
+# `_attention_backward`: one task per (batch, head, query block), the tile products with BLAS), and
+# `kernels/cuda/attention.py` runs them on a GPU, one thread block per query tile with the tiles in shared
+# memory (its tests run in Numba's CUDA simulator: `tests/kernels/test_cuda_sim.py`). The CPU kernels,
+# float32, against our NumPy version:
 
 # %%
 q32, k32, v32, do32 = (rng.normal(size=(2, 4, 100, 16)).astype(np.float32) for _ in range(4))
