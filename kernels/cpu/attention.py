@@ -146,7 +146,7 @@ def _attention_backward(q, k, v, o, lse, do, pad, causal, scale, block_q, block_
                         row[:] = 0.0
                         continue
                     n_visible = min(j1, i0 + i + shift + 1) - j0 if causal else j1 - j0
-                    _add_bias_max(row, key_bias[j0:j1], n_visible, lse[b, h, i0 + i])
+                    _add_bias_max(row, key_bias[j0:j1], n_visible, lse[b, h, i0 + i])  # max unused here
                     _exp_sum(row, lse[b, h, i0 + i], n_visible)    # P = exp(S - lse)
                 dv_t += np.dot(p.T, do[b, h, i0:i1])               # (nk, D)
                 ds = np.dot(do[b, h, i0:i1], vt.T)                 # dP, then dS (nq, nk)
