@@ -3,8 +3,9 @@
 Thin, documented wrappers over the ops in :mod:`minitx.ops`, each op with its own backward (``linear`` is
 one of them: ``ops.Linear``), plus functions composed from those ops: ``split`` (slices), and
 ``scaled_dot_product_attention`` and ``feed_forward``, which read like the equations and get their gradients
-from the ops they are made of. On the fused path (``fused=True``, or :func:`set_fused_kernels`) those two are
-instead one op each (:mod:`minitx.ops.fused`), with its own backward.
+from the ops they are made of. On the fused path (the default; see :func:`set_fused_kernels`) those two are
+instead one op each (:mod:`minitx.ops.fused`), with its own backward; ``fused=False`` in a call, or
+``set_fused_kernels(False)``, gives the composed ops, the ones to read.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ from .tensor import Tensor
 IGNORE_INDEX = -100  # a target that takes no part in cross_entropy (padding, unmasked MLM tokens, no SOP label)
 
 # ------------------------------------------------------------------------------------ fused-kernel switch
-_use_fused = False
+_use_fused = True  # the fused kernels compute the composed path's function within float32 rounding, faster
 
 
 def set_fused_kernels(enabled: bool) -> None:
-    """Make attention and the FFN use the fused kernels (``kernels/``) by default, or the composed ops."""
+    """Make attention and the FFN use the fused kernels (``kernels/``, the default) or the composed ops.
+
+    The fused kernels are used only where they apply (attention: (B, H, T, d) inputs, boolean padding and
+    causal masks, no dropout, no returned weights; FFN: both biases, no dropout); other calls take the
+    composed ops whatever the setting.
+    """
     global _use_fused
     _use_fused = bool(enabled)
 

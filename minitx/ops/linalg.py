@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from kernels.blas_threads import threads_for
+
 from ..backend import get_array_module
 from ..tensor import Function
 from ._util import match_dtypes, unbroadcast
@@ -15,11 +17,13 @@ def _product(a, b):
     For stacked operands (ndim > 2) NumPy hands each pair of matrices to BLAS only when the right one has
     unit stride along its last axis; a transposed view such as attention's Kᵀ takes a plain loop instead,
     several times slower than copying first and using BLAS (measured in benchmarks/RESULTS.md). 2-D
-    products pass transposes to BLAS directly.
+    products pass transposes to BLAS directly. Small products run on one BLAS thread
+    (``kernels.blas_threads``).
     """
     if b.ndim > 2 and b.strides[-1] != b.itemsize:
         b = get_array_module(b).ascontiguousarray(b)
-    return a @ b
+    with threads_for(a.shape[-2] if a.ndim > 1 else 1, b.shape[-1] if b.ndim > 1 else 1, a.shape[-1]):
+        return a @ b
 
 
 class MatMul(Function):
@@ -83,15 +87,18 @@ class Linear(Function):
             _, bias = match_dtypes("linear", weight, bias)
         self.x_shape, self.has_bias = x.shape, bias is not None
         self.x2, self.weight = x.reshape(-1, x.shape[-1]), weight  # (N, in), (out, in)
-        y = self.x2 @ weight.T                                      # (N, out)
+        self.size = (self.x2.shape[0], weight.shape[0], weight.shape[1])  # N, out, in: one size for all 3 products
+        with threads_for(*self.size):
+            y = self.x2 @ weight.T                                  # (N, out)
         if bias is not None:
             y += bias
         return y.reshape(*x.shape[:-1], weight.shape[0])
 
     def backward(self, grad):
         g = grad.reshape(-1, grad.shape[-1])                                       # (N, out)
-        dx = (g @ self.weight).reshape(self.x_shape) if self.needs_grad[0] else None  # (…, in)
-        dw = g.T @ self.x2 if self.needs_grad[1] else None                         # (out, in)
+        with threads_for(*self.size):
+            dx = (g @ self.weight).reshape(self.x_shape) if self.needs_grad[0] else None  # (…, in)
+            dw = g.T @ self.x2 if self.needs_grad[1] else None                         # (out, in)
         if not self.has_bias:
             return dx, dw
         return dx, dw, (g.sum(axis=0) if self.needs_grad[2] else None)             # (out,)

@@ -1,0 +1,100 @@
+"""The fused kernels are the default path (issue 17), and a whole training step agrees with the composed path.
+
+A silent fallback to the composed ops (a mask or shape the kernel was never given, a changed default) is caught
+by walking the graph a default step builds: it must hold the fused ops and none of the ops they replace.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import minitx
+from minitx import functional as F
+from minitx import optim
+from minitx.models import GPT, GPTConfig, SequenceEncoder
+from minitx.ops import fused
+from minitx.tensor import _reverse_topological_order
+
+V, D, H, FF, L, T, B = 40, 16, 2, 32, 2, 12, 3
+LR = 1e-2
+
+
+def encoder():
+    minitx.manual_seed(0)
+    return SequenceEncoder(V, D, H, FF, L, drop_rate=0.0, max_len=T)
+
+
+def gpt():
+    minitx.manual_seed(0)
+    return GPT(GPTConfig(vocab_size=V, max_len=T, d_model=D, num_heads=H, num_layers=L, ff_dim=FF, dropout=0.0,
+                         activation="gelu"))
+
+
+def batch():
+    rng = np.random.default_rng(1)
+    ids = rng.integers(0, V, size=(B, T))
+    mask = np.ones((B, T), dtype=np.int64)
+    mask[0, -4:] = 0  # padding in one row
+    return ids, mask, rng.integers(0, V, size=(B, T))
+
+
+def ops_in_graph(loss):
+    return [type(node._ctx).__name__ for node in _reverse_topological_order(loss) if node._ctx is not None]
+
+
+@pytest.mark.parametrize("make", [encoder, gpt], ids=["encoder", "gpt"])
+def test_the_default_step_runs_the_fused_kernels(make):
+    ids, mask, targets = batch()
+    loss = F.cross_entropy(make()(ids, mask), targets)
+    names = ops_in_graph(loss)
+    assert names.count("FusedAttention") == L and names.count("FusedFeedForward") == L, names
+    assert "Softmax" not in names and "MatMul" not in names and "MaskedFill" not in names, names
+
+
+def test_fused_false_keeps_the_composed_path():
+    ids, mask, targets = batch()
+    with F.fused_kernels(False):
+        names = ops_in_graph(F.cross_entropy(encoder()(ids, mask), targets))
+    assert "FusedAttention" not in names and "FusedFeedForward" not in names
+    assert names.count("Softmax") == L and names.count("MatMul") == 2 * L
+
+
+@pytest.mark.parametrize("make", [encoder, gpt], ids=["encoder", "gpt"])
+def test_fused_and_composed_agree_on_a_whole_training_step(make):
+    """Loss, every gradient and every parameter after one AdamW step, float32, fused vs composed.
+
+    A gradient that is zero in exact arithmetic (the key projection's bias: softmax ignores a constant added
+    to a row of scores) is rounding noise on both paths, and Adam turns noise into steps of ±lr; such
+    parameters are compared by their gradients only.
+    """
+    ids, mask, targets = batch()
+    results = {}
+    for use_fused in (True, False):
+        model = make()
+        opt = optim.AdamW(model.parameters(), lr=LR, weight_decay=1e-2)
+        with F.fused_kernels(use_fused):
+            loss = F.cross_entropy(model(ids, mask), targets)
+            loss.backward()
+        grads = {name: p.grad.copy() for name, p in model.named_parameters()}
+        opt.step()
+        results[use_fused] = loss.item(), grads, {name: p.numpy().copy() for name, p in model.named_parameters()}
+    (loss_f, grads_f, params_f), (loss_c, grads_c, params_c) = results[True], results[False]
+    np.testing.assert_allclose(loss_f, loss_c, rtol=1e-6)
+    largest = max(np.abs(g).max() for g in grads_c.values())
+    for name in grads_c:
+        scale = np.abs(grads_c[name]).max()
+        np.testing.assert_allclose(grads_f[name], grads_c[name], rtol=0, atol=2e-5 * scale + 1e-7 * largest,
+                                   err_msg=name)
+        if scale > 1e-5 * largest:
+            # 1/1000 of the step lr·m̂/(√v̂ + ε): Adam's first step is ±lr wherever |g| >> ε, and the rounding of a
+            # gradient near ε moves it by more than float32 rounding of the weights
+            np.testing.assert_allclose(params_f[name], params_c[name], rtol=0, atol=1e-3 * LR, err_msg=name)
+    assert sum(np.abs(g).max() <= 1e-5 * largest for g in grads_c.values()) <= L  # only the key biases
+
+
+def test_the_kernels_run_on_the_cpu_package():
+    """The fused ops pick the Numba CPU kernels for NumPy arrays (not a NumPy reference in disguise)."""
+    from kernels import cpu
+
+    assert fused.kernel_module(np.zeros(1, np.float32)) is cpu
