@@ -38,7 +38,14 @@ def test_bench_kernels_quick():
 def test_bench_train_step_quick():
     pytest.importorskip("torch", reason="PyTorch is the reference (pip install 'minitx[test]')")
     out = run_benchmark("bench_train_step.py", "--quick")
-    assert "minitx (fused kernels off)" in out and "minitx (fused kernels on)" in out
+    assert "=== encoder" in out and "=== gpt" in out and out.count("minitx default (fused kernels on)") >= 2
+    assert out.count("peak memory of the training steps") == 2 and "| gpt | minitx default" in out
+
+
+def test_profile_step_quick():
+    out = run_benchmark("profile_step.py", "--quick")
+    assert "== encoder" in out and "== gpt" in out and out.count("of the ceiling") == 2
+    assert "FusedAttention" in out and "FusedFeedForward" in out and "other (graph, Python)" in out
 
 
 def test_movie_reviews_quick():
