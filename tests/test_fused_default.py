@@ -98,3 +98,70 @@ def test_the_kernels_run_on_the_cpu_package():
     from kernels import cpu
 
     assert fused.kernel_module(np.zeros(1, np.float32)) is cpu
+
+
+# ------------------------------------------------------------- each fused op: gradcheck and PyTorch
+def _attention_inputs(dtype):
+    rng = np.random.default_rng(2)
+    q, k, v = (minitx.Tensor(rng.standard_normal((2, 2, 5, 4)).astype(dtype), requires_grad=True) for _ in range(3))
+    kpm = np.zeros((2, 5), dtype=bool)
+    kpm[1, -2:] = True
+    return q, k, v, kpm
+
+
+def _ffn_inputs(dtype):
+    rng = np.random.default_rng(3)
+    shapes = [(6, 4), (8, 4), (8,), (4, 8), (4,)]  # x (N, D), w1 (F, D), b1, w2 (D, F), b2
+    return [minitx.Tensor(rng.standard_normal(s).astype(dtype), requires_grad=True) for s in shapes]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_attention_gradcheck(causal):
+    from minitx.gradcheck import gradcheck
+
+    q, k, v, kpm = _attention_inputs(np.float64)
+    gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, key_padding_mask=kpm, is_causal=causal,
+                                                             fused=True), [q, k, v])
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+def test_fused_feed_forward_gradcheck(activation):
+    from minitx.gradcheck import gradcheck
+
+    inputs = _ffn_inputs(np.float64)  # no pre-activation within 1e-6 of relu's kink: differences hold there
+    gradcheck(lambda *t: F.feed_forward(*t, activation=activation, fused=True), inputs, atol=1e-5)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_attention_matches_torch(causal):
+    torch = pytest.importorskip("torch")
+    q, k, v, kpm = _attention_inputs(np.float32)
+    out = F.scaled_dot_product_attention(q, k, v, key_padding_mask=kpm, is_causal=causal, fused=True)
+    u = np.random.default_rng(4).standard_normal(out.shape).astype(np.float32)
+    out.backward(u)
+    tq, tk, tv = (torch.tensor(t.numpy(), requires_grad=True) for t in (q, k, v))
+    allowed = ~torch.tensor(kpm)[:, None, None, :]  # torch: True = attend
+    if causal:
+        allowed = allowed & torch.ones(5, 5, dtype=torch.bool).tril()
+    ref = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=allowed)
+    ref.backward(torch.tensor(u))
+    np.testing.assert_allclose(out.numpy(), ref.detach().numpy(), atol=2e-6)
+    for ours, theirs in ((q, tq), (k, tk), (v, tv)):
+        np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])
+def test_fused_feed_forward_matches_torch(activation):
+    torch = pytest.importorskip("torch")
+    inputs = _ffn_inputs(np.float32)
+    out = F.feed_forward(*inputs, activation=activation, fused=True)
+    u = np.random.default_rng(5).standard_normal(out.shape).astype(np.float32)
+    out.backward(u)
+    x, w1, b1, w2, b2 = (torch.tensor(t.numpy(), requires_grad=True) for t in inputs)
+    act = {"relu": torch.relu, "gelu": torch.nn.functional.gelu,
+           "gelu_tanh": lambda h: torch.nn.functional.gelu(h, approximate="tanh")}[activation]
+    ref = torch.nn.functional.linear(act(torch.nn.functional.linear(x, w1, b1)), w2, b2)
+    ref.backward(torch.tensor(u))
+    np.testing.assert_allclose(out.numpy(), ref.detach().numpy(), atol=1e-5)
+    for ours, theirs in zip(inputs, (x, w1, b1, w2, b2)):
+        np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), atol=2e-5)
