@@ -36,14 +36,24 @@ class Adam(Optimizer):
             state["exp_avg"] = param.xp.zeros_like(param.data)
             state["exp_avg_sq"] = param.xp.zeros_like(param.data)
         state["step"] += 1
-        t, m, v = state["step"], state["exp_avg"], state["exp_avg_sq"]
+        t, m, v, xp = state["step"], state["exp_avg"], state["exp_avg_sq"], param.xp
+        # Each line below is one pass over the parameter, in place where it can be, into two scratch
+        # arrays: the same arithmetic, in the same order, as the formulas above, without a temporary per
+        # operator (seven arrays of the parameter's size per step otherwise).
+        scratch = xp.multiply(grad, 1 - beta1, dtype=m.dtype)       # (1 - β₁)g
         m *= beta1
-        m += (1 - beta1) * grad
+        m += scratch                                                # m ← β₁m + (1 - β₁)g
+        xp.multiply(grad, 1 - beta2, out=scratch)
+        scratch *= grad                                             # (1 - β₂)g²
         v *= beta2
-        v += (1 - beta2) * grad * grad
+        v += scratch                                                # v ← β₂v + (1 - β₂)g²
         step_size = group["lr"] / (1 - beta1 ** t)
-        denom = param.xp.sqrt(v) / math.sqrt(1 - beta2 ** t) + group["eps"]
-        param.data -= step_size * m / denom
+        denom = xp.sqrt(v, out=scratch)
+        denom /= math.sqrt(1 - beta2 ** t)
+        denom += group["eps"]                                       # √v̂ + ε
+        update = xp.multiply(m, step_size, dtype=m.dtype)
+        update /= denom
+        param.data -= update                                        # θ ← θ - lr·m̂/(√v̂ + ε)
 
 
 class AdamW(Adam):
