@@ -1,6 +1,6 @@
 """Process settings for speed, applied by ``import minitx`` (``apply()``); ``MINITX_TUNE=0`` turns them all off.
 
-Two settings, each made only where the user has not chosen for themselves through the environment. Both
+Three settings, each made only where the user has not chosen for themselves through the environment. Both
 change the whole process, which is why they live here, by name, and not as a side effect of a kernel module.
 
 Threads. Two thread pools share the CPU cores: OpenBLAS's (NumPy's matrix products) and Numba's OpenMP
@@ -19,11 +19,20 @@ so the heap is told to keep freed blocks of up to 256 MiB for reuse, as PyTorch'
 its peak instead of shrinking. Skipped when ``GLIBC_TUNABLES``, ``MALLOC_TRIM_THRESHOLD_`` or
 ``MALLOC_MMAP_THRESHOLD_`` is set, and where the C library is not glibc.
 
+Numba's threads. The kernels' parallel loops run on Numba's own work queue (``NUMBA_THREADING_LAYER=workqueue``),
+whose idle workers sleep, rather than on GNU OpenMP: OpenMP is one runtime per process, shared with PyTorch,
+and when torch is imported before minitx it has already started with spinning workers that
+``OMP_WAIT_POLICY`` can no longer change; the fused kernels then ran slower than the composed ops.
+Measured on two busy cores, the work queue was also faster with minitx imported first (see
+benchmarks/RESULTS.md). The work queue cannot run parallel kernels from two Python threads at once; a
+program that does sets ``NUMBA_THREADING_LAYER=omp`` (or ``tbb``) itself, and then that choice is kept.
+
 ``MINITX_TUNE=0`` in the environment: ``apply()`` changes nothing (threads spin and memory is returned to
-the system, as the libraries do by default). Any other value, or none, applies both settings.
+the system, as the libraries do by default). Any other value, or none, applies all three.
 """
 import ctypes
 import os
+import sys
 
 THREAD_VARIABLES = {"OPENBLAS_THREAD_TIMEOUT": "4",   # spin 2^4 cycles, then sleep (OpenBLAS's minimum)
                     "OMP_WAIT_POLICY": "passive"}     # GNU OpenMP (Numba's threading layer here): sleep
@@ -46,6 +55,16 @@ def _make_idle_threads_sleep():
             applied.append(f"{name}={value}")
 
 
+def _numba_threads_that_sleep(layer="workqueue"):
+    """Numba's parallel loops on its own work queue, unless the user chose a threading layer."""
+    if "NUMBA_THREADING_LAYER" in os.environ:
+        return
+    os.environ["NUMBA_THREADING_LAYER"] = layer
+    if "numba" in sys.modules:  # imported before minitx: its config has read the environment already
+        sys.modules["numba"].config.THREADING_LAYER = layer
+    applied.append(f"NUMBA_THREADING_LAYER={layer}")
+
+
 def _keep_freed_memory(largest=KEEP_FREED_BYTES):
     """Serve blocks up to ``largest`` bytes from the heap, and give the heap's free memory back to the system
     only when more than ``4 * largest`` (1 GiB by default) is free at its top (glibc only; else nothing)."""
@@ -61,9 +80,10 @@ def _keep_freed_memory(largest=KEEP_FREED_BYTES):
 
 
 def apply():
-    """Apply both settings once per process, unless MINITX_TUNE=0. Returns ``applied``."""
+    """Apply the settings once per process, unless MINITX_TUNE=0. Returns ``applied``."""
     if enabled() and not getattr(apply, "done", False):
         apply.done = True
         _make_idle_threads_sleep()
+        _numba_threads_that_sleep()
         _keep_freed_memory()
     return applied

@@ -10,7 +10,7 @@ import sys
 import pytest
 
 USER_VARIABLES = ("MINITX_TUNE", "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GLIBC_TUNABLES",
-                  "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_")
+                  "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "NUMBA_THREADING_LAYER")
 
 
 def run_python(code, **env_vars):
@@ -76,4 +76,31 @@ def test_importing_kernels_alone_changes_nothing():
     code = ("import os, kernels, kernels.reference, kernels.process_settings as p; "
             "print(os.environ.get('OMP_WAIT_POLICY', 'unset'), len(p.applied)); p.apply(); "
             "print(os.environ['OMP_WAIT_POLICY'], len(p.applied))")
-    assert run_python(code) == ["unset", "0", "passive", "3"]
+    assert run_python(code) == ["unset", "0", "passive", "4"]
+
+
+# Which threading layer Numba's parallel loops run on after ``import minitx`` (numba imported first, as torch
+# or a user's own code may do, or not).
+THREADING_LAYER = """
+import sys
+if sys.argv[1] == "numba-first":
+    import numba
+import minitx, numba, numpy as np
+@numba.njit(parallel=True)
+def fill(x):
+    for i in numba.prange(x.shape[0]):
+        x[i] = i
+fill(np.zeros(4))
+print(numba.threading_layer())
+"""
+
+
+@pytest.mark.parametrize("order", ["minitx-first", "numba-first"])
+@pytest.mark.parametrize("env, layer", [({}, "workqueue"), ({"NUMBA_THREADING_LAYER": "omp"}, "omp"),
+                                        ({"MINITX_TUNE": "0"}, None)])
+def test_numba_runs_on_its_work_queue_unless_the_user_chose(order, env, layer):
+    """Numba's parallel loops sleep when idle (its work queue), whichever was imported first; a layer the user
+    chose, or MINITX_TUNE=0, is left alone (Numba's default then picks one, OpenMP where it can)."""
+    code = THREADING_LAYER.replace("sys.argv[1]", repr(order))
+    got = run_python(code, **env)[0]
+    assert got == layer if layer else got != "workqueue"
