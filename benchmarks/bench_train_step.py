@@ -79,7 +79,7 @@ def minitx_model(name: str, c: dict):
     if name == "encoder":
         return SequenceEncoder(c["vocab"], c["dim"], c["heads"], c["ff"], c["layers"], drop_rate=0.0, max_len=1024)
     return GPT(GPTConfig(vocab_size=c["vocab"], max_len=c["seq"], d_model=c["dim"], num_heads=c["heads"],
-                         num_layers=c["layers"], ff_dim=c["ff"], dropout=0.0, activation="gelu"))
+                         num_layers=c["layers"], dim_feedforward=c["ff"], dropout=0.0, activation="gelu"))
 
 
 def torch_gpt(model, torch):
@@ -91,7 +91,7 @@ def torch_gpt(model, torch):
             super().__init__()
             self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
             self.wpe = nn.Parameter(torch.zeros(cfg.max_len, cfg.d_model))
-            layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.num_heads, cfg.ff_dim, dropout=0.0,
+            layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.num_heads, cfg.dim_feedforward, dropout=0.0,
                                                activation="gelu", batch_first=True, norm_first=True)
             self.blocks = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
             self.ln_f = nn.LayerNorm(cfg.d_model)

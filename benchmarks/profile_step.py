@@ -51,7 +51,7 @@ def build(name: str, c: dict):
     if name == "encoder":
         return SequenceEncoder(c["vocab"], c["dim"], c["heads"], c["ff"], c["layers"], drop_rate=0.0, max_len=1024)
     return GPT(GPTConfig(vocab_size=c["vocab"], max_len=c["seq"], d_model=c["dim"], num_heads=c["heads"],
-                         num_layers=c["layers"], ff_dim=c["ff"], dropout=0.0, activation="gelu"))
+                         num_layers=c["layers"], dim_feedforward=c["ff"], dropout=0.0, activation="gelu"))
 
 
 # --------------------------------------------------------------------------------------------- the timers

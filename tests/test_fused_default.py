@@ -27,7 +27,7 @@ def encoder():
 
 def gpt():
     minitx.manual_seed(0)
-    return GPT(GPTConfig(vocab_size=V, max_len=T, d_model=D, num_heads=H, num_layers=L, ff_dim=FF, dropout=0.0,
+    return GPT(GPTConfig(vocab_size=V, max_len=T, d_model=D, num_heads=H, num_layers=L, dim_feedforward=FF, dropout=0.0,
                          activation="gelu"))
 
 
