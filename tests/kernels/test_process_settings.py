@@ -95,9 +95,9 @@ print(numba.threading_layer())
 """
 
 
-@pytest.mark.parametrize("order", ["minitx-first", "numba-first"])
-@pytest.mark.parametrize("env, layer", [({}, "workqueue"), ({"NUMBA_THREADING_LAYER": "omp"}, "omp"),
-                                        ({"MINITX_TUNE": "0"}, None)])
+@pytest.mark.parametrize("order, env, layer", [("minitx-first", {}, "workqueue"), ("numba-first", {}, "workqueue"),
+                                               ("numba-first", {"NUMBA_THREADING_LAYER": "omp"}, "omp"),
+                                               ("minitx-first", {"MINITX_TUNE": "0"}, None)])
 def test_numba_runs_on_its_work_queue_unless_the_user_chose(order, env, layer):
     """Numba's parallel loops sleep when idle (its work queue), whichever was imported first; a layer the user
     chose, or MINITX_TUNE=0, is left alone (Numba's default then picks one, OpenMP where it can)."""
