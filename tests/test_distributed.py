@@ -193,7 +193,55 @@ def test_ranks_started_with_different_data_get_one_clear_error(tmp_path):
     proc = _run(command, tmp_path, timeout=60)
     assert proc.returncode != 0
     assert "error: the 2 ranks disagree" in proc.stderr and "dataset size: rank 0 has" in proc.stderr, proc.stderr
+    assert proc.stderr.count("ranks disagree") == 1, proc.stderr  # every rank found it; rank 0 alone says it
     assert "Traceback" not in proc.stderr
+
+
+# BERT pre-training: random masking in the collator, a loss that is two means over different counts (masked
+# tokens, order labels; single texts have no order label), and dropout: every random draw must be one process's.
+PRETRAIN = ["pretrain", "--documents", "40", "--sentences", "40", "--steps", "6", "--batch-size", "8", "--d-model",
+            "16", "--layers", "1", "--heads", "2", "--vocab-size", "200", "--max-length", "32", "--dropout", "0.1",
+            "--checkpoint-every", "0", "--seed", "0", "--no-progress"]
+
+
+@pytest.fixture(scope="module")
+def pretrained_bert(tmp_path_factory):
+    """`minitx pretrain` in one process: the folder it wrote."""
+    _mpi_or_skip()
+    folder = tmp_path_factory.mktemp("bert") / "A"
+    _ok(_run([sys.executable, "-m", "minitx"] + PRETRAIN + ["--out", folder], folder.parent))
+    return folder
+
+
+def _each_rank_in_its_folder(tmp_path, arguments: list) -> list:
+    """``mpiexec`` with ranks 0 and 1 each in its own working directory (tmp_path/rank0, rank1), every line
+    of output prefixed with its rank ("[0] …")."""
+    minitx = [sys.executable, "-m", "minitx"] + arguments
+    for folder in ("rank0", "rank1"):
+        (tmp_path / folder).mkdir()
+    return [MPIEXEC, "-prepend-rank", "-n", "1", "-wdir", tmp_path / "rank0"] + minitx + [
+        ":", "-n", "1", "-wdir", tmp_path / "rank1"] + minitx
+
+
+def test_pretrain_on_two_ranks_writes_the_weights_of_one_process(pretrained_bert, tmp_path):
+    proc = _ok(_run(_each_rank_in_its_folder(tmp_path, PRETRAIN + ["--out", "B"]), tmp_path))
+    assert proc.stdout.splitlines()[0] == "[0] world size 2" and proc.stdout.count("world size") == 1, proc.stdout
+    assert "[1]" not in proc.stdout + proc.stderr, "rank 1 printed"
+    assert list((tmp_path / "rank1").iterdir()) == [], "rank 1 wrote files"
+    difference, name = _max_difference(pretrained_bert / "model.safetensors", tmp_path / "rank0" / "B" /
+                                       "model.safetensors")
+    assert difference <= 1e-5, f"{name} differs by {difference:.2e}"
+
+
+def test_finetune_runs_on_two_ranks_and_only_rank_0_speaks(pretrained_bert, tmp_path):
+    """finetune's loaders drop the last partial batch, so that every batch splits in two; with progress bars on,
+    every line (bars included) comes from rank 0, and rank 1 writes nothing."""
+    options = ["finetune", "--encoder", pretrained_bert, "--sentences", "60", "--steps", "5", "--batch-size", "8"]
+    one = _ok(_run([sys.executable, "-m", "minitx"] + options + ["--no-progress"], tmp_path))
+    proc = _ok(_run(_each_rank_in_its_folder(tmp_path, options), tmp_path))
+    assert proc.stdout.splitlines() == ["[0] world size 2", f"[0] {one.stdout.strip()}"], proc.stdout
+    assert "fine-tune TaskAdapter" in proc.stderr and "[1]" not in proc.stderr, proc.stderr
+    assert list((tmp_path / "rank1").iterdir()) == [], "rank 1 wrote files"
 
 
 def test_padded_batches_are_averaged_over_the_global_token_count(tmp_path):
