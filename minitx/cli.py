@@ -247,6 +247,7 @@ def cmd_demo(args) -> None:
     from .demo import run_demo
 
     check_out_folder("--out", args.out)
+    start_world(args)
     check_device(args.device)
     run_demo(out_dir=args.out, device=args.device, size="quick" if args.quick else "full", seed=args.seed,
              progress=not args.no_progress)
