@@ -113,6 +113,48 @@ def test_sharded_loader_rejects_batches_it_cannot_split():
         distributed.ShardedLoader(data, 8, SimpleNamespace(rank=0, size=2))
 
 
+def test_ranks_draw_their_piece_of_one_process_dropout_numbers():
+    """Inside backend.batch_piece(r, N) each rank draws the global batch's numbers and keeps piece r: the pieces
+    put together are one process's draw, and every generator ends in one process's state."""
+    from minitx import backend
+
+    backend.manual_seed(5)
+    whole = backend.uniform((6, 3, 5), np.float32)
+    after = backend.get_rng_state()
+    pieces = []
+    for rank in range(3):
+        backend.manual_seed(5)
+        with backend.batch_piece(rank, 3):
+            pieces.append(backend.uniform((2, 3, 5), np.float32))
+        assert backend.get_rng_state() == after
+    np.testing.assert_array_equal(np.concatenate(pieces), whole)
+
+
+def test_sharded_loader_collates_the_global_batch_then_keeps_its_rows():
+    """A random collate function (like MLM masking) and padding to the longest row give each row what one process
+    gives it."""
+
+    def collate(rows):  # pads to the longest row of the batch, draws a random number per row
+        rng = collate.rng
+        longest = max(len(r) for r in rows)
+        return {"ids": np.array([r + [0] * (longest - len(r)) for r in rows]), "noise": rng.random(len(rows)),
+                "texts": [str(r) for r in rows]}
+
+    data = ListDataset([[1] * n for n in (1, 5, 2, 3, 1, 1, 4, 2)])
+    collate.rng = np.random.default_rng(0)
+    whole = next(iter(DataLoader(data, 4, drop_last=True, collate_fn=collate)))
+    for rank in range(2):
+        collate.rng = np.random.default_rng(0)
+        part = next(iter(distributed.ShardedLoader(data, 4, SimpleNamespace(rank=rank, size=2), drop_last=True,
+                                                   collate_fn=collate)))
+        rows = slice(2 * rank, 2 * rank + 2)
+        np.testing.assert_array_equal(part["ids"], whole["ids"][rows])
+        np.testing.assert_array_equal(part["noise"], whole["noise"][rows])
+        assert part["texts"] == whole["texts"][rows]
+    with pytest.raises(TypeError, match="cannot split a batch holding a float"):
+        distributed.rows_of({"x": 1.5}, slice(0, 1))
+
+
 class _FakeWorld(distributed.World):
     """A World whose all-gather returns what the test says the other ranks hold."""
 
