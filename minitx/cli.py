@@ -235,6 +235,9 @@ def start_world(args):
     if world.size > 1:
         if world.is_main:
             print(f"world size {world.size}", flush=True)
+        if getattr(args, "batch_size", 0) % world.size:  # found by every rank, reported by rank 0
+            raise distributed.DistributedError(f"--batch-size {args.batch_size} does not split over {world.size} "
+                                               f"processes: give a multiple of {world.size}", on_every_rank=True)
         args.seed = world.broadcast_seed(args.seed)
         if args.device == "cuda":
             world.use_local_gpu()

@@ -243,6 +243,15 @@ def test_ranks_started_with_different_data_get_one_clear_error(tmp_path):
     assert "Traceback" not in proc.stderr
 
 
+def test_batch_size_that_does_not_split_over_the_ranks_gets_one_line(tmp_path):
+    _mpi_or_skip()
+    proc = _run([sys.executable, "-m", "minitx", "train-gpt", "--batch-size", "3", "--out", tmp_path / "out"],
+                tmp_path, ranks=2, timeout=60)
+    assert proc.returncode != 0 and not (tmp_path / "out").exists()
+    assert proc.stderr.count("error:") == 1 and "--batch-size 3 does not split over 2 processes" in proc.stderr, \
+        proc.stderr
+
+
 # BERT pre-training: random masking in the collator, a loss that is two means over different counts (masked
 # tokens, order labels; single texts have no order label), and dropout: every random draw must be one process's.
 PRETRAIN = ["pretrain", "--documents", "40", "--sentences", "40", "--steps", "6", "--batch-size", "8", "--d-model",
