@@ -8,10 +8,13 @@ CuPy is imported lazily, the first time ``"cuda"`` is asked for, so a CPU-only m
 gets a clear error only when it asks for a GPU.
 
 Also here: the default floating dtype (float32) and the random number generators that make runs
-reproducible (``manual_seed``; ``get_rng_state`` / ``set_rng_state`` for checkpoints).
+reproducible (``manual_seed``; ``get_rng_state`` / ``set_rng_state`` for checkpoints; ``uniform`` for
+dropout masks, drawn as one process would under data parallelism, ``batch_piece``).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import numpy as np
 
@@ -117,6 +120,34 @@ def get_rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     rng("cpu").bit_generator.state = state
+
+
+# Data parallelism (minitx.distributed): during a training step this process holds piece `rank` of `ranks`
+# equal, consecutive pieces of every batch-major array (batch axis first, in C order).
+_batch_piece = (0, 1)
+
+
+@contextlib.contextmanager
+def batch_piece(rank: int, ranks: int):
+    """Within the block, :func:`uniform` draws as one process would for the whole (``ranks`` times larger)
+    batch and keeps piece ``rank``: dropout masks then do not depend on how many processes share a batch."""
+    global _batch_piece
+    previous, _batch_piece = _batch_piece, (rank, ranks)
+    try:
+        yield
+    finally:
+        _batch_piece = previous
+
+
+def uniform(shape: tuple, dtype, device: str = "cpu"):
+    """Numbers uniform in [0, 1) for a batch-major array of ``shape`` (dropout masks), from ``device``'s
+    generator. Inside :func:`batch_piece` (rank r of N) the generator draws N·size numbers, the whole global
+    array in C order, and the result is piece r of them."""
+    rank, ranks = _batch_piece
+    if ranks == 1:
+        return rng(device).random(shape, dtype=dtype)
+    size = int(np.prod(shape))
+    return rng(device).random(ranks * size, dtype=dtype)[rank * size:(rank + 1) * size].reshape(shape)
 
 
 manual_seed(0)

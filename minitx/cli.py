@@ -225,11 +225,32 @@ def load_model(folder: str, expected: str, model_cls, config_cls):
     return model, tokenizer
 
 
+def start_world(args):
+    """This process's :func:`minitx.distributed.world`. Under ``mpiexec -n N`` a training command trains
+    data-parallel: rank 0 alone prints (``world size N`` first), shows progress and writes files, and every
+    rank takes rank 0's ``--seed``."""
+    from . import distributed
+
+    world = distributed.world()
+    if world.size > 1:
+        if world.is_main:
+            print(f"world size {world.size}", flush=True)
+        if getattr(args, "batch_size", 0) % world.size:  # found by every rank, reported by rank 0
+            raise distributed.DistributedError(f"--batch-size {args.batch_size} does not split over {world.size} "
+                                               f"processes: give a multiple of {world.size}", on_every_rank=True)
+        args.seed = world.broadcast_seed(args.seed)
+        if args.device == "cuda":
+            world.use_local_gpu()
+    args.no_progress = args.no_progress or not world.is_main
+    return world
+
+
 # ------------------------------------------------------------------------------------------ sub-commands
 def cmd_demo(args) -> None:
     from .demo import run_demo
 
     check_out_folder("--out", args.out)
+    start_world(args)
     check_device(args.device)
     run_demo(out_dir=args.out, device=args.device, size="quick" if args.quick else "full", seed=args.seed,
              progress=not args.no_progress)
@@ -245,6 +266,7 @@ def cmd_pretrain(args) -> None:
     check_model_shape(args)
     check_out_folder("--out", args.out)
     check_resume(args)
+    world = start_world(args)
     check_device(args.device)
     backend.manual_seed(args.seed)
     documents = ordered_documents(args.documents, seed=args.seed)
@@ -265,6 +287,8 @@ def cmd_pretrain(args) -> None:
                            progress=not args.no_progress, texts=sentences,
                            checkpoint_path=os.path.join(args.out, "checkpoint.safetensors"),
                            checkpoint_every=args.checkpoint_every, resume=args.resume)
+    if not world.is_main:
+        return
     save_folder(args.out, result.model, config, tokenizer)
     print(f"held-out MLM loss {result.metrics['mlm_loss']:.3f} (ln V = {result.metrics['uniform_loss']:.3f}), "
           f"sentence-order accuracy {result.metrics['sop_acc']:.1%}; saved to {args.out}")
@@ -276,6 +300,7 @@ def cmd_finetune(args) -> None:
     from .models import BertConfig, BertForPretraining
     from .pipelines import finetune_adapter, labelled_splits
 
+    world = start_world(args)
     check_device(args.device)
     backend.manual_seed(args.seed)
     model, tokenizer = load_model(args.encoder, "pretrain", BertForPretraining, BertConfig)
@@ -284,12 +309,14 @@ def cmd_finetune(args) -> None:
     else:
         splits = labelled_splits(*sentiment_sentences(args.sentences, seed=args.seed), seed=args.seed)
     result = finetune_adapter(model.bert.to(args.device), tokenizer, splits, steps=args.steps, lr=args.lr,
-                              device=args.device, seed=args.seed, progress=not args.no_progress)
-    print(f"validation accuracy {result.metrics['val_acc']:.1%}, test accuracy {result.metrics['test_acc']:.1%}")
+                              batch_size=args.batch_size, device=args.device, seed=args.seed,
+                              progress=not args.no_progress)
+    if world.is_main:
+        print(f"validation accuracy {result.metrics['val_acc']:.1%}, test accuracy {result.metrics['test_acc']:.1%}")
 
 
 def cmd_train_gpt(args) -> None:
-    from . import backend, distributed
+    from . import backend
     from .data import corpus_text
     from .models import GPTConfig
     from .pipelines import lm_windows, split, train_gpt
@@ -298,12 +325,7 @@ def cmd_train_gpt(args) -> None:
     check_model_shape(args)
     check_out_folder("--out", args.out)
     check_resume(args)
-    world = distributed.world()  # under `mpiexec -n N`: data-parallel; rank 0 prints and writes --out
-    if world.size > 1 and world.is_main:
-        print(f"world size {world.size}", flush=True)
-    args.seed = world.broadcast_seed(args.seed)
-    if args.device == "cuda" and world.size > 1:
-        world.use_local_gpu()
+    world = start_world(args)  # under `mpiexec -n N`: data-parallel; rank 0 prints and writes --out
     check_device(args.device)
     backend.manual_seed(args.seed)
     text = read_text("--text", args.text) if args.text else corpus_text(seed=args.seed)
@@ -508,6 +530,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="built-in sentences to use (at least 20, so the 80/10/10 split has a test sentence)")
     p.add_argument("--steps", type=bounded_int(1, 1_000_000), default=1500, help="classifier steps (on cached features)")
     p.add_argument("--lr", type=positive_float, default=3e-2)
+    p.add_argument("--batch-size", type=bounded_int(1, 4096), default=64,
+                   help="training sentences per step (at most the training split; default: %(default)s)")
     add_common(p)
     p.set_defaults(func=cmd_finetune)
 
@@ -563,27 +587,29 @@ def main(argv=None) -> int:
     if getattr(args, "top_p", None) is not None and not 0 < args.top_p <= 1:
         print(f"minitx {args.command}: error: --top-p must be in (0, 1], got {args.top_p}", file=sys.stderr)
         return 2
-    code = run_command(args.command, args.func, args, debug)
-    if code:  # under MPI the other ranks would wait for this one forever: end them too
-        from .distributed import abort_if_distributed
-
-        abort_if_distributed(code)
-    return code
+    return run_command(args.command, args.func, args, debug)
 
 
 def run_command(command: str, func, arg, debug: bool = False) -> int:
     """func(arg), with the user's mistakes, failures and Ctrl-C reported as one line and an exit status
-    (``debug``: the traceback instead, for bug reports)."""
-    from .distributed import DistributedError  # MPI ranks started with different arguments or files
+    (``debug``: the traceback instead, for bug reports). Under MPI a rank that fails ends the others, which
+    would wait for it forever; an error that every rank found (the ranks disagree) is printed by rank 0 only,
+    and every rank ends by itself."""
+    from .distributed import DistributedError, abort_if_distributed, world  # MPI ranks, when under mpiexec
 
     try:
         func(arg)
     except KeyboardInterrupt:
         print(f"minitx {command}: interrupted", file=sys.stderr)
+        abort_if_distributed(130)
         return 130
     except Exception as exc:
         if debug:
             raise
+        if isinstance(exc, DistributedError) and exc.on_every_rank:
+            if world().is_main:
+                print(f"minitx {command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+            return 2
         status = exc.status if isinstance(exc, CLIError) else 2 if isinstance(exc, DistributedError) else 1
         if isinstance(exc, (CLIError, DistributedError)):
             message = str(exc)
@@ -594,6 +620,7 @@ def run_command(command: str, func, arg, debug: bool = False) -> int:
         else:
             message = f"{type(exc).__name__}: {exc} (run with --debug for the traceback)"
         print(f"minitx {command}: error: {' '.join(message.split())}", file=sys.stderr)
+        abort_if_distributed(status)
         return status
     return 0
 

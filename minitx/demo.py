@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import backend
+from . import backend, distributed
 from .data import corpus_text, ordered_documents, sentiment_sentences
 from .models import BertConfig, GPTConfig
 from .pipelines import (finetune_adapter, finetune_gpt_classifier, generate_text, labelled_splits, pretrain_bert,
@@ -28,9 +28,12 @@ SIZES = {
 
 def run_demo(out_dir: str = "minitx_out/demo", device: str = "cpu", size: str = "full", seed: int = 0,
              progress: bool = True) -> dict:
-    """Run the four stages, print a summary, write plots and CSVs to ``out_dir``; returns the metrics."""
+    """Run the four stages, print a summary, write plots and CSVs to ``out_dir``; returns the metrics.
+    Under ``mpiexec -n N`` every stage trains data-parallel and rank 0 alone prints and writes."""
     s = SIZES[size]
-    os.makedirs(out_dir, exist_ok=True)
+    writes = distributed.world().is_main
+    if writes:
+        os.makedirs(out_dir, exist_ok=True)
     backend.manual_seed(seed)
     started = time.perf_counter()
 
@@ -58,13 +61,14 @@ def run_demo(out_dir: str = "minitx_out/demo", device: str = "cpu", size: str = 
     results["classifier"] = finetune_gpt_classifier(gpt.model, bpe, splits, steps=s["classifier_steps"],
                                                     device=device, seed=seed, progress=progress)
     elapsed = time.perf_counter() - started
-
-    for name, result in results.items():
-        result.history.plot(os.path.join(out_dir, f"{name}_loss.png"), title=f"{name}: training loss")
-        result.history.to_csv(os.path.join(out_dir, f"{name}_history.csv"))
     metrics = {name: result.metrics for name, result in results.items()}
     metrics["sample"] = sample
     metrics["seconds"] = elapsed
+    if not writes:
+        return metrics
+    for name, result in results.items():
+        result.history.plot(os.path.join(out_dir, f"{name}_loss.png"), title=f"{name}: training loss")
+        result.history.to_csv(os.path.join(out_dir, f"{name}_history.csv"))
     print(summary_table(metrics, out_dir))
     return metrics
 

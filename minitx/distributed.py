@@ -38,9 +38,14 @@ environment variable ``MINITX_DIST_TIMEOUT``). A rank killed by a signal is seen
 which then ends the others. (NCCL calls return at once and the GPU waits later, where the watchdog does
 not look.)
 
-Randomness: every rank starts from rank 0's random state, so with dropout the ranks draw the same masks for
-their different rows; such a run is valid but not equal to one process's (without dropout it is, up to
-float32 rounding).
+Randomness, drawn as one process would: every rank starts from rank 0's random state, builds the whole global
+batch (so a random collate function, like BERT's token masking, masks every row as one process would, and
+pads to the global batch's longest row) and keeps its rows; during a training step each dropout draws the
+numbers for the whole global batch and keeps this rank's piece (:func:`minitx.backend.batch_piece`). The
+ranks' generators therefore stay equal to one process's, a run with dropout ends with one process's weights
+(up to float32 rounding), and a checkpoint resumes on any world size. The price is N times the collating and
+the random numbers on every rank (frameworks instead give each rank its own stream, seed + rank, and accept
+that the run differs from one process's).
 """
 
 from __future__ import annotations
@@ -64,7 +69,14 @@ ALGORITHMS = ("mpi", "ring")
 
 
 class DistributedError(RuntimeError):
-    """The ranks of a data-parallel run disagree, or a collective operation failed."""
+    """The ranks of a data-parallel run disagree, or a collective operation failed.
+
+    ``on_every_rank``: every rank raised this same error (a disagreement all of them found), so each can end by
+    itself and only rank 0 needs to report it."""
+
+    def __init__(self, message: str, on_every_rank: bool = False):
+        super().__init__(message)
+        self.on_every_rank = on_every_rank
 
 
 def launched_size() -> int:
@@ -119,9 +131,13 @@ class World:
 
     def sum(self, value: float) -> float:
         """Σ_r value_r, the same on every rank."""
-        buffer = np.array([value], dtype=np.float64)
+        return self.sums([value])[0]
+
+    def sums(self, values) -> list[float]:
+        """[Σ_r values_r[0], Σ_r values_r[1], …] in one all-reduce, the same on every rank."""
+        buffer = np.array(values, dtype=np.float64)
         self.allreduce_(buffer)
-        return float(buffer[0])
+        return [float(v) for v in buffer]
 
     def broadcast_(self, array) -> None:
         """Overwrite ``array`` (NumPy) on every rank with rank 0's, in place."""
@@ -155,7 +171,7 @@ class World:
                     if other.get(key) != everyone[0].get(key)]
         if problems:
             raise DistributedError(f"the {self.size} ranks disagree on {what} (were they started with the same "
-                                   f"arguments and files?): " + "; ".join(problems))
+                                   f"arguments and files?): " + "; ".join(problems), on_every_rank=True)
 
     def use_local_gpu(self) -> None:
         """Make this rank's GPU the current CUDA device: GPU (rank on this node) mod (GPUs on this node).
@@ -282,9 +298,13 @@ class NcclAllReduce:
 # ------------------------------------------------------------------------------------------- the data
 class ShardedLoader(DataLoader):
     """A :class:`~minitx.data.DataLoader` whose ``batch_size`` is the *global* batch and whose batches are
-    this rank's slice of it: rows [r·B/N, (r+1)·B/N) of the batch one process would see. The epoch orders,
-    ``state_dict`` and ``load_state_dict`` are the one-process loader's, so a checkpoint written with N
-    ranks resumes with any number of ranks."""
+    this rank's slice of it: rows [r·B/N, (r+1)·B/N) of the batch one process would see. Every rank collates
+    the whole global batch and keeps its rows (:func:`rows_of`), so a collate function that draws random
+    numbers (MLM masking) or pads to the longest row gives each row exactly what one process gives it, and
+    its random state stays equal on every rank. The epoch orders, ``state_dict`` and ``load_state_dict`` are
+    the one-process loader's, so a checkpoint written with N ranks resumes with any number of ranks.
+
+    Every batch has B rows (``drop_last=True``), so that it splits into N equal slices."""
 
     def __init__(self, dataset, batch_size: int, world: World, **options):
         if batch_size % world.size:
@@ -307,15 +327,22 @@ class ShardedLoader(DataLoader):
         return sharded
 
     def __iter__(self):
-        order = self.epoch_order(self.epoch)
         shard = self.batch_size // self.world.size
-        while self.batches_done < len(self):
-            start = self.batches_done * self.batch_size + self.world.rank * shard
-            indices = order[start:start + shard]
-            self.batches_done += 1
-            yield self.collate_fn([self.dataset[int(i)] for i in indices])
-        self.epoch += 1
-        self.batches_done = 0
+        mine = slice(self.world.rank * shard, (self.world.rank + 1) * shard)
+        for batch in super().__iter__():  # the global batch, as one process collates it
+            yield rows_of(batch, mine)
+
+
+def rows_of(batch, rows: slice):
+    """The ``rows`` of a collated batch: of every array (and list) along its first axis, inside dicts and tuples."""
+    if isinstance(batch, dict):
+        return {key: rows_of(value, rows) for key, value in batch.items()}
+    if isinstance(batch, tuple):
+        return tuple(rows_of(value, rows) for value in batch)
+    if isinstance(batch, list) or getattr(batch, "ndim", 0) >= 1:
+        return batch[rows]
+    raise TypeError(f"ShardedLoader: cannot split a batch holding a {type(batch).__name__} by rows (the collate "
+                    "function must return arrays or lists whose first axis is the batch, in dicts or tuples)")
 
 
 # -------------------------------------------------------------------------------------- the gradients

@@ -99,7 +99,8 @@ def pretrain_bert(documents: list[list[str]], tokenizer: WordPieceTokenizer, con
     optimizer, scheduler = adamw_with_schedule(model.parameters(), lr, steps)
 
     def loss_fn(model, batch):  # the model's own L_MLM + L_SOP (MLM-only batches: L_MLM alone)
-        return model.loss(to_device(batch, device), return_metrics=True)
+        terms, counts, metrics = model.loss_terms(to_device(batch, device))
+        return terms, metrics, counts  # each mean with its count: data-parallel ranks weight them exactly
 
     def eval_fn(model):
         # A fixed masking seed, so every evaluation sees the same masked tokens.
@@ -107,7 +108,7 @@ def pretrain_bert(documents: list[list[str]], tokenizer: WordPieceTokenizer, con
         totals = {"mlm_loss": 0.0, "sop_acc": 0.0}
         for start in range(0, len(val_pairs), batch_size):
             chunk = val_pairs[start:start + batch_size]
-            _, metrics = loss_fn(model, collate(chunk))
+            _, metrics = model.loss(to_device(collate(chunk), device), return_metrics=True)
             for name in totals:  # weighted by the chunk's share of the held-out pairs
                 totals[name] += metrics[name] * len(chunk) / len(val_pairs)
         return {"loss": totals["mlm_loss"], **totals}
@@ -125,7 +126,8 @@ def pretrain_bert(documents: list[list[str]], tokenizer: WordPieceTokenizer, con
 
 
 # ------------------------------------------------------------------------------------ 2. classification
-def _classification_loader(tokenizer: Tokenizer, texts, labels, batch_size, max_length, shuffle, seed):
+def _classification_loader(tokenizer: Tokenizer, texts, labels, batch_size, max_length, shuffle, seed,
+                           drop_last=False):
     """Batches of (tokenised, padded/truncated) texts with their attention mask and labels."""
 
     def collate(examples):
@@ -134,7 +136,15 @@ def _classification_loader(tokenizer: Tokenizer, texts, labels, batch_size, max_
         return {"input_ids": encoded["input_ids"], "attention_mask": encoded["attention_mask"],
                 "labels": np.array(batch_labels, dtype=np.int64)}
 
-    return DataLoader(ListDataset(texts, labels), batch_size, shuffle=shuffle, seed=seed, collate_fn=collate)
+    return DataLoader(ListDataset(texts, labels), batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last,
+                      collate_fn=collate)
+
+
+def training_batch_size(batch_size: int, examples: int) -> int:
+    """The batch size of a training loader: training loaders drop an epoch's last, smaller batch (every
+    step averages equally many examples, and data-parallel ranks split every batch evenly), so the batch is
+    at most the training set."""
+    return min(batch_size, examples)
 
 
 def accuracy(model, tokenizer, texts, labels, batch_size=64, max_length=64, device="cpu") -> float:
@@ -155,7 +165,8 @@ def train_classifier(model, params, tokenizer, splits: dict, steps: int, batch_s
     """Train ``model`` (ids, mask -> logits) on ``splits["train"]`` with AdamW on ``params``; report
     validation accuracy during training and validation/test accuracy at the end."""
     texts, labels = splits["train"]
-    loader = _classification_loader(tokenizer, texts, labels, batch_size, max_length, True, seed)
+    loader = _classification_loader(tokenizer, texts, labels, training_batch_size(batch_size, len(texts)),
+                                    max_length, True, seed, drop_last=True)
     optimizer, scheduler = adamw_with_schedule(params, lr, steps, weight_decay=weight_decay)
 
     def loss_fn(model, batch):
@@ -206,7 +217,8 @@ def finetune_adapter(encoder, tokenizer, splits: dict, steps: int = 1500, batch_
     features = {name: adapter_features(adapter, tokenizer, texts, max_length=max_length, progress=progress)
                 for name, (texts, _) in splits.items()}
     labels = {name: np.asarray(y, dtype=np.int64) for name, (_, y) in splits.items()}
-    loader = DataLoader(ListDataset(features["train"], labels["train"]), batch_size, shuffle=True, seed=seed)
+    loader = DataLoader(ListDataset(features["train"], labels["train"]),
+                        training_batch_size(batch_size, len(labels["train"])), shuffle=True, seed=seed, drop_last=True)
     optimizer, scheduler = adamw_with_schedule(adapter.classifier_parameters(), lr, steps)
 
     def loss_fn(model, batch):

@@ -22,7 +22,10 @@ by its share of the global batch and sums the gradients over the ranks before cl
 step. Only rank 0 shows progress, prints and writes checkpoints; every rank reads them. A ``loss_fn`` whose
 loss is a mean over a varying number of items (tokens that are not padding) may return that number as a
 third element, ``(loss, metrics, count)``: the shares are then count / (the global batch's count), so the
-gradient is that of the mean over the global batch, exactly as one process would compute it. Logged
+gradient is that of the mean over the global batch, exactly as one process would compute it; a sum of
+such means returns dicts, ``({term: mean}, metrics, {term: count})``. Every rank collates the whole global
+batch and keeps its rows, and dropout draws the whole global batch's mask and keeps this rank's piece
+(``backend.batch_piece``), so random masks are one process's too. Logged
 metrics other than the loss are rank 0's slice's; evaluation runs on every rank (the replicas agree). On
 GPUs, call ``world.use_local_gpu()`` before moving the model to ``"cuda"``.
 """
@@ -41,7 +44,9 @@ from . import backend, distributed, io
 from .optim import clip_grad_norm_
 from .tensor import no_grad
 
-LossFn = Callable[..., tuple]  # (model, batch) -> (loss Tensor, {metric name: float}[, count of items averaged])
+# (model, batch) -> (loss Tensor, {metric name: float}[, count of items averaged]), or for a sum of means
+# ({term: mean Tensor}, metrics, {term: count})
+LossFn = Callable[..., tuple]
 
 
 @dataclass
@@ -161,10 +166,12 @@ class Trainer:
         k = self.config.accumulation
         total_loss, metrics = 0.0, {}
         for _ in range(k):
-            loss, batch_metrics, *count = self.loss_fn(self.model, self._next_batch())
-            share = self._share(count[0] if count else None)  # this rank's part of the global micro-batch
-            (loss * share / k).backward()
-            total_loss += loss.item() * share / k
+            with backend.batch_piece(self.world.rank, self.world.size):  # dropout draws as one process would
+                loss, batch_metrics, *count = self.loss_fn(self.model, self._next_batch())
+                loss = self._part_of_global_loss(loss, count[0] if count else None)
+                if loss is not None:  # None: this rank's slice has nothing to average
+                    (loss / k).backward()
+                    total_loss += loss.item() / k
             for name, value in batch_metrics.items():
                 metrics[name] = metrics.get(name, 0.0) + value / k
         if self._reducer is not None:  # Σ over the ranks of the share-scaled gradients (and losses)
@@ -189,13 +196,28 @@ class Trainer:
         row.update(metrics)
         return row
 
-    def _share(self, count) -> float:
-        """This rank's weight in the global batch's mean: 1/N for equal slices, else count / Σ counts."""
+    def _part_of_global_loss(self, loss, count):
+        """This rank's part of the global micro-batch's loss: L_r · s_r, with the share s_r = 1/N for equal
+        slices, or n_r / Σ_s n_s for a mean over n_r items (``count``). A loss that is a sum of means over
+        different items (BERT's L_MLM + L_SOP) comes as dicts, {term: mean} and {term: count}, each term
+        weighted by its own share; a term whose count is 0 on this rank may be missing (None: no term left)."""
+        terms, counts = (loss, count) if isinstance(loss, dict) else ({"loss": loss}, {"loss": count})
         if self.world.size == 1:
-            return 1.0
-        if count is None:
-            return 1.0 / self.world.size
-        return float(count) / self.world.sum(float(count))
+            if not terms:
+                raise ValueError(f"Trainer: the batch has nothing to average (loss_fn returned no term; counts {counts})")
+            shares = dict.fromkeys(terms, 1.0)
+        elif count is None:
+            shares = dict.fromkeys(terms, 1.0 / self.world.size)
+        else:
+            names = sorted(counts)
+            totals = dict(zip(names, self.world.sums([float(counts[n]) for n in names])))
+            if not any(totals.values()):
+                raise ValueError(f"Trainer: the global batch has nothing to average (counts {counts} on every rank)")
+            shares = {name: float(counts[name]) / totals[name] for name in terms}
+        part = None
+        for name, term in terms.items():
+            part = term * shares[name] if part is None else part + term * shares[name]
+        return part
 
     def evaluate(self) -> dict:
         if self.eval_fn is None:

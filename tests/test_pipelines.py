@@ -76,10 +76,11 @@ def test_every_stage_runs_and_reports(tmp_path):
 
 def test_pretraining_with_only_mlm_texts_in_a_batch(monkeypatch):
     """A batch holding only MLM texts (order label IGNORE_INDEX) trains MLM alone instead of a 0/0 SOP loss,
-    and the loss trained on is the model's own BertForPretraining.loss."""
+    and the loss trained on is the model's own (BertForPretraining.loss_terms, the terms of its loss)."""
     calls = []
-    model_loss = BertForPretraining.loss
-    monkeypatch.setattr(BertForPretraining, "loss", lambda self, *a, **k: calls.append(1) or model_loss(self, *a, **k))
+    model_terms = BertForPretraining.loss_terms
+    monkeypatch.setattr(BertForPretraining, "loss_terms",
+                        lambda self, *a, **k: calls.append(1) or model_terms(self, *a, **k))
     backend.manual_seed(0)
     documents = ordered_documents(20, seed=0)
     texts = [f"sentence number {i} is here" for i in range(200)]  # 18 pairs vs 200 texts: MLM-only batches

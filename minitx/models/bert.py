@@ -174,23 +174,32 @@ class BertForPretraining(Module):
         of single texts (MLM only, no order label) trains MLM alone. With ``return_metrics`` the result is
         ``(L, metrics)``, metrics = {"mlm_loss", and when the batch has order labels "sop_loss", "sop_acc"}.
         """
-        mlm_logits, sop_logits = self(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
-        terms, metrics = [], {}
-        for name, logits, labels in (("mlm", mlm_logits, batch["labels"]), ("sop", sop_logits, batch["sop_labels"])):
-            counted = _as_array(labels) != F.IGNORE_INDEX  # (B, T) for MLM, (B,) for SOP
-            if counted.any():
-                terms.append(F.cross_entropy(logits, labels, ignore_index=F.IGNORE_INDEX))
-                if return_metrics:
-                    metrics[f"{name}_loss"] = terms[-1].item()
+        terms, _, metrics = self.loss_terms(batch)
         if not terms:
             raise ValueError("BertForPretraining.loss: the batch has no masked token and no order label "
                              "(every labels and sop_labels entry is IGNORE_INDEX)")
-        total = terms[0] if len(terms) == 1 else terms[0] + terms[1]
-        if return_metrics and "sop_loss" in metrics:
+        total = terms.get("mlm")
+        if "sop" in terms:
+            total = terms["sop"] if total is None else total + terms["sop"]
+        return (total, metrics) if return_metrics else total
+
+    def loss_terms(self, batch: dict) -> tuple[dict, dict, dict]:
+        """The two means of :meth:`loss` apart, with how many targets each averages over:
+        ``({"mlm": L_MLM, "sop": L_SOP}, {"mlm": masked positions, "sop": order labels}, metrics)``; a term
+        with no target is left out of the first dict (its count is 0). Data-parallel training weights each
+        term by its own share of the global batch's targets (:class:`minitx.train.Trainer`)."""
+        mlm_logits, sop_logits = self(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
+        terms, counts, metrics = {}, {}, {}
+        for name, logits, labels in (("mlm", mlm_logits, batch["labels"]), ("sop", sop_logits, batch["sop_labels"])):
+            counts[name] = int((_as_array(labels) != F.IGNORE_INDEX).sum())  # over (B, T) for MLM, (B,) for SOP
+            if counts[name]:
+                terms[name] = F.cross_entropy(logits, labels, ignore_index=F.IGNORE_INDEX)
+                metrics[f"{name}_loss"] = terms[name].item()
+        if "sop" in terms:
             order = _as_array(batch["sop_labels"])  # (B,)
             hits = (sop_logits.data.argmax(axis=-1) == order)[order != F.IGNORE_INDEX]
             metrics["sop_acc"] = float(hits.mean())
-        return (total, metrics) if return_metrics else total
+        return terms, counts, metrics
 
 
 def _as_array(value):

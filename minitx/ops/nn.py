@@ -193,7 +193,7 @@ class Dropout(Function):
 
     def forward(self, x, p: float):
         xp = get_array_module(x)
-        keep = backend.rng(backend.device_of(x)).random(x.shape, dtype=x.dtype) >= p
+        keep = backend.uniform(x.shape, x.dtype, backend.device_of(x)) >= p  # see backend.batch_piece
         self.scaled_mask = keep * x.dtype.type(1 / (1 - p)) if p < 1 else xp.zeros_like(x)
         return x * self.scaled_mask
 
