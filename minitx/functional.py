@@ -15,6 +15,8 @@ import math
 
 import numpy as np
 
+from kernels.activations import ACTIVATIONS
+
 from . import backend, ops
 from .ops.fused import FusedAttention, FusedFeedForward
 from .tensor import Tensor
@@ -429,7 +431,10 @@ def combine_masks(scores_shape: tuple, attn_mask, key_padding_mask, is_causal: b
     return combined
 
 
-_ACTIVATIONS = {"relu": relu, "gelu": gelu, "gelu_tanh": lambda x: gelu(x, approximate="tanh")}
+# The composed path's form of each activation of the kernels' one table (kernels/activations.py), so that the
+# composed and the fused paths accept the same names (tests/test_nn.py checks the keys are ACTIVATIONS).
+_ACTIVATIONS = {"identity": lambda x: x, "relu": relu, "gelu": gelu,
+                "gelu_tanh": lambda x: gelu(x, approximate="tanh")}
 
 
 def feed_forward(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tensor | None, activation: str = "relu",
@@ -437,13 +442,14 @@ def feed_forward(x: Tensor, w1: Tensor, b1: Tensor | None, w2: Tensor, b2: Tenso
     """FFN(x) = act(x W₁ᵀ + b₁) W₂ᵀ + b₂, applied to every position on its own (act = ReLU gives the
     paper's max(0, xW₁ + b₁)W₂ + b₂; weights stored (out, in) as in PyTorch).
 
-    Shapes: x (…, D), w1 (F, D), b1 (F,), w2 (D, F), b2 (D,) -> (…, D). ``activation`` is "relu", "gelu"
-    (exact erf) or "gelu_tanh"; dropout with probability ``dropout_p`` acts on the hidden layer (…, F), as
-    in ``torch.nn.TransformerEncoderLayer``. ``fused`` picks the implementation as in
-    :func:`scaled_dot_product_attention` (the fused kernel has no dropout and needs both biases).
+    Shapes: x (…, D), w1 (F, D), b1 (F,), w2 (D, F), b2 (D,) -> (…, D). ``activation`` is a name of the
+    kernels' table (kernels/activations.py): "identity", "relu", "gelu" (exact erf) or "gelu_tanh"; dropout
+    with probability ``dropout_p`` acts on the hidden layer (…, F), as in ``torch.nn.TransformerEncoderLayer``.
+    ``fused`` picks the implementation as in :func:`scaled_dot_product_attention` (the fused kernel has no
+    dropout and needs both biases).
     """
-    if activation not in _ACTIVATIONS:
-        raise ValueError(f"feed_forward: activation must be one of {tuple(_ACTIVATIONS)}, got {activation!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"feed_forward: activation must be one of {ACTIVATIONS}, got {activation!r}")
     dropping = dropout_p > 0 and training
     no_bias = b1 is None or b2 is None
     if _choose_fused(fused, not (dropping or no_bias), "dropout" if dropping else "a missing bias", "feed_forward"):

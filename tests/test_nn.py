@@ -224,3 +224,22 @@ def test_dropout_only_in_training_mode():
     layer.eval()
     assert all(not m.training for m in layer.modules())
     np.testing.assert_array_equal(layer(x).numpy(), layer(x).numpy())
+
+
+def test_feed_forward_accepts_exactly_the_kernels_activation_table():
+    """functional.feed_forward and the fused kernels read one table (kernels/activations.py): every name in it
+    (identity included, which the composed path used to refuse) gives the same FFN on both paths, and any
+    other name is refused by both."""
+    from kernels.activations import ACTIVATIONS
+    from minitx import functional as F
+
+    x, w1, b1, w2, b2 = (randn(*shape, seed=i) for i, shape in enumerate([(5, 4), (6, 4), (6,), (4, 6), (4,)]))
+    for activation in ACTIVATIONS:
+        composed = F.feed_forward(x, w1, b1, w2, b2, activation, fused=False)
+        fused = F.feed_forward(x, w1, b1, w2, b2, activation, fused=True)
+        np.testing.assert_allclose(composed.data, fused.data, rtol=1e-10, atol=1e-12, err_msg=activation)
+    identity = F.feed_forward(x, w1, b1, w2, b2, "identity", fused=False).data
+    np.testing.assert_allclose(identity, (x.data @ w1.data.T + b1.data) @ w2.data.T + b2.data, rtol=1e-12)
+    for fused in (False, True):
+        with pytest.raises(ValueError, match="activation must be one of .*'identity'.*got 'swish'"):
+            F.feed_forward(x, w1, b1, w2, b2, "swish", fused=fused)
