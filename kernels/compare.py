@@ -7,6 +7,8 @@ kernel family in the registries (kernels/versions.py) of ``cpu`` (kernels.cpu,
 Numba) and ``cuda`` (kernels.cuda, numba.cuda; only when a GPU is available),
 labelled like ``cpu v1`` or ``cuda v3``, and ``torch`` (torch.softmax and
 scaled_dot_product_attention, forward only; only when torch is importable).
+The quantised products (Q4_1, Q8_0: one token through a matrix) have no torch
+row; their NumPy reference de-quantises the matrix on every call.
 
 Columns
 -------
@@ -42,7 +44,8 @@ import numpy as np  # noqa: E402
 
 from kernels import reference  # noqa: E402
 from kernels.process_settings import M_MMAP_THRESHOLD  # noqa: E402
-from kernels.testing import attention_case, ffn_case, max_abs_error, relative_error  # noqa: E402
+from kernels.testing import (attention_case, ffn_case, max_abs_error, q4_1_case, q8_0_case,  # noqa: E402
+                             relative_error)
 from kernels.versions import families  # noqa: E402
 
 
@@ -125,6 +128,14 @@ def _ffn_fwd_bwd(backend):
     return run
 
 
+def _q4_1_linear(backend):
+    return lambda c: (backend.q4_1_linear(c["x"], c["scale"], c["minimum"], c["packed"]),)
+
+
+def _q8_0_linear(backend):
+    return lambda c: (backend.q8_0_linear(c["x"], c["scale"], c["quants"]),)
+
+
 class _TorchBackend:
     """torch.softmax and scaled_dot_product_attention (forward only), on the CPU."""
 
@@ -148,7 +159,7 @@ class _TorchBackend:
 def _backends():
     """{label: {family: implementation}}: the NumPy reference, every registered CPU and (on a GPU) CUDA version,
     and torch where it is installed. An implementation has the reference's function names."""
-    backends = {"numpy": {family: reference for family in ("softmax", "attention", "ffn")}}
+    backends = {"numpy": {family: reference for family in ("softmax", "attention", "ffn", "quantized")}}
     from numba import config, cuda
     names = ["cpu"] + (["cuda"] if cuda.is_available() and not config.ENABLE_CUDASIM else [])  # the simulator
     for name in names:                                                     # counts as available: excluded
@@ -170,10 +181,12 @@ def _cases(quick):
         attn_shapes = [(2, 2, 64, 16)]
         ffn_shapes = [(256, 32, 128)]
         softmax_shapes = [(2, 4, 64, 128)]
+        quantized_shapes = [(1, 64, 128)]
     else:
         attn_shapes = [(8, 4, 256, 32), (8, 4, 512, 32)]
         ffn_shapes = [(1024, 128, 512), (4096, 256, 1024)]
         softmax_shapes = [(8, 4, 512, 512)]
+        quantized_shapes = [(1, 1536, 576), (1, 576, 1536)]   # one token through SmolLM2's FFN matrices
     cases = []
     for shape in softmax_shapes:
         def build(rng, shape=shape):
@@ -190,6 +203,12 @@ def _cases(quick):
         def build(rng, n=n, d=d, f=f):
             return ffn_case(rng, n, d, f, np.float32)
         cases.append(("ffn gelu fwd+bwd", "ffn", f"N{n} D{d} F{f}", build, _ffn_fwd_bwd, False))
+    for n, o, i in quantized_shapes:
+        label = f"N{n} O{o} in{i}"
+        cases.append(("q4_1 x W^T", "quantized", label,
+                      lambda rng, n=n, o=o, i=i: q4_1_case(rng, n, o, i, np.float32), _q4_1_linear, True))
+        cases.append(("q8_0 x W^T", "quantized", label,
+                      lambda rng, n=n, o=o, i=i: q8_0_case(rng, n, o, i, np.float32), _q8_0_linear, True))
     return cases
 
 

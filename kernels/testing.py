@@ -1,6 +1,6 @@
 """Helpers shared by the kernel tests, the CUDA checks and ``kernels.compare``.
 
-* random inputs (never zeros) with padding, causal and fully masked rows,
+* random inputs (never zeros) with padding, causal and fully masked rows; quantised weights (Q4_1, Q8_0),
 * the error measure and the tolerances every backend must meet.
 
 Error measure: ``relative_error(got, want) = max |got - want| / max |want|``
@@ -91,3 +91,21 @@ def ffn_case(rng, n, d, f, dtype):
         "b2": _normal(rng, (d,), dtype),
         "dy": _normal(rng, (n, d), dtype),
     }
+
+
+def q4_1_case(rng, n, out_features, in_features, dtype):
+    """Random x (N, in) and W (O, in) as Q4_1: scale, minimum (O, in/32) and packed (O, in/32, 16) uint8, the
+    sizes of SmolLM2's blocks (scales ~0.001-0.05, minima <= 0)."""
+    nb = in_features // 32
+    return {"x": _normal(rng, (n, in_features), dtype),
+            "scale": rng.uniform(0.001, 0.05, (out_features, nb)).astype(dtype),
+            "minimum": rng.uniform(-0.4, 0.0, (out_features, nb)).astype(dtype),
+            "packed": rng.integers(0, 256, (out_features, nb, 16), dtype=np.uint8)}
+
+
+def q8_0_case(rng, n, out_features, in_features, dtype):
+    """Random x (N, in) and W (O, in) as Q8_0: scale (O, in/32) and quants (O, in/32, 32) int8."""
+    nb = in_features // 32
+    return {"x": _normal(rng, (n, in_features), dtype),
+            "scale": rng.uniform(0.001, 0.05, (out_features, nb)).astype(dtype),
+            "quants": rng.integers(-128, 128, (out_features, nb, 32), dtype=np.int8)}

@@ -11,7 +11,7 @@ its registry, ``VERSIONS``, built by ``registry``::
     )
 
 Each version gives its functions under the NumPy reference's names (``softmax``; ``attention_forward`` and
-``attention_backward``; ``ffn_forward`` and ``ffn_backward``), with the reference's parameters first and
+``attention_backward``; ``ffn_forward`` and ``ffn_backward``; ``q4_1_linear`` and ``q8_0_linear``), with the reference's parameters first and
 only tuning knobs after them, so a ``Version`` can stand wherever the reference module does:
 ``version.attention_forward(q, k, v)``. ``kernels.compare``, ``kernels.cuda.check``, the benchmarks and the
 tests loop over ``families(backend)``, so adding a version is one entry in its family's file (and its code
@@ -21,7 +21,8 @@ import importlib
 
 FAMILIES = {"softmax": ("softmax",),
             "attention": ("attention_forward", "attention_backward"),
-            "ffn": ("ffn_forward", "ffn_backward")}
+            "ffn": ("ffn_forward", "ffn_backward"),
+            "quantized": ("q4_1_linear", "q8_0_linear")}
 BACKENDS = ("cpu", "cuda")
 
 

@@ -1,6 +1,7 @@
-"""Numba CPU kernels: fused softmax, tiled (flash-style) attention, fused FFN.
+"""Numba CPU kernels: fused softmax, tiled (flash-style) attention, fused FFN, products by quantised weights.
 
-Laid out like ``kernels/cuda``: one module per kernel family (``softmax``, ``attention``, ``ffn``), each ending
+Laid out like ``kernels/cuda``: one module per kernel family (``softmax``, ``attention``, ``ffn``,
+``quantized``), each ending
 with its registry of versions (``VERSIONS``, see kernels/versions.py), and ``_common`` for what they share
 (the float32 exp, dtype checks, BLAS threads inside parallel loops). Same signatures and conventions as
 ``kernels.reference`` (see its docstring); the attention functions take two extra tuning knobs, ``block_q``
@@ -17,6 +18,8 @@ Design
   (see ``_common.one_blas_thread_per_task``).
 * exp: float32 uses ``_common.exp32``, a polynomial the compiler vectorises (``math.exp`` is a scalar library
   call, about 5x slower per element); float64 keeps ``math.exp``.
+* Quantised weights (Q4_1, Q8_0): y = x Wᵀ read from the packed blocks, W never de-quantised (see
+  quantized.py).
 * FFN: the matmuls are NumPy/BLAS calls; bias + activation (forward) and activation + activation-derivative
   (backward) are fused into one pass each (see ffn.py).
 
@@ -24,10 +27,12 @@ Design
 never enabled.
 
 The package's functions are each family's default version: ``softmax``, ``attention_forward``,
-``attention_backward``, ``ffn_forward``, ``ffn_backward``.
+``attention_backward``, ``ffn_forward``, ``ffn_backward``, ``q4_1_linear``, ``q8_0_linear``.
 """
 from kernels.cpu.attention import attention_backward, attention_forward
 from kernels.cpu.ffn import ffn_backward, ffn_forward
+from kernels.cpu.quantized import q4_1_linear, q8_0_linear
 from kernels.cpu.softmax import softmax
 
-__all__ = ["softmax", "attention_forward", "attention_backward", "ffn_forward", "ffn_backward"]
+__all__ = ["softmax", "attention_forward", "attention_backward", "ffn_forward", "ffn_backward", "q4_1_linear",
+           "q8_0_linear"]

@@ -6,11 +6,14 @@
   memory), v2 flash-style tiles in shared memory with an online softmax.
 * ``ffn``: a shared-memory tiled matmul with fused bias / activation
   epilogues, used for the FFN forward and backward.
+* ``quantized``: y = x W^T with W as Q4_1 or Q8_0 blocks, one thread block
+  per output element, W never de-quantised in memory.
 
 The package exposes the fused-op API of ``kernels.cpu``: ``attention_forward``
 and ``attention_backward`` (the v2 kernels), ``ffn_forward`` and
-``ffn_backward``, with the same arguments and conventions as kernels.reference
-plus a tuning knob (``block_size``, ``tile``).
+``ffn_backward``, ``q4_1_linear`` and ``q8_0_linear``, with the same arguments
+and conventions as kernels.reference plus a tuning knob (``block_size``,
+``tile``).
 
 Every kernel accepts NumPy arrays (copied to the device, results copied back as
 NumPy arrays), CuPy arrays (results are CuPy arrays on the same memory, no
@@ -22,5 +25,6 @@ are used, so every kernel also runs under the simulator.
 from kernels.cuda.attention import attention_backward_v2 as attention_backward
 from kernels.cuda.attention import attention_forward_v2 as attention_forward
 from kernels.cuda.ffn import ffn_backward, ffn_forward
+from kernels.cuda.quantized import q4_1_linear, q8_0_linear
 
-__all__ = ["attention_forward", "attention_backward", "ffn_forward", "ffn_backward"]
+__all__ = ["attention_forward", "attention_backward", "ffn_forward", "ffn_backward", "q4_1_linear", "q8_0_linear"]

@@ -25,8 +25,9 @@ from numba import cuda
 import kernels.cuda
 from kernels import cpu, reference
 from kernels.activations import ACTIVATIONS
-from kernels.cuda import _common, attention, ffn, softmax
-from kernels.testing import TOLERANCE, attention_case, ffn_case, relative_error, softmax_case
+from kernels.cuda import _common, attention, ffn, quantized, softmax
+from kernels.testing import (TOLERANCE, attention_case, ffn_case, q4_1_case, q8_0_case, relative_error,
+                             softmax_case)
 
 BLOCK = 8
 TILE = 4
@@ -163,12 +164,35 @@ def check_ffn(failures, rng):
                 _report(failures, f"ffn_backward {name} {label}", g, w)
 
 
+def check_quantized(failures, rng):
+    """Q4_1 and Q8_0 products, float32 and float64, for every version: 5 output rows, 2 rows of x, in = 96 (3
+    quantisation blocks, 48 packed bytes a row: each of the 8 threads strides over several), plus one row of
+    x in = 32 (fewer bytes than threads)."""
+    for dtype, (n, o, i) in [(np.float32, (2, 5, 96)), (np.float64, (2, 5, 96)), (np.float32, (1, 3, 32))]:
+        q4, q8 = q4_1_case(rng, n, o, i, dtype), q8_0_case(rng, n, o, i, dtype)
+        q4_args, q8_args = (q4["x"], q4["scale"], q4["minimum"], q4["packed"]), (q8["x"], q8["scale"], q8["quants"])
+        for version in quantized.VERSIONS.values():
+            label = f"{version.name} {np.dtype(dtype).name} N={n} O={o} in={i}"
+            _report(failures, f"q4_1_linear {label}", tiny(version.q4_1_linear)(*q4_args),
+                    reference.q4_1_linear(*q4_args))
+            _report(failures, f"q8_0_linear {label}", tiny(version.q8_0_linear)(*q8_args),
+                    reference.q8_0_linear(*q8_args))
+    got = quantized.q4_1_linear(*(cuda.to_device(a) for a in q4_args), block_size=BLOCK)
+    _report(failures, "q4_1_linear device arrays", got, reference.q4_1_linear(*q4_args), on_device=True)
+    try:
+        quantized.q4_1_linear(q4_args[0][:, :16], *q4_args[1:], block_size=BLOCK)
+        _line(failures, "q4_1_linear refuses x of the wrong width", False, "no error")
+    except ValueError as e:
+        _line(failures, "q4_1_linear refuses x of the wrong width", True, str(e)[:60])
+
+
 def check_package_api(failures, rng):
     """kernels.cuda.attention_forward, ... have kernels.cpu's signature and give NumPy results for NumPy inputs.
 
     Both backends take kernels.reference's parameters first, then only tuning knobs with defaults.
     """
-    for name in ("attention_forward", "attention_backward", "ffn_forward", "ffn_backward"):
+    for name in ("attention_forward", "attention_backward", "ffn_forward", "ffn_backward", "q4_1_linear",
+                 "q8_0_linear"):
         common = list(inspect.signature(getattr(reference, name)).parameters.values())
         same = True
         for module in (cpu, kernels.cuda):
@@ -201,7 +225,7 @@ def main():
     rng = np.random.default_rng(0)
     failures = []
     for check in (check_softmax, check_attention, check_small_tiles, check_device_arrays, check_ffn,
-                  check_package_api):
+                  check_quantized, check_package_api):
         check(failures, rng)
     print(f"{len(failures)} failed" if failures else "all CUDA checks passed")
     return 1 if failures else 0

@@ -1,11 +1,15 @@
-"""The Q4_1 kernel (kernels/cpu/quantized.py) against the NumPy reference (de-quantise, then one product),
-outputs poisoned with NaN first; every version in its registry runs every case."""
+"""The Q4_1 and Q8_0 kernels (kernels/cpu/quantized.py) against the NumPy reference (de-quantise, then one
+product), outputs poisoned with NaN first; every version of the "quantized" family in the CPU registry
+(kernels/versions.py) runs every case. (The CUDA versions: kernels/cuda/check.py, in the simulator.)"""
 import numpy as np
 import pytest
 
-from kernels import reference
+from kernels import cpu, reference
 from kernels.cpu import _common, quantized
-from kernels.testing import assert_close
+from kernels.testing import assert_close, q4_1_case, q8_0_case
+from kernels.versions import families
+
+VERSIONS = list(families("cpu")["quantized"].values())
 
 
 @pytest.fixture(autouse=True)
@@ -13,19 +17,20 @@ def poison_outputs(monkeypatch):
     monkeypatch.setattr(_common, "empty", lambda shape, dtype: np.full(shape, np.nan, dtype=dtype))
 
 
-def q4_1_case(rng, n, out_features, in_features, dtype):
-    nb = in_features // 32
-    scale = rng.uniform(0.001, 0.05, (out_features, nb)).astype(dtype)
-    minimum = rng.uniform(-0.4, 0.0, (out_features, nb)).astype(dtype)
-    packed = rng.integers(0, 256, (out_features, nb, 16), dtype=np.uint8)
-    return rng.standard_normal((n, in_features)).astype(dtype), scale, minimum, packed
+def q4_1_args(rng, n, out_features, in_features, dtype):
+    c = q4_1_case(rng, n, out_features, in_features, dtype)
+    return c["x"], c["scale"], c["minimum"], c["packed"]
 
 
-@pytest.mark.parametrize("version", list(quantized.VERSIONS.values()), ids=lambda v: v.name)
+def test_the_package_functions_are_registered_versions():
+    assert any(v.q4_1_linear is cpu.q4_1_linear and v.q8_0_linear is cpu.q8_0_linear for v in VERSIONS)
+
+
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n, out_features, in_features", [(1, 1, 32), (1, 70, 96), (5, 33, 576)])
 def test_q4_1_linear_equals_dequantised_product(version, dtype, n, out_features, in_features):
-    case = q4_1_case(np.random.default_rng(n + out_features), n, out_features, in_features, dtype)
+    case = q4_1_args(np.random.default_rng(n + out_features), n, out_features, in_features, dtype)
     got = version.q4_1_linear(*case, rows_per_task=8)
     assert got.dtype == dtype and got.shape == (n, out_features)
     assert_close("q4_1_linear", got, reference.q4_1_linear(*case))
@@ -42,20 +47,18 @@ def test_reference_nibble_order():
 
 
 def test_q4_1_linear_rejects_bad_shapes():
-    x, scale, minimum, packed = q4_1_case(np.random.default_rng(0), 2, 4, 64, np.float32)
+    x, scale, minimum, packed = q4_1_args(np.random.default_rng(0), 2, 4, 64, np.float32)
     with pytest.raises(ValueError, match="q4_1_linear: expected x"):
         quantized.q4_1_linear(x[:, :40], scale, minimum, packed)
     with pytest.raises(TypeError, match="mixed dtypes"):
         quantized.q4_1_linear(x.astype(np.float64), scale, minimum, packed)
 
 
-@pytest.mark.parametrize("version", list(quantized.VERSIONS.values()), ids=lambda v: v.name)
+@pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("n, out_features, in_features", [(1, 1, 32), (3, 70, 96)])
 def test_q8_0_linear_equals_dequantised_product(version, dtype, n, out_features, in_features):
-    rng = np.random.default_rng(n)
-    scale = rng.uniform(0.001, 0.05, (out_features, in_features // 32)).astype(dtype)
-    quants = rng.integers(-128, 128, (out_features, in_features // 32, 32), dtype=np.int8)
-    x = rng.standard_normal((n, in_features)).astype(dtype)
+    c = q8_0_case(np.random.default_rng(n), n, out_features, in_features, dtype)
+    x, scale, quants = c["x"], c["scale"], c["quants"]
     assert_close("q8_0_linear", version.q8_0_linear(x, scale, quants, rows_per_task=8),
                  reference.q8_0_linear(x, scale, quants))
