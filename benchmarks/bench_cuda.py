@@ -15,6 +15,9 @@ after two warm-up calls (compilation, cuBLAS handles, caches).
    speed). CuPy computes float32 products in full float32 unless CUPY_TF32=1 is set; the script reports
    which.
 3. The whole FFN (gelu) forward + backward, ``kernels.cuda`` vs the CuPy reference.
+4. One token (N=1) through a matrix held as Q4_1 and as Q8_0 (O=8192, in=2048): every ``kernels.cuda``
+   quantised version against the CuPy reference (de-quantise, then cuBLAS) and against the float32 product
+   with the matrix de-quantised beforehand ("float32 W", cuBLAS), the path a Q4_1 kernel must beat.
 
 Errors are ``kernels.testing.relative_error`` against the CuPy reference. ``--quick`` runs small shapes: it
 checks that the script runs on a GPU, it measures nothing. Without a GPU or CuPy the script says so and
@@ -36,7 +39,7 @@ import numpy as np  # noqa: E402
 from numba import config, cuda  # noqa: E402
 
 from kernels import reference  # noqa: E402
-from kernels.testing import attention_case, ffn_case, relative_error  # noqa: E402
+from kernels.testing import attention_case, ffn_case, q4_1_case, q8_0_case, relative_error  # noqa: E402
 
 
 def gpu_seconds(cupy, fn, repeats):
@@ -168,6 +171,33 @@ def ffn_rows(cupy, shape, repeats):
     return rows
 
 
+def quantized_rows(cupy, shape, repeats):
+    """One row x times W held as Q4_1 / Q8_0: every registered kernels.cuda version vs the CuPy reference and
+    the float32 product with W de-quantised beforehand."""
+    from kernels.cuda import quantized
+
+    n, o, i = shape
+    rng = np.random.default_rng(3)
+    rows = []
+    for kind, make, names in (("q4_1", q4_1_case, ("x", "scale", "minimum", "packed")),
+                              ("q8_0", q8_0_case, ("x", "scale", "quants"))):
+        arrays = [cupy.asarray(a) for a in (make(rng, n, o, i, np.float32)[name] for name in names)]
+        fn = f"{kind}_linear"
+        w = (reference.q4_1_weights(*arrays[1:]) if kind == "q4_1" else
+             (arrays[1][..., None] * arrays[2].astype(cupy.float32)).reshape(o, -1))   # (O, in) float32
+        runs = {"CuPy reference": lambda fn=fn, arrays=arrays: (getattr(reference, fn)(*arrays),),
+                "float32 W (cuBLAS)": lambda x=arrays[0], w=w: (x @ w.T,)}
+        runs.update({f"kernels.cuda {kind} {v.name}": (lambda v=v, fn=fn, arrays=arrays: (v.functions[fn](*arrays),))
+                     for v in quantized.VERSIONS.values()})
+        want = runs["CuPy reference"]()
+        base = None
+        for name, run in runs.items():
+            seconds = gpu_seconds(cupy, run, repeats)
+            base = seconds if base is None else base
+            rows.append((f"{kind} x W^T N{n} O{o} in{i}", name, seconds, base / seconds, error(cupy, run(), want)))
+    return rows
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small shapes: checks that the script runs")
@@ -190,11 +220,12 @@ def main():
     attn = (2, 2, 128, 64) if args.quick else (4, 8, 2048, 64)
     mm = (256, 128, 512) if args.quick else (16384, 1024, 4096)
     ffn_shape = (256, 64, 256) if args.quick else (8192, 1024, 4096)
+    quantized_shape = (1, 256, 128) if args.quick else (1, 8192, 2048)
     print(f"GPU: {cupy.cuda.runtime.getDeviceProperties(0)['name'].decode()}; CuPy {cupy.__version__}, "
           f"torch {torch.__version__ if torch else 'not available'}; CUPY_TF32={os.environ.get('CUPY_TF32', '0')}")
     rows = attention_rows(cupy, torch, attn, args.repeats)
     mm_rows, tflops = matmul_rows(cupy, mm, args.repeats)
-    rows += mm_rows + ffn_rows(cupy, ffn_shape, args.repeats)
+    rows += mm_rows + ffn_rows(cupy, ffn_shape, args.repeats) + quantized_rows(cupy, quantized_shape, args.repeats)
     print(f"\n{'benchmark':42s} {'implementation':34s} {'ms':>9s} {'speed-up':>9s} {'rel err':>9s}")
     for bench, name, seconds, speedup, err in rows:
         print(f"{bench:42s} {name:34s} {seconds * 1e3:9.3f} {speedup:8.2f}x {err:9.1e}")

@@ -9,6 +9,9 @@
    gain is the GEMM ceiling: reference time / time of the six products alone ("GEMM only", timed in the same
    rounds). Printed: the speed-up and its share of that ceiling (goals: relu >= 90% of the ceiling,
    gelu >= 3x).
+3. One token (N=1) through a SmolLM2 FFN matrix (O=1536, in=576) held as Q4_1 and as Q8_0: every quantised
+   version against the reference (de-quantise, then one product) and against the float32 product with the
+   matrix de-quantised beforehand ("float32 W"), the path a Q4_1 kernel must beat.
 
 Every version registered in kernels.cpu's families (kernels/versions.py) is timed. ``--quick`` runs tiny
 shapes (B=2 H=2 T=64 d_h=16; N=256 D=32 F=128): it checks that the script runs, it measures nothing.
@@ -34,7 +37,7 @@ import numpy as np  # noqa: E402
 
 from kernels import reference  # noqa: E402
 from kernels.compare import peak_extra_memory  # noqa: E402
-from kernels.testing import attention_case, ffn_case, relative_error  # noqa: E402
+from kernels.testing import attention_case, ffn_case, q4_1_case, q8_0_case, relative_error  # noqa: E402
 from kernels.versions import families  # noqa: E402
 
 ROUNDS = 15
@@ -106,6 +109,18 @@ def main():
         for v in cpu["ffn"].values():
             cases[title][f"cpu {v.name}"] = lambda v=v, a=activation: ffn(v, f, a)
         cases[title]["GEMM only"] = lambda: ffn_gemms_only(f)
+    out_features, in_features = (64, 128) if quick else (1536, 576)
+    q4, q8 = (make(rng, 1, out_features, in_features, np.float32) for make in (q4_1_case, q8_0_case))
+    for kind, q, args, fn in (("q4_1", q4, ("x", "scale", "minimum", "packed"), "q4_1_linear"),
+                              ("q8_0", q8, ("x", "scale", "quants"), "q8_0_linear")):
+        title = f"{kind} x W^T N=1 O={out_features} in={in_features}"
+        arrays = [q[a] for a in args]
+        w = reference.q4_1_weights(*arrays[1:]) if kind == "q4_1" else \
+            (q["scale"][..., None] * q["quants"]).reshape(out_features, -1).astype(np.float32)
+        cases[title] = {"numpy": lambda fn=fn, arrays=arrays: (getattr(reference, fn)(*arrays),),
+                        "float32 W": lambda x=q["x"], w=w: (x @ w.T,)}
+        for v in cpu["quantized"].values():
+            cases[title][f"cpu {v.name}"] = lambda v=v, fn=fn, arrays=arrays: (v.functions[fn](*arrays),)
 
     # Every timing first, with minitx's allocator setting: peak_extra_memory then switches glibc to one mmap
     # per large block, for the rest of the process.

@@ -33,6 +33,7 @@ def test_bench_kernels_quick():
     out = run_benchmark("bench_kernels.py", "--quick")
     assert "attention fwd+bwd causal+padding" in out and "attention fwd+bwd padding only" in out
     assert "ffn fwd+bwd gelu" in out and out.count("of the GEMM ceiling") >= 2 and out.count("speed-up") >= 4
+    assert "q4_1 x W^T N=1" in out and "q8_0 x W^T N=1" in out and out.count("float32 W") >= 2
 
 
 def test_bench_train_step_quick():
@@ -73,7 +74,7 @@ def test_bench_cuda_says_it_needs_a_gpu():
 FAKE_CUPY = textwrap.dedent("""
     import time
     import numpy as np
-    uint8 = np.uint8
+    uint8, float32 = np.uint8, np.float32
     def asarray(a):
         return a.copy_to_host() if hasattr(a, "copy_to_host") else np.asarray(a)
     asnumpy = asarray
@@ -98,6 +99,7 @@ DRY_RUN = textwrap.dedent("""
         torch = None
     rows = bench_cuda.attention_rows(cupy, torch, (2, 1, 12, 4), 1)
     rows += bench_cuda.matmul_rows(cupy, (20, 8, 24), 1)[0] + bench_cuda.ffn_rows(cupy, (10, 4, 6), 1)
+    rows += bench_cuda.quantized_rows(cupy, (1, 1, 32), 1)
     for bench, name, seconds, speedup, err in rows:
         print(bench, "|", name, "|", err)
 """)
@@ -112,8 +114,9 @@ def test_bench_cuda_logic_under_the_simulator(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [line.split(" | ") for line in done.stdout.splitlines()]
     names = {name for _, name, _ in rows}
-    assert {"kernels.cuda v1", "kernels.cuda v2", "kernels.cuda ffn v1", "CuPy reference", "cupy.matmul"} <= names
-    assert len(rows) >= 9 and all(float(err) < 1e-5 for _, _, err in rows)
+    assert {"kernels.cuda v1", "kernels.cuda v2", "kernels.cuda ffn v1", "CuPy reference", "cupy.matmul",
+            "kernels.cuda q4_1 v1", "kernels.cuda q8_0 v1", "float32 W (cuBLAS)"} <= names
+    assert len(rows) >= 15 and all(float(err) < 1e-5 for _, _, err in rows)
 
 
 def test_bench_smollm2_quick():
