@@ -1,7 +1,7 @@
 """Layers whose weights stay quantised (Q4_1: 4-bit numbers with a scale and a minimum per 32 weights; Q8_0:
-bytes with a scale per 32), for
-running a model, not training it: the product goes through kernels/cpu/quantized.py, which never builds the
-float32 matrix, and nothing here has a gradient.
+bytes with a scale per 32), for running a model, not training it: the product is the fused op
+:class:`~minitx.ops.fused.QuantizedLinear`, which takes the kernel of the input's device (kernels/cpu/quantized.py
+or kernels/cuda/quantized.py) and never builds the float32 matrix; nothing here has a gradient.
 
 :class:`Q4_1Linear` stands where a bias-free :class:`~minitx.nn.Linear` did; :class:`QuantizedGatedFeedForward`
 is :class:`~minitx.nn.GatedFeedForward`'s formula over three such layers; :class:`Q8_0Linear` serves an output
@@ -12,17 +12,27 @@ from __future__ import annotations
 
 import numpy as np
 
-from kernels.cpu.quantized import q4_1_linear, q8_0_linear
-
 from .. import functional as F
+from ..ops.fused import QuantizedLinear
 from ..tensor import Tensor
 from .module import Module
+
+
+def _quantized_product(layer: Module, x: Tensor, format: str, *blocks: Tensor) -> Tensor:
+    """x (…, in) -> x Wᵀ (…, out) for a quantised ``layer`` (its buffers ``blocks``), a constant: x is
+    detached, so no gradient flows through it. x and the buffers must share a device (``layer.to(...)``)."""
+    if x.shape[-1] != layer.in_features:
+        raise ValueError(f"{type(layer).__name__}: expected x (…, {layer.in_features}), got shape {x.shape}")
+    rows = Tensor(x.data.reshape(-1, layer.in_features).astype(blocks[0].dtype, copy=False))  # (N, in)
+    y = QuantizedLinear.apply(rows, *blocks, format=format)                                   # (N, out)
+    return y.reshape(*x.shape[:-1], layer.out_features)
 
 
 class Q4_1Linear(Module):
     """y = x Wᵀ with W (out, in) held as Q4_1: buffers ``scale`` and ``minimum`` (out, in/32) float32 and
     ``packed`` (out, in/32, 16) uint8 (W[o, 32b + j] = scale[o, b] · q + minimum[o, b], q the low nibble of
-    byte j for j < 16, the high nibble of byte j - 16 after). CPU, float32, no gradient."""
+    byte j for j < 16, the high nibble of byte j - 16 after). On the device of its buffers (``.to("cuda")``
+    moves them), float32, no gradient."""
 
     def __init__(self, scale: np.ndarray, minimum: np.ndarray, packed: np.ndarray):
         super().__init__()
@@ -36,12 +46,7 @@ class Q4_1Linear(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (…, in) -> (…, out), a constant (no gradient flows through it)."""
-        if x.shape[-1] != self.in_features or x.device != "cpu":
-            raise ValueError(f"Q4_1Linear: expected x (…, {self.in_features}) on the CPU, got shape {x.shape} on "
-                             f"{x.device}")
-        rows = x.data.reshape(-1, self.in_features).astype(np.float32, copy=False)   # (N, in)
-        y = q4_1_linear(rows, self.scale.data, self.minimum.data, self.packed.data)  # (N, out)
-        return Tensor(y.reshape(*x.shape[:-1], self.out_features))
+        return _quantized_product(self, x, "q4_1", self.scale, self.minimum, self.packed)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
@@ -49,7 +54,8 @@ class Q4_1Linear(Module):
 
 class Q8_0Linear(Module):
     """y = x Wᵀ with W (out, in) held as Q8_0: buffers ``scale`` (out, in/32) float32 and ``quants``
-    (out, in/32, 32) int8, W[o, 32b + j] = scale[o, b] · quants[o, b, j]. CPU, float32, no gradient."""
+    (out, in/32, 32) int8, W[o, 32b + j] = scale[o, b] · quants[o, b, j]. On the device of its buffers, float32,
+    no gradient."""
 
     def __init__(self, scale: np.ndarray, quants: np.ndarray):
         super().__init__()
@@ -62,12 +68,7 @@ class Q8_0Linear(Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (…, in) -> (…, out), a constant (no gradient flows through it)."""
-        if x.shape[-1] != self.in_features or x.device != "cpu":
-            raise ValueError(f"Q8_0Linear: expected x (…, {self.in_features}) on the CPU, got shape {x.shape} on "
-                             f"{x.device}")
-        rows = x.data.reshape(-1, self.in_features).astype(np.float32, copy=False)   # (N, in)
-        y = q8_0_linear(rows, self.scale.data, self.quants.data)                     # (N, out)
-        return Tensor(y.reshape(*x.shape[:-1], self.out_features))
+        return _quantized_product(self, x, "q8_0", self.scale, self.quants)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"

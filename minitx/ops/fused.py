@@ -3,7 +3,8 @@
 The composed path (``functional.scaled_dot_product_attention`` built from matmul, masked_fill, softmax…)
 is the one to read; these ops compute the same function with the kernels of ``kernels.cpu`` (Numba) or
 ``kernels.cuda`` (numba.cuda), chosen by the tensor's device. They are still ordinary :class:`Function`\\ s:
-forward saves what the kernel's backward needs, backward calls it.
+forward saves what the kernel's backward needs, backward calls it. :class:`QuantizedLinear` is the one
+without a backward: the products by quantised weights serve generation, not training.
 """
 
 from __future__ import annotations
@@ -59,3 +60,21 @@ class FusedFeedForward(Function):
 
     def backward(self, grad):
         return self.kernels.ffn_backward(*self.saved, self.h_pre, grad, activation=self.activation)
+
+
+class QuantizedLinear(Function):
+    """y = x Wᵀ with W (O, in) held quantised and never de-quantised (kernels' ``q4_1_linear`` /
+    ``q8_0_linear``, formulas in kernels.reference). x (N, in) -> y (N, O).
+
+    ``blocks``: Q4_1's scale, minimum (O, in/32) and packed (O, in/32, 16) uint8, or Q8_0's scale and quants
+    (O, in/32, 32) int8, as ``format`` says. Inference only: there is no backward, so x must not require a
+    gradient (the layers pass it detached).
+    """
+
+    def forward(self, x, *blocks, format: str = "q4_1"):
+        kernels = kernel_module(x)
+        product = {"q4_1": kernels.q4_1_linear, "q8_0": kernels.q8_0_linear}[format]
+        return product(x, *blocks)
+
+    def backward(self, grad):
+        raise RuntimeError("QuantizedLinear has no backward: quantised weights serve generation, not training")
