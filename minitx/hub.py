@@ -31,6 +31,7 @@ from .data.fetch import gpt2_ranks_path, smollm2_path
 from .gguf import Q4_1, Q8_0, GGUFError, GGUFFile, read_gguf
 from .models import BertConfig, BertModel
 from .models.llama import Llama, LlamaConfig
+from .nn import init
 from .nn.quantized import Q4_1Linear, Q8_0Linear, QuantizedGatedFeedForward
 from .nn.rotary import interleaved_to_rotate_half
 from .tokenizers import ByteLevelBPE, WordPieceTokenizer
@@ -295,16 +296,18 @@ def load_gguf_llama(source: str | Path | GGUFFile, q4_1: bool = False
     tokenizer = tokenizer_from_gguf(f)
     if tokenizer.vocab_size != config.vocab_size:
         raise GGUFError(f"{f.path}: the tokenizer has {tokenizer.vocab_size} tokens, the model {config.vocab_size}")
-    model = Llama(config)
+    with init.skip_init():  # every weight is loaded below: none is drawn, and none is written twice
+        model = Llama(config)
     if q4_1:
         keep_layers_q4_1(f, model)
         weights = llama_weights(f, config, skip_q4_1=True)
-        missing = model.load_state_dict(weights, strict=False).missing_keys
+        missing = model.check_state_dict(weights, strict=False).missing_keys
         unfilled = [key for key in missing if not key.endswith((".scale", ".minimum", ".packed", ".quants"))]
         if unfilled:
             raise GGUFError(f"{f.path}: no weights for {unfilled[:5]}")
+        model.load_state_dict(weights, strict=False, assign=True)
     else:
-        model.load_state_dict(llama_weights(f, config))
+        model.load_state_dict(llama_weights(f, config), assign=True)
     model.eval()
     info = {"eos_token_id": f.metadata.get("tokenizer.ggml.eos_token_id"),
             "bos_token_id": f.metadata.get("tokenizer.ggml.bos_token_id"),

@@ -106,3 +106,27 @@ def test_sequential_and_parameter_type():
     assert repr(nn.Parameter([1.0])).startswith("Parameter(")
     with pytest.raises(TypeError, match="floating point"):
         nn.Parameter(np.array([1, 2]))
+
+
+def test_skip_init_draws_nothing_and_assign_loads_the_arrays_themselves():
+    """A model built under init.skip_init() draws no random numbers (the generator does not move) and writes
+    no weight; load_state_dict(assign=True) then gives each parameter and buffer (the same objects) the
+    state's own arrays, cast only where the dtype differs, after the same checks as a copying load."""
+    from minitx import backend
+
+    state = Tiny().state_dict()
+    backend.manual_seed(3)
+    before = backend.get_rng_state()
+    with nn.init.skip_init():
+        model = Tiny()
+    assert backend.get_rng_state() == before
+    params = dict(model.named_parameters())
+    bad = dict(state, scale=np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="shape mismatch for 'scale'"):
+        model.load_state_dict(bad, assign=True)
+    state["scale"] = state["scale"].astype(np.float64)                 # cast to the buffer's float32
+    model.load_state_dict(state, assign=True)
+    assert dict(model.named_parameters()) == params                    # the same Parameter objects
+    assert model.blocks[0].weight.data is state["blocks.0.weight"]     # the state's array itself, not a copy
+    assert model.scale.dtype == np.float32 and np.array_equal(model.scale.data, np.ones(3))
+    assert nn.Linear(2, 2).weight.data.any()                           # outside the block, init draws again

@@ -21,7 +21,7 @@ hf_tokenizers = pytest.importorskip("tokenizers", reason="tokenizers is the orac
 from helpers import fetched_or_skip  # noqa: E402
 
 import minitx.hub  # noqa: E402
-from minitx import no_grad  # noqa: E402
+from minitx import backend, no_grad  # noqa: E402
 from minitx.cli import main  # noqa: E402
 from minitx.data.fetch import smollm2_path  # noqa: E402
 from minitx.gguf import read_gguf  # noqa: E402
@@ -224,7 +224,9 @@ def test_q4_1_layers_give_the_float32_logits_and_paris(smollm2):
     from minitx.nn.quantized import Q4_1Linear, Q8_0Linear
 
     model, tokenizer = smollm2["model"], smollm2["tokenizer"]
+    rng_state = backend.get_rng_state()
     quantized, _, _ = load_gguf_llama(smollm2["file"], q4_1=True)
+    assert backend.get_rng_state() == rng_state  # built without drawing random weights that the load replaces
     assert isinstance(quantized.blocks[0].attn.q_proj, Q4_1Linear)
     assert isinstance(quantized.blocks[29].mlp.down_proj, Q4_1Linear)
     assert isinstance(quantized.lm_head, Q8_0Linear)  # the tied output layer, from the Q8_0 embedding

@@ -196,18 +196,26 @@ class Module:
             raise ValueError(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
         return IncompatibleKeys(missing, unexpected)
 
-    def load_state_dict(self, state, strict: bool = True) -> IncompatibleKeys:
+    def load_state_dict(self, state, strict: bool = True, assign: bool = False) -> IncompatibleKeys:
         """Copy the arrays of ``state`` (name -> array or Tensor) into this model's parameters and buffers.
 
         Everything is checked first (:meth:`check_state_dict`), so on an error nothing has changed. Values
         are copied into the existing arrays (cast to their dtype and device), so an optimizer that holds
-        the parameters keeps working.
+        the parameters keeps working. With ``assign`` each parameter and buffer (the same objects) takes the
+        given array itself instead, cast and made contiguous only where needed: no second copy of the
+        weights, and the model's old arrays are dropped unwritten (a model built under
+        :func:`~minitx.nn.init.skip_init` never touches their memory). The model then shares those arrays
+        with ``state``.
         """
         result = self.check_state_dict(state, strict)
         for key, tensor in self._state_tensors().items():
             if key in state:
-                value = state[key].data if isinstance(state[key], Tensor) else state[key]
-                tensor.data[...] = backend.to_device(value, tensor.device)
+                value = backend.to_device(state[key].data if isinstance(state[key], Tensor) else state[key],
+                                          tensor.device)
+                if assign:
+                    tensor.data = backend.get_array_module(value).ascontiguousarray(value, dtype=tensor.dtype)
+                else:
+                    tensor.data[...] = value
         return result
 
     # -------------------------------------------------------------------------------- device and dtype
