@@ -286,8 +286,8 @@ def load_gguf_llama(source: str | Path | GGUFFile, q4_1: bool = False
     """``(model, tokenizer, info)`` from a Llama GGUF file (a path or an already parsed file).
 
     By default every weight is de-quantised to float32. With ``q4_1`` the layers' linear weights stay Q4_1
-    (:func:`keep_layers_q4_1`, for fast generation on the CPU; no training, no GPU); the embedding and the
-    norms are de-quantised. ``info`` holds what generation needs besides the weights: ``eos_token_id``,
+    (:func:`keep_layers_q4_1`, for fast generation; no training; on a GPU they take the CUDA kernel, so far
+    run only in Numba's simulator); the embedding and the norms are de-quantised. ``info`` holds what generation needs besides the weights: ``eos_token_id``,
     ``bos_token_id`` and the file's ``chat_template`` (Jinja text, for reference;
     :func:`~minitx.models.llama.chatml_prompt` writes it).
     """
