@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
 import numpy as np  # noqa: E402
 
@@ -36,22 +36,8 @@ import minitx  # noqa: E402
 import minitx.functional as F  # noqa: E402
 from minitx import optim  # noqa: E402
 from minitx.tensor import Function  # noqa: E402
-
-CONFIGS = {
-    "encoder": dict(vocab=1000, dim=128, heads=4, ff=512, layers=4, seq=128, batch=16),
-    "gpt": dict(vocab=2000, dim=256, heads=8, ff=1024, layers=4, seq=256, batch=8),
-}
-
-
-def build(name: str, c: dict):
-    """The minitx model of configuration ``name`` (dropout 0), seeded."""
-    from minitx.models import GPT, GPTConfig, SequenceEncoder
-
-    minitx.manual_seed(0)
-    if name == "encoder":
-        return SequenceEncoder(c["vocab"], c["dim"], c["heads"], c["ff"], c["layers"], drop_rate=0.0, max_len=1024)
-    return GPT(GPTConfig(vocab_size=c["vocab"], max_len=c["seq"], d_model=c["dim"], num_heads=c["heads"],
-                         num_layers=c["layers"], dim_feedforward=c["ff"], dropout=0.0, activation="gelu"))
+from bench_train_step import CONFIGS  # noqa: E402  (the same two configurations, built the same way)
+from bench_train_step import minitx_model as build  # noqa: E402
 
 
 # --------------------------------------------------------------------------------------------- the timers

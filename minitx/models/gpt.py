@@ -34,7 +34,7 @@ import numpy as np
 from .. import backend
 from .. import functional as F
 from ..nn import (DecoderBlock, Dropout, Embedding, LayerNorm, LearnedPositionalEmbedding, Linear, Module,
-                  ModuleList, init)
+                  ModuleList, init, kv_cache_length)
 from ..tensor import Tensor, no_grad
 from .init import normal_init_
 from .sampling import check_sampling_arguments, sample_next_token
@@ -158,7 +158,7 @@ class GPT(Module):
         """
         ids = self._ids(input_ids)
         batch, steps = ids.shape
-        past_len = self._past_length(past_kv, batch)
+        past_len = kv_cache_length(past_kv, len(self.blocks), batch, "GPT")
         if past_len + steps > self.config.max_len:
             raise ValueError(f"GPT: {past_len} cached + {steps} new tokens exceed max_len={self.config.max_len}; "
                              f"crop the input to the last {self.config.max_len} tokens")
@@ -172,17 +172,6 @@ class GPT(Module):
             presents.append(present)
         h = self.ln_f(x)  # (B, T, D)
         return (h, presents) if use_cache else h
-
-    def _past_length(self, past_kv, batch: int) -> int:
-        if past_kv is None:
-            return 0
-        if len(past_kv) != len(self.blocks):
-            raise ValueError(f"GPT: past_kv must hold one (keys, values) pair per block ({len(self.blocks)}), "
-                             f"got {len(past_kv)}")
-        keys = past_kv[0][0]  # (B, H, P, d_k)
-        if keys.shape[0] != batch:
-            raise ValueError(f"GPT: past_kv was computed for batch size {keys.shape[0]}, input_ids has {batch}")
-        return keys.shape[2]
 
     def lm_head(self, h: Tensor) -> Tensor:
         """z = h Eᵀ with the token-embedding table E (tied weights): (…, D) -> (…, V)."""

@@ -28,7 +28,7 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..nn import DecoderBlock, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding
+from ..nn import DecoderBlock, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding, kv_cache_length
 from ..tensor import Tensor, no_grad
 from .sampling import check_sampling_arguments, sample_next_token
 
@@ -110,7 +110,7 @@ class Llama(Module):
         (B, H_kv, P, d); the new tokens then sit at positions P … P + T - 1.
         """
         ids = self._ids(input_ids)
-        past_len = 0 if past_kv is None else self._past_length(past_kv, ids.shape[0])
+        past_len = kv_cache_length(past_kv, len(self.blocks), ids.shape[0], "Llama")
         if past_len + ids.shape[1] > self.config.max_len:
             raise ValueError(f"Llama: {past_len} cached + {ids.shape[1]} new tokens exceed the context of "
                              f"max_len={self.config.max_len} tokens")
@@ -131,15 +131,6 @@ class Llama(Module):
             raise ValueError(f"Llama: input_ids must be integers of shape (B, T) with T >= 1, got dtype "
                              f"{ids.dtype} shape {tuple(ids.shape)}")
         return backend.to_device(ids, self.device)
-
-    def _past_length(self, past_kv, batch: int) -> int:
-        if len(past_kv) != len(self.blocks):
-            raise ValueError(f"Llama: past_kv must hold one (keys, values) pair per block ({len(self.blocks)}), "
-                             f"got {len(past_kv)}")
-        keys = past_kv[0][0]  # (B, H_kv, P, d)
-        if keys.shape[0] != batch:
-            raise ValueError(f"Llama: past_kv was computed for batch size {keys.shape[0]}, input_ids has {batch}")
-        return keys.shape[2]
 
     # ------------------------------------------------------------------------------------ generation
     def stream(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,

@@ -7,7 +7,7 @@ included), :mod:`.transformer` (encoder layer and stack, decoder block, with plu
 """
 
 from . import init
-from .attention import MultiHeadAttention
+from .attention import MultiHeadAttention, kv_cache_length
 from .layers import (Dropout, Embedding, FeedForward, GatedFeedForward, LayerNorm, LearnedPositionalEmbedding,
                      Linear, PositionalEncoding, RMSNorm, sinusoidal_table)
 from .module import IncompatibleKeys, Module, ModuleList, Parameter, Sequential
@@ -15,6 +15,7 @@ from .rotary import RotaryEmbedding, interleaved_to_rotate_half, rotate_half_to_
 from .transformer import DecoderBlock, TransformerEncoder, TransformerEncoderLayer
 
 __all__ = [
+    "kv_cache_length",
     "DecoderBlock", "Dropout", "Embedding", "FeedForward", "IncompatibleKeys", "LayerNorm",
     "LearnedPositionalEmbedding", "Linear", "Module", "ModuleList", "MultiHeadAttention", "Parameter",
     "PositionalEncoding", "Sequential", "TransformerEncoder", "TransformerEncoderLayer", "init",

@@ -121,3 +121,17 @@ class MultiHeadAttention(Module):
     def extra_repr(self) -> str:
         kv = f", num_kv_heads={self.num_kv_heads}" if self.num_kv_heads != self.num_heads else ""
         return f"embed_dim={self.embed_dim}, num_heads={self.num_heads}{kv}, dropout={self.dropout}"
+
+
+def kv_cache_length(past_kv, num_layers: int, batch: int, owner: str) -> int:
+    """P, the number of cached positions in a stack's ``past_kv`` (one (keys, values) pair per layer, keys
+    (B, H_kv, P, d)); 0 for None. ``owner`` names the model in the error messages."""
+    if past_kv is None:
+        return 0
+    if len(past_kv) != num_layers:
+        raise ValueError(f"{owner}: past_kv must hold one (keys, values) pair per block ({num_layers}), "
+                         f"got {len(past_kv)}")
+    keys = past_kv[0][0]  # (B, H_kv, P, d)
+    if keys.shape[0] != batch:
+        raise ValueError(f"{owner}: past_kv was computed for batch size {keys.shape[0]}, input_ids has {batch}")
+    return keys.shape[2]
