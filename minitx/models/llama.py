@@ -28,9 +28,20 @@ import numpy as np
 
 from .. import backend
 from .. import functional as F
-from ..nn import DecoderBlock, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding, kv_cache_length
+from ..nn import DecoderBlock, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding, init, kv_cache_length
 from ..tensor import Tensor, no_grad
+from .gpt import last_token_index, real_token_mask
 from .sampling import check_sampling_arguments, sample_next_token
+
+
+def right_padded_real_mask(attention_mask, shape: tuple, device: str):
+    """attention_mask (B, T), 1 = real token, 0 = padding -> bool (B, T), True = real; raises ValueError when a
+    real token follows padding in some row (the Llama models here take right padding only)."""
+    real = real_token_mask(attention_mask, shape, device)  # (B, T)
+    if (real[:, 1:] & ~real[:, :-1]).any():
+        raise ValueError("Llama: attention_mask must pad on the right (1 … 1 0 … 0 in every row); a row has a real "
+                         "token after padding")
+    return real
 
 
 def _positive_int(value) -> bool:
@@ -103,13 +114,33 @@ class Llama(Module):
     def device(self) -> str:
         return self.embed_tokens.weight.device
 
+    @property
+    def hidden_size(self) -> int:
+        """D, the width of the hidden states (what :class:`~minitx.models.TaskAdapter` reads)."""
+        return self.config.d_model
+
     def forward(self, input_ids, past_kv=None, use_cache: bool = False):
         """input_ids (B, T) -> logits (B, T, V), or (logits, presents) with ``use_cache``.
 
         ``past_kv``: the ``presents`` of an earlier call, one (keys, values) pair per block, each
         (B, H_kv, P, d); the new tokens then sit at positions P … P + T - 1.
         """
+        out = self.hidden_states(input_ids, past_kv=past_kv, use_cache=use_cache)
+        h, presents = out if use_cache else (out, None)  # (B, T, D)
+        logits = F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)  # (B, T, V)
+        return (logits, presents) if use_cache else logits
+
+    def hidden_states(self, input_ids, attention_mask=None, past_kv=None, use_cache: bool = False):
+        """The final hidden states RMSNorm_f(h^L) (B, T, D), or (states, presents) with ``use_cache``.
+
+        ``attention_mask`` (B, T), 1 = real token, 0 = padding, must pad on the right (``x x x 0 0``): causal
+        attention keeps later positions out of every earlier one, so the real tokens' states are those of the
+        unpadded text: the mask is checked, never applied. (Left padding would shift the real tokens' rotary
+        positions: it is refused.)
+        """
         ids = self._ids(input_ids)
+        if attention_mask is not None:
+            right_padded_real_mask(attention_mask, ids.shape, self.device)
         past_len = kv_cache_length(past_kv, len(self.blocks), ids.shape[0], "Llama")
         if past_len + ids.shape[1] > self.config.max_len:
             raise ValueError(f"Llama: {past_len} cached + {ids.shape[1]} new tokens exceed the context of "
@@ -121,8 +152,11 @@ class Llama(Module):
             x, present = out if use_cache else (out, None)
             presents.append(present)
         h = self.norm(x)  # (B, T, D)
-        logits = F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)  # (B, T, V)
-        return (logits, presents) if use_cache else logits
+        return (h, presents) if use_cache else h
+
+    def encode(self, input_ids, attention_mask=None) -> Tensor:
+        """:meth:`hidden_states` (B, T, D) under the name :class:`~minitx.models.TaskAdapter` calls."""
+        return self.hidden_states(input_ids, attention_mask)
 
     def _ids(self, input_ids):
         ids = input_ids.data if isinstance(input_ids, Tensor) else input_ids
@@ -244,3 +278,50 @@ def chatml_prompt(messages: list[dict[str, str]], default_system: str | None = N
     if add_generation_prompt:
         parts.append("<|im_start|>assistant\n")
     return "".join(parts)
+
+
+# -------------------------------------------------------------------------------------- classification
+class LlamaForSequenceClassification(Module):
+    """A Llama trunk and a linear ``score`` head (no bias) read at each row's last real token, as
+    :class:`~minitx.models.GPTForSequenceClassification` does for GPT: ids (B, T) -> class logits (B, C),
+
+        y_b = W_score · h^L_{b, last(b)},   last(b) = the index of the last 1 in attention_mask[b].
+
+    Causal attention means only the last token has seen the whole text. Padding goes on the right and its
+    token (``pad_token_id``, e.g. the tokenizer's end-of-sequence id) is never read. Sub-modules: ``llama``
+    (a :class:`Llama`; its output matrix goes unused) and ``score`` ~ N(0, 0.02²). Fine-tune it whole, or
+    freeze the trunk and train adapters (:func:`minitx.nn.apply_lora`) and ``score``.
+    """
+
+    def __init__(self, llama: Llama, num_classes: int, pad_token_id: int | None = None):
+        super().__init__()
+        if not _positive_int(num_classes) or num_classes < 2:
+            raise ValueError(f"LlamaForSequenceClassification: num_classes must be an integer >= 2, got "
+                             f"{num_classes!r}")
+        if pad_token_id is not None and not 0 <= pad_token_id < llama.config.vocab_size:
+            raise ValueError(f"LlamaForSequenceClassification: pad_token_id must lie in [0, "
+                             f"{llama.config.vocab_size}), got {pad_token_id}")
+        self.num_classes, self.pad_token_id = num_classes, pad_token_id
+        self.llama = llama
+        weight = llama.embed_tokens.weight
+        self.score = Linear(llama.config.d_model, num_classes, bias=False, dtype=weight.dtype, device=weight.device)
+        init.normal_(self.score.weight, std=0.02)
+
+    def forward(self, input_ids, attention_mask=None) -> Tensor:
+        """input_ids (B, T), attention_mask (B, T) with 1 = real token (right padding) -> logits (B, C)."""
+        h = self.llama.hidden_states(input_ids, attention_mask)  # (B, T, D)
+        return self.score(self.last_token_states(h, attention_mask))  # (B, C)
+
+    @staticmethod
+    def last_token_states(h: Tensor, attention_mask=None) -> Tensor:
+        """h (B, T, D) -> (B, D): each row's state at its last real token (T - 1 without a mask)."""
+        batch, steps, _ = h.shape
+        xp = h.xp
+        if attention_mask is None:
+            last = xp.full(batch, steps - 1)
+        else:
+            last = last_token_index(real_token_mask(attention_mask, (batch, steps), h.device))  # (B,)
+        return h[xp.arange(batch), last]
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, pad_token_id={self.pad_token_id}"
