@@ -135,3 +135,11 @@ def test_bench_minilm_embed_quick():
     assert "16 sentences, batches of 8" in out and "speed minitx / transformers" in out
     diff = float(out.split("over the embeddings: ")[1].split()[0])
     assert diff < 1e-5  # both libraries embed the same sentences alike, or the timing compares nothing
+
+
+def test_movie_reviews_smollm2_quick():
+    from minitx.data.fetch import smollm2_path
+    fetched_or_skip(movie_reviews, "the movie reviews"), fetched_or_skip(smollm2_path, "SmolLM2-135M")
+    out = run_benchmark("movie_reviews_smollm2.py", "--quick")
+    assert "TASKADAPTER TEST ACCURACY" in out and "LORA TEST ACCURACY" in out and "(24 sentences)" in out
+    assert "base weights bit-identical" in out and "merged into the base weights" in out
