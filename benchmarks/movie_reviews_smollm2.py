@@ -51,10 +51,10 @@ def load_smollm2_layers(num_layers: int | None):
     f = read_gguf(smollm2_path())
     full = llama_config_from_gguf(f)
     config = dataclasses.replace(full, num_layers=min(num_layers or full.num_layers, full.num_layers))
+    kept = dataclasses.replace(f, tensors={name: t for name, t in f.tensors.items()  # those blocks' tensors only
+                                           if not name.startswith("blk.") or int(name.split(".")[1]) < config.num_layers})
     model = Llama(config)
-    kept = {k: v for k, v in llama_weights(f, full).items()
-            if not k.startswith("blocks.") or int(k.split(".")[1]) < config.num_layers}
-    model.load_state_dict(kept)
+    model.load_state_dict(llama_weights(kept, config))
     return model, tokenizer_from_gguf(f)
 
 

@@ -100,3 +100,51 @@ def test_20_checks_reject_wrong_blocks(chapter):
 def nn_inverse(w, heads):
     from minitx.nn import interleaved_to_rotate_half
     return interleaved_to_rotate_half(w, heads)
+
+
+# ---------------------------------------------------------------------------------------- chapter 21
+@pytest.fixture(scope="module")
+def chapter_21(chapter):
+    from helpers import fetched_or_skip
+    from minitx.data.fetch import smollm2_path
+    fetched_or_skip(smollm2_path, "SmolLM2-135M (chapter 21)")
+    return chapter("21_running_a_real_llm")
+
+
+def test_21_runs_in_quick_mode_and_writes_its_figures(chapter_21):
+    _, folder, seconds = chapter_21
+    assert seconds < QUICK_LIMIT_S, f"chapter 21 took {seconds:.1f} s in quick mode"
+    assert_figures(folder, ["q4_1_error", "bytes_per_token"])
+
+
+def test_21_checks_reject_wrong_dequantisation_and_quantisation(chapter_21):
+    ch = chapter_21[0]
+
+    def q4_1_nibbles_swapped(blocks):
+        fixed = blocks.copy()
+        fixed[:, 4:] = (blocks[:, 4:] << 4) | (blocks[:, 4:] >> 4)
+        return ch.dequant_q4_1(fixed)
+
+    def q4_1_interleaved(blocks):  # weights 2j, 2j+1 in byte j: not GGUF's layout
+        w = ch.dequant_q4_1(blocks)
+        return np.stack([w[:, :16], w[:, 16:]], axis=-1).reshape(w.shape)
+
+    def q4_1_without_minimum(blocks):
+        m = blocks[:, 2:4].copy().view(np.float16).astype(np.float32)
+        return ch.dequant_q4_1(blocks) - m
+
+    for wrong in (q4_1_nibbles_swapped, q4_1_interleaved, q4_1_without_minimum):
+        rejects(ch.check_q4_1, wrong, wrong.__name__)
+    rejects(ch.check_q8_0, lambda b: b[:, 0:2].copy().view(np.float16).astype(np.float32) * b[:, 2:], "unsigned Q8_0")
+
+    def quantize_floor(w):
+        d, m, q = ch.quantize_q4_1(w)
+        return d, m, np.floor((w - m) / d)
+
+    def quantize_16_levels(w):  # d = (max - min)/16: the top level is never reached and the grid is wrong
+        m = w.min(1, keepdims=True)
+        d = (w.max(1, keepdims=True) - m) / 16
+        return d, m, np.clip(np.round((w - m) / d), 0, 15)
+
+    rejects(ch.check_quantize, quantize_floor, "floor instead of round")
+    rejects(ch.check_quantize, quantize_16_levels, "16 steps instead of 15")
