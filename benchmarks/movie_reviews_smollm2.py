@@ -51,8 +51,9 @@ def load_smollm2_layers(num_layers: int | None):
     f = read_gguf(smollm2_path())
     full = llama_config_from_gguf(f)
     config = dataclasses.replace(full, num_layers=min(num_layers or full.num_layers, full.num_layers))
-    kept = dataclasses.replace(f, tensors={name: t for name, t in f.tensors.items()  # those blocks' tensors only
-                                           if not name.startswith("blk.") or int(name.split(".")[1]) < config.num_layers})
+    wanted = {name for name in f.tensors  # the kept blocks' tensors only: the others are never de-quantised
+              if not name.startswith("blk.") or int(name.split(".")[1]) < config.num_layers}
+    kept = dataclasses.replace(f, tensors={name: f.tensors[name] for name in wanted})
     model = Llama(config)
     model.load_state_dict(llama_weights(kept, config))
     return model, tokenizer_from_gguf(f)
