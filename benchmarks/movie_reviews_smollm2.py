@@ -1,7 +1,7 @@
 """SmolLM2-135M on movie-review sentiment: LoRA fine-tuning vs a frozen-feature TaskAdapter baseline.
 
     python benchmarks/movie_reviews_smollm2.py [--layers 12] [--lora-layers 3] [--rank 8] [--alpha 16]
-                                               [--steps 300] [--batch-size 16] [--lr 2e-3] [--limit N] [--quick]
+                                               [--steps 500] [--batch-size 16] [--lr 2e-3] [--limit N] [--quick]
 
 Data: the movie-review sentences of ``minitx.data.movie_reviews()`` (seeded 80/10/10 split), each written into
 the prompt ``--template`` (default "Review: {text}\\nSentiment:", so that the last token, which the classifier
@@ -13,8 +13,9 @@ is what lets the whole run fit in 30 minutes on two CPU cores (``--layers 30`` f
    (``TaskAdapter.features``), a linear classifier trained full-batch with AdamW, the epoch chosen on validation.
 2. LoRA — :class:`~minitx.models.llama.LlamaForSequenceClassification` (score head at the last real token) with
    low-rank adapters (``minitx.nn.apply_lora``) on the attention projections of the top K blocks; every base
-   weight frozen (checked bit-identical at the end), the adapters and the head trained with AdamW, warm-up and
-   cosine decay, the best validation checkpoint kept; adapters saved alone, then merged into the weights.
+   weight frozen (checked bit-identical at the end). The head starts as a linear probe of the frozen last-token
+   states; then the adapters and the head train with AdamW, warm-up and cosine decay, the best validation
+   checkpoint kept; adapters saved alone, then merged into the weights.
 
 Why only the top K blocks: the blocks below them are frozen and unchanged by training, so their output for a
 sentence is the same at every step. One frozen pass over all sentences caches it (and gives the baseline's
@@ -79,12 +80,13 @@ def padded(rows: list[np.ndarray]):
 
 def frozen_pass(model: LlamaForSequenceClassification, ids: list[list[int]], split_at: int, batch_size: int,
                 pad_id: int):
-    """For every sentence: the hidden states after the first ``split_at`` blocks (T_i, D) — the LoRA runs'
-    cached input — and the mean-pooled final hidden states (D,) — the TaskAdapter's features. Batches of
-    similar length, under no_grad."""
+    """For every sentence: the hidden states after the first ``split_at`` blocks (T_i, D) — the LoRA run's
+    cached input —, the mean-pooled final hidden states (D,) — the TaskAdapter's features — and the final
+    hidden state at the last token (D,) — what the classifier's head reads. Batches of similar length, no_grad."""
     llama = model.llama
     order = np.argsort([len(r) for r in ids], kind="stable")
-    cached, features = [None] * len(ids), np.empty((len(ids), llama.hidden_size), dtype=np.float32)
+    cached = [None] * len(ids)
+    features, last = (np.empty((len(ids), llama.hidden_size), dtype=np.float32) for _ in range(2))
     with no_grad():
         for start in tqdm(range(0, len(ids), batch_size), desc="frozen pass", leave=False):
             rows = order[start:start + batch_size]
@@ -95,27 +97,28 @@ def frozen_pass(model: LlamaForSequenceClassification, ids: list[list[int]], spl
                 cached[row] = x.data[i, :mask[i].sum()].copy()
             h = llama.norm(run_blocks(llama.blocks[split_at:], x))  # (B, T, D)
             features[rows] = F.mean_pool(h, mask).numpy()
-    return cached, features
+            last[rows] = model.last_token_states(h, mask).numpy()
+    return cached, features, last
 
 
-def train_task_adapter(adapter: TaskAdapter, features: dict, labels: dict, epochs: int, lr: float) -> dict:
-    """Full-batch AdamW on the adapter's classifier over cached features; the best validation epoch is kept."""
+def train_linear(classifier: nn.Linear, features: dict, labels: dict, epochs: int, lr: float) -> dict:
+    """Full-batch AdamW on a linear classifier over cached features; the best validation epoch is kept."""
     def accuracy(name):
         with no_grad():
-            return float((adapter.classifier(Tensor(features[name])).numpy().argmax(-1) == labels[name]).mean())
+            return float((classifier(Tensor(features[name])).numpy().argmax(-1) == labels[name]).mean())
 
-    optimizer = minitx.optim.AdamW(adapter.classifier_parameters(), lr=lr, weight_decay=1e-2)
+    optimizer = minitx.optim.AdamW(list(classifier.parameters()), lr=lr, weight_decay=1e-2)
     x_train = Tensor(features["train"])
     best = (-1.0, 0, None)
     for epoch in range(1, epochs + 1):
-        loss = F.cross_entropy(adapter.classifier(x_train), labels["train"])
+        loss = F.cross_entropy(classifier(x_train), labels["train"])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         val = accuracy("validation")
         if val > best[0]:
-            best = (val, epoch, adapter.classifier.state_dict())
-    adapter.classifier.load_state_dict(best[2])
+            best = (val, epoch, classifier.state_dict())
+    classifier.load_state_dict(best[2])
     return {"val_acc": best[0], "epoch": best[1], "test_acc": accuracy("test")}
 
 
@@ -146,11 +149,11 @@ def main() -> None:
     parser.add_argument("--targets", default="q_proj,k_proj,v_proj,out_proj", help="adapted projections")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
-    parser.add_argument("--steps", type=int, default=300, help="LoRA training steps")
+    parser.add_argument("--steps", type=int, default=500, help="LoRA training steps")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--eval-every", type=int, default=100)
-    parser.add_argument("--adapter-epochs", type=int, default=600, help="TaskAdapter full-batch steps")
+    parser.add_argument("--adapter-epochs", type=int, default=600, help="full-batch steps of the linear probes")
     parser.add_argument("--adapter-lr", type=float, default=1e-2)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--template", default="Review: {text}\nSentiment:")
@@ -182,9 +185,9 @@ def main() -> None:
         ids[name] = [tokenizer.encode(args.template.format(text=t))[-args.max_length:] for t in texts]
         labels[name] = np.asarray(y, dtype=np.int64)
     start = time.perf_counter()
-    cached, features = {}, {}
+    cached, features, last = {}, {}, {}
     for name in splits:
-        cached[name], features[name] = frozen_pass(model, ids[name], split_at, 32, tokenizer.pad_token_id)
+        cached[name], features[name], last[name] = frozen_pass(model, ids[name], split_at, 32, tokenizer.pad_token_id)
     n_tokens = sum(len(r) for rows in ids.values() for r in rows)
     frozen_s = time.perf_counter() - start
     print(f"frozen pass: {sum(map(len, ids.values()))} sentences, {n_tokens} tokens in {frozen_s:.1f} s "
@@ -196,12 +199,17 @@ def main() -> None:
     sample[mask == 0] = tokenizer.pad_token_id
     np.testing.assert_allclose(features["test"][:4], adapter.features(sample, mask).numpy(), rtol=1e-4, atol=1e-5)
     start = time.perf_counter()
-    baseline = train_task_adapter(adapter, features, labels, args.adapter_epochs, args.adapter_lr)
+    baseline = train_linear(adapter.classifier, features, labels, args.adapter_epochs, args.adapter_lr)
     print(f"TaskAdapter (frozen SmolLM2, mean pooling + linear): validation {baseline['val_acc']:.2%} at epoch "
           f"{baseline['epoch']}, {time.perf_counter() - start:.1f} s")
     print(f"TASKADAPTER TEST ACCURACY {baseline['test_acc']:.2%} ({len(labels['test'])} sentences)")
 
     # ------------------------------------------------------------------------------------ 2. LoRA
+    # The head starts as a linear probe of the frozen last-token states (cheap: they are cached), so the
+    # adapters start from a working classifier instead of a random one ("linear probing, then fine-tuning").
+    probe = train_linear(model.score, last, labels, args.adapter_epochs, args.adapter_lr)
+    print(f"head initialised as a linear probe of the frozen last-token states: validation {probe['val_acc']:.2%}, "
+          f"test {probe['test_acc']:.2%}")
     base = {k: v for k, v in model.llama.state_dict().items()}
     targets = [f"blocks.{i}.attn.{t}" for i in range(split_at, num_layers) for t in args.targets.split(",")]
     nn.apply_lora(model, targets=targets, rank=args.rank, alpha=args.alpha)
@@ -213,7 +221,7 @@ def main() -> None:
     optimizer, scheduler = adamw_with_schedule(params, args.lr, args.steps, weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
     n_train = len(cached["train"])
-    best = (-1.0, 0, nn.lora_state_dict(model))
+    best = (probe["val_acc"], 0, nn.lora_state_dict(model))  # step 0: the probe, adapters still zero
     start = time.perf_counter()
     model.train()
     for step in tqdm(range(1, args.steps + 1), desc="LoRA", leave=False):
