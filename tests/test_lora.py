@@ -27,7 +27,8 @@ def lora_layer(dtype=np.float64, rank=3, alpha=6.0, bias=True, seed=0) -> nn.LoR
 
 def tiny_classifier(seed=0) -> GPTForSequenceClassification:
     minitx.manual_seed(seed)
-    config = GPTConfig(vocab_size=20, max_len=8, d_model=16, num_heads=2, num_layers=2, ff_dim=32, dropout=0.0)
+    config = GPTConfig(vocab_size=20, max_len=8, d_model=16, num_heads=2, num_layers=2, dim_feedforward=32,
+                       dropout=0.0)
     return GPTForSequenceClassification(config, num_classes=2)
 
 
