@@ -19,8 +19,8 @@ slower machine: the frozen pass costs in proportion to L).
 
 Why only the top K blocks: the blocks below them are frozen and unchanged by training, so their output for a
 sentence is the same at every step. One frozen pass over all sentences caches it (and gives the baseline's
-features on the way), and training then runs — forward and backward — through K blocks instead of L. On two
-CPU cores that is what makes a 135M-parameter model trainable in a few minutes.
+features on the way), and training then runs — forward and backward — through K blocks instead of L: the
+training steps cost K/L of a full model's.
 Prints both test accuracies and timings (record them in RESULTS.md).
 """
 
@@ -182,6 +182,7 @@ def main() -> None:
     # ---------------------------------------------------------------- one frozen pass: cache + features
     ids, labels = {}, {}
     for name, (texts, y) in splits.items():
+        # a long text loses its beginning, not the template's end, where the head reads
         ids[name] = [tokenizer.encode(args.template.format(text=t))[-args.max_length:] for t in texts]
         labels[name] = np.asarray(y, dtype=np.int64)
     start = time.perf_counter()
