@@ -1,7 +1,7 @@
 """SmolLM2-135M on movie-review sentiment: LoRA fine-tuning vs a frozen-feature TaskAdapter baseline.
 
     python benchmarks/movie_reviews_smollm2.py [--layers 30] [--lora-layers 2] [--rank 8] [--alpha 16]
-                                               [--steps 300] [--batch-size 16] [--lr 2e-3] [--limit N] [--quick]
+                                               [--steps 300] [--batch-size 16] [--lr 5e-4] [--limit N] [--quick]
 
 Data: the movie-review sentences of ``minitx.data.movie_reviews()`` (seeded 80/10/10 split), each written into
 the prompt ``--template`` (default "Review: {text}\\nSentiment:", so that the last token, which the classifier
@@ -151,7 +151,7 @@ def main() -> None:
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--steps", type=int, default=300, help="LoRA training steps")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--lr", type=float, default=5e-4)
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--adapter-epochs", type=int, default=600, help="full-batch steps of the linear probes")
     parser.add_argument("--adapter-lr", type=float, default=1e-2)
