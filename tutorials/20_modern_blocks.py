@@ -15,7 +15,7 @@
 #
 # | part | GPT-2 | Llama / SmolLM2 |
 # |---|---|---|
-# | norm | LayerNorm $\frac{x-\mu}{\sqrt{\sigma^2+\epsilon}}\gamma+\beta$ | RMSNorm $\frac{x}{\sqrt{\overline{x^2}+\epsilon}}\gamma$ |
+# | norm | LayerNorm: centre, scale, shift | RMSNorm: scale only |
 # | positions | a learned table added to the input | rotary: q and k turned by angles $m\,\omega_i$ |
 # | feed-forward | $\mathrm{GELU}(xW_1^\top)W_2^\top$ | SwiGLU $(\mathrm{SiLU}(xW_g^\top)\odot xW_u^\top)W_d^\top$ |
 # | attention | $H$ key/value heads | $H_{kv} < H$ key/value heads shared by groups of queries |
