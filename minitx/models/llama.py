@@ -83,8 +83,9 @@ class LlamaConfig:
         return self.d_model // self.num_heads
 
 
-SMOLLM2_135M = LlamaConfig(vocab_size=49152, d_model=576, num_layers=30, num_heads=9, num_kv_heads=3, dim_feedforward=1536,
-                           max_len=8192, rms_norm_eps=1e-5, rope_base=100000.0, tie_embeddings=True)
+SMOLLM2_135M = LlamaConfig(vocab_size=49152, d_model=576, num_layers=30, num_heads=9, num_kv_heads=3,
+                           dim_feedforward=1536, max_len=8192, rms_norm_eps=1e-5, rope_base=100000.0,
+                           tie_embeddings=True)
 
 
 class Llama(Module):
