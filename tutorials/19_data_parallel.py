@@ -485,6 +485,7 @@ def run_measurements():
         communicate.append(two["allreduce_ms"])
     ax.barh(labels, compute, label="compute (and the rest of the step)")
     ax.barh(labels, communicate, left=compute, label="all-reduce (incl. waiting)")
+    ax.set_xlim(0, 1.1 * max(c + m for c, m in zip(compute, communicate)))  # the longest bar whole
     ax.set_xlabel("ms per training step")
     ax.set_title(f"measured on a shared machine ({os.cpu_count()} CPUs), noisy" + ("" if two else "; no MPI here"))
     ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=2)
