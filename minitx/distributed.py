@@ -66,6 +66,7 @@ from .data.loader import DataLoader
 # (MPICH/Hydra and Intel MPI: PMI_SIZE; Open MPI: OMPI_COMM_WORLD_SIZE).
 _SIZE_VARIABLES = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE")
 ALGORITHMS = ("mpi", "ring")
+OUTPUT_GRACE_S = 0.5  # seconds between a failing rank's last words and MPI_Abort (see World.abort)
 
 
 class DistributedError(RuntimeError):
@@ -185,8 +186,12 @@ class World:
         cp.cuda.Device(local_rank % cp.cuda.runtime.getDeviceCount()).use()
 
     def abort(self, code: int = 1) -> None:
-        """End every rank of the job now (MPI_Abort)."""
+        """End every rank of the job (MPI_Abort), after flushing this rank's output and giving mpiexec a
+        moment to forward it: the abort ends the forwarding too, and a report cut mid-traceback was seen."""
         if self.size > 1:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            time.sleep(OUTPUT_GRACE_S)
             self.comm.Abort(code)
 
     # ------------------------------------------------------------------------------------- failures
@@ -249,8 +254,6 @@ def world() -> World:
 def abort_if_distributed(code: int) -> None:
     """After a failed command: end the other ranks too, which would otherwise wait for this one forever."""
     if _world is not None and _world.size > 1:
-        sys.stdout.flush()
-        sys.stderr.flush()
         _world.abort(code)
 
 
