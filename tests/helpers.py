@@ -714,3 +714,20 @@ def run_torch(case_, arrays, kwargs, dtype, upstream):
 def assert_close(actual, expected, dtype, what):
     rtol, atol = TOLERANCES[np.dtype(dtype).type]
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
+
+
+def import_chapter(tutorials, stem: str, out):
+    """Import tutorials/``stem``.py as a module in quick mode, its figures written under ``out``; returns it."""
+    import importlib.util
+    import sys
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MINITX_QUICK", "1")
+        mp.setenv("MINITX_TUTORIAL_OUT", str(out))
+        mp.chdir(out)
+        mp.syspath_prepend(str(tutorials))
+        sys.modules.pop("_common", None)  # re-read MINITX_QUICK
+        spec = importlib.util.spec_from_file_location(f"tutorial_{stem}", tutorials / f"{stem}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return module

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import import_chapter
 
 import minitx as mx
 from minitx import optim
@@ -134,17 +135,7 @@ def chapter(tmp_path_factory):
 
     def load(stem: str):
         if stem not in _loaded:
-            out = tmp_path_factory.mktemp(stem)
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setenv("MINITX_QUICK", "1")
-                mp.setenv("MINITX_TUTORIAL_OUT", str(out))
-                mp.chdir(out)
-                mp.syspath_prepend(str(TUTORIALS))
-                sys.modules.pop("_common", None)  # re-read MINITX_QUICK
-                spec = importlib.util.spec_from_file_location(f"tutorial_{stem}", TUTORIALS / f"{stem}.py")
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
-            _loaded[stem] = module
+            _loaded[stem] = import_chapter(TUTORIALS, stem, tmp_path_factory.mktemp(stem))
         return _loaded[stem]
 
     return load

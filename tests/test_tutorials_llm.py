@@ -4,14 +4,13 @@ PyTorch), and each chapter's checks reject deliberately wrong implementations.""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import import_chapter
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 QUICK_LIMIT_S = 60
@@ -27,15 +26,7 @@ def chapter(tmp_path_factory):
         if stem not in _loaded:
             out = tmp_path_factory.mktemp(stem)
             start = time.perf_counter()
-            with pytest.MonkeyPatch.context() as mp:
-                mp.setenv("MINITX_QUICK", "1")
-                mp.setenv("MINITX_TUTORIAL_OUT", str(out))
-                mp.chdir(out)
-                mp.syspath_prepend(str(TUTORIALS))
-                sys.modules.pop("_common", None)  # re-read MINITX_QUICK
-                spec = importlib.util.spec_from_file_location(f"tutorial_{stem}", TUTORIALS / f"{stem}.py")
-                module = importlib.util.module_from_spec(spec)
-                spec.loader.exec_module(module)
+            module = import_chapter(TUTORIALS, stem, out)
             _loaded[stem] = (module, out / stem, time.perf_counter() - start)
         return _loaded[stem]
 
