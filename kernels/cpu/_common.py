@@ -39,8 +39,8 @@ _C0, _C1, _C2, _C3, _C4, _C5, _C6, _C7 = (np.float32(1.0 / math.factorial(i)) fo
 def exp32(x):
     """exp(x) for a float32 x, in operations the compiler can vectorise when it is called in a loop.
 
-    ``math.exp`` on float32 is a scalar library call the compiler cannot vectorise (about 5x slower per
-    element than NumPy's np.exp), so float32 uses
+    ``math.exp`` on float32 is a scalar library call the compiler cannot vectorise (one call per element,
+    where NumPy's np.exp runs a vectorised loop over the whole array), so float32 uses
 
         exp(x) = 2^n exp(r),   n = round(x log2 e),   r = x - n ln 2  in [-ln2/2, ln2/2]
 
