@@ -595,11 +595,21 @@ def run_command(command: str, func, arg, debug: bool = False) -> int:
     """func(arg), with the user's mistakes, failures and Ctrl-C reported as one line and an exit status
     (``debug``: the traceback instead, for bug reports). Under MPI a rank that fails ends the others, which
     would wait for it forever; an error that every rank found (the ranks disagree) is printed by rank 0 only,
-    and every rank ends by itself."""
+    and every rank ends by itself.
+
+    Outside ``debug``, NumPy's floating-point warnings (overflow, invalid value, division by zero) are not
+    shown: a run that goes non-finite is caught by the trainer's finiteness checks, whose one line says what
+    happened, and the warnings NumPy printed on the way there were noise above it."""
+    import numpy as np
+
     from .distributed import DistributedError, abort_if_distributed, world  # MPI ranks, when under mpiexec
 
     try:
-        func(arg)
+        if debug:
+            func(arg)
+        else:
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                func(arg)
     except KeyboardInterrupt:
         print(f"minitx {command}: interrupted", file=sys.stderr)
         abort_if_distributed(130)
