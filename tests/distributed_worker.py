@@ -5,12 +5,13 @@
     python distributed_worker.py train --weights W [--steps S] [--checkpoint C --checkpoint-every K]
                                        [--resume C] [--kill-rank R --kill-step T] [--hang-rank R --hang-step T]
                                        [--raise-rank R --raise-step T]
-                                       [--padded] [--no-count] [--float64]
+                                       [--padded] [--no-count] [--float64] [--micro-batches K]
         a tiny GPT trained by the Trainer on a fixed random token stream (global batch 8); rank 0 saves the
         final weights to W. --padded: rows padded to random lengths, so the ranks average different numbers
         of tokens (the loss reports its count unless --no-count). --kill-rank: that rank SIGKILLs itself
         before step T; --hang-rank: that rank sleeps forever before step T; --raise-rank: that rank raises.
-        --float64: the model in float64.
+        --float64: the model in float64. --micro-batches K: the loader serves batches of 8/K rows and the
+        Trainer accumulates K of them per step (``accumulation=K``; the same global batch of 8).
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def train(args) -> None:
     model = GPT(GPTConfig(vocab_size=vocab, max_len=length - 1, d_model=16, num_heads=2, num_layers=1,
                           dim_feedforward=32, dropout=0.0))
     optimizer, scheduler = adamw_with_schedule(model.parameters(), 3e-3, args.steps)
-    loader = DataLoader(ListDataset(windows, masks), 8, shuffle=True, seed=0, drop_last=True)
+    loader = DataLoader(ListDataset(windows, masks), 8 // args.micro_batches, shuffle=True, seed=0, drop_last=True)
     calls = {"n": 0}
 
     def loss_fn(model, batch):
@@ -91,8 +92,8 @@ def train(args) -> None:
         return (loss, {}) if args.no_count else (loss, {}, count)
 
     trainer = Trainer(model, optimizer, loader, loss_fn, TrainConfig(
-        steps=args.steps, clip_norm=1.0, progress=False, checkpoint_path=args.checkpoint,
-        checkpoint_every=args.checkpoint_every), scheduler=scheduler)
+        steps=args.steps, accumulation=args.micro_batches, clip_norm=1.0, progress=False,
+        checkpoint_path=args.checkpoint, checkpoint_every=args.checkpoint_every), scheduler=scheduler)
     if args.resume:
         trainer.resume(args.resume)
         calls["n"] = trainer.step
@@ -119,6 +120,7 @@ def main() -> None:
     parser.add_argument("--padded", action="store_true")
     parser.add_argument("--no-count", action="store_true")
     parser.add_argument("--float64", action="store_true")
+    parser.add_argument("--micro-batches", type=int, choices=(1, 2, 4, 8), default=1)
     args = parser.parse_args()
     allreduce() if args.what == "allreduce" else train(args)
 

@@ -143,3 +143,15 @@ def test_movie_reviews_smollm2_quick():
     out = run_benchmark("movie_reviews_smollm2.py", "--quick")
     assert "TASKADAPTER TEST ACCURACY" in out and "LORA TEST ACCURACY" in out and "(24 sentences)" in out
     assert "base weights bit-identical" in out and "merged into the base weights" in out
+
+
+def test_data_parallel_rounding_small(tmp_path):
+    pytest.importorskip("torch", reason="PyTorch is the reference (pip install 'minitx[test]')")
+    from minitx.data import corpus_text
+
+    text = tmp_path / "text.txt"
+    text.write_text(corpus_text(seed=0)[:6000], encoding="utf-8")
+    out = run_benchmark("data_parallel_rounding.py", "--text", str(text), "--steps", "3", "--vocab-size", "300",
+                        "--d-model", "16", "--layers", "1", "--heads", "2", "--context", "16", "--torch")
+    assert "max |halves - Trainer(accumulation=2)| 0.0e+00" in out  # two ranks' sum is accumulation's, bit for bit
+    assert "max |one - halves|" in out and "PyTorch" in out and "key part" in out

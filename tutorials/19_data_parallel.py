@@ -61,8 +61,7 @@ mx.manual_seed(0)
 # this: a `loss_fn` may return its count, and each rank scales its loss by its share before backward.
 #
 # In float32 the equality holds only up to rounding: two half-batch sums round differently from one
-# full-batch sum, so after 20 Adam steps one and two processes end about as far apart as either is from the
-# same run in float64 (around $10^{-5}$ for the small GPTs of the tests).
+# full-batch sum. Section 1b shows what that costs after Adam, and what is equal bit for bit.
 
 # %%
 def tiny_gpt():
@@ -124,6 +123,93 @@ _mean_error = max(float(np.abs(a - b).max()) for a, b in zip(combine_mean(*shard
                                                               gradients(tiny_gpt(), _ids, _mask)))
 print(f"with padding, the plain mean of 2 ranks' gradients is off by up to {_mean_error:.2e}: it weights "
       "each rank's tokens by 1/n_r instead of 1/Σn")
+
+# %% [markdown]
+# ## 1b. In float32: bit for bit like accumulation, not like one big product
+#
+# Floating-point addition is commutative ($a + b = b + a$ exactly) but not associative. Two ranks with 4 rows
+# each compute exactly what one process computes when it **accumulates** two micro-batches of 4 (the
+# Trainer's `accumulation=2`): the same products on the same rows, each loss halved (exact: a power of two),
+# and the all-reduce's one addition per number is the addition the second `backward` makes into `.grad`.
+# So `mpiexec -n 2` with 4 rows per rank and one process accumulating 2 × 4 write **the same weights, bit for
+# bit** (tests/test_distributed.py checks it, with MPI's all-reduce and with the ring). One process with all
+# 8 rows in **one product** sums the 8·T rows of every weight gradient in another order, so its gradients
+# differ in the last bits (about $10^{-7}$ of their size). With 3 or more ranks, MPI and the ring add in
+# orders of their own, and only "equal up to rounding" is left.
+
+# %%
+def float32_gradients(model, ids, pieces: int, accumulate: bool) -> list:
+    """The batch's gradient from ``pieces`` row blocks: summed by ``backward`` into ``.grad`` (accumulate) or
+    computed block by block and added afterwards (what the all-reduce adds for one block per rank)."""
+    model.zero_grad()
+    per_block = []
+    for rows in np.split(ids, pieces):
+        (model.loss(Tensor(rows)) * (1.0 / pieces)).backward()
+        if not accumulate:
+            per_block.append([p.grad.copy() for p in model.parameters()])
+            model.zero_grad()
+    if accumulate:
+        return [p.grad.copy() for p in model.parameters()]
+    return [sum(block[i] for block in per_block) for i in range(len(per_block[0]))]
+
+
+mx.manual_seed(1)
+_gpt32 = GPT(GPTConfig(vocab_size=17, max_len=8, d_model=16, num_heads=2, num_layers=1, dim_feedforward=32,
+                       dropout=0.0))  # float32
+_ranks = float32_gradients(_gpt32, _ids, 2, accumulate=False)
+_accumulated = float32_gradients(_gpt32, _ids, 2, accumulate=True)
+_one_product = float32_gradients(_gpt32, _ids, 1, accumulate=True)
+assert all(np.array_equal(a, b) for a, b in zip(_ranks, _accumulated)), "2 ranks must equal accumulation bit for bit"
+_rounding = max(float(np.abs(a - b).max()) for a, b in zip(_ranks, _one_product))
+assert 0 < _rounding < 1e-6, _rounding
+print(f"[check] 2 ranks x 4 rows == 1 process accumulating 2 x 4, bit for bit; 8 rows in one product differ "
+      f"by up to {_rounding:.1e}")
+
+# %% [markdown]
+# A difference of $10^{-9}$ in a gradient looks harmless, but Adam divides each gradient by its own running
+# size: its first step is $\Delta\theta = -\,\mathrm{lr}\cdot g / (|g| + \varepsilon)$ with $\varepsilon = 10^{-8}$,
+# about $\pm\mathrm{lr}$ whatever $|g|$ is. Where $|g|$ is as small as $\varepsilon$, that step moves by up to
+# $\mathrm{lr}\cdot\Delta g/\varepsilon$ when $g$ moves by $\Delta g$. Two kinds of weights get there:
+#
+# - the **attention key bias**: it adds $q_t \cdot b$ to every score of query $t$, which the softmax ignores,
+#   so its true gradient is exactly 0 and what backward computes is rounding noise (below);
+# - **any weight whose gradient happens to cancel** to about $\varepsilon$: a sum of terms of $10^{-3}$ that
+#   lands at $5\cdot 10^{-9}$ keeps the rounding of the terms, a relative error of 10% or more.
+#
+# `benchmarks/data_parallel_rounding.py` finds such a weight in the default `minitx train-gpt` model (seed 1,
+# `blocks.1.mlp.linear2.weight[13, 65]`): at step 1 its gradient is $5.43\cdot 10^{-9}$ in float64,
+# $4.19\cdot 10^{-9}$ from one product of 8 rows and $4.66\cdot 10^{-9}$ from two halves of 4, the global
+# gradient norm 1.585 is clipped to 1, and the learning rate of the warm-up's first step is $1.5\cdot 10^{-3}$:
+
+# %%
+def adam_first_step(g: float, lr: float, eps: float = 1e-8) -> float:
+    """Adam's (and AdamW's) first update: m̂ = g, v̂ = g², so Δθ = -lr·g/(|g| + ε)."""
+    return -lr * g / (abs(g) + eps)
+
+
+_clip = 1 / 1.585
+_apart = abs(adam_first_step(4.19e-9 * _clip, 1.5e-3) - adam_first_step(4.66e-9 * _clip, 1.5e-3))
+print(f"one weight, step 1: the two runs' updates differ by {_apart:.1e} (the runs themselves: 2.7e-05 apart)")
+
+
+def key_bias_gradient(model) -> float:
+    """The largest |∂L/∂b_k| of the first block's attention key bias, on the batch of section 1."""
+    gradients(model, _ids)
+    return float(np.abs(model.blocks[0].attn.k_proj.bias.grad).max())
+
+
+print(f"key bias gradient, largest element: {key_bias_gradient(_gpt32):.1e} in float32, "
+      f"{key_bias_gradient(tiny_gpt()):.1e} in float64 (truly 0); the query bias's: "
+      f"{float(np.abs(_gpt32.blocks[0].attn.q_proj.bias.grad).max()):.1e}")
+
+# %% [markdown]
+# After 20 steps of the default `train-gpt` model (d_model 64, 2 layers, batch 8, lr $3\cdot 10^{-3}$) on the
+# built-in corpus, the one-process and two-rank weights end $5.6\cdot 10^{-6}$ to $2.8\cdot 10^{-5}$ apart
+# over seeds 0–7 (above $10^{-5}$ for 2 of the 8). PyTorch, asked the same question (the same model, initial
+# weights, batches and AdamW; 8 rows in one product against two halves of 4), ends $6.5\cdot 10^{-6}$ to
+# $2.5\cdot 10^{-5}$ apart (above $10^{-5}$ for 4 of the 8): the distance is float32 arithmetic under
+# Adam, not a flaw of one library (benchmarks/RESULTS.md, "Data parallelism"). In float64 the runs agree to
+# $10^{-14}$.
 
 # %% [markdown]
 # ## 2. The ring all-reduce, step by step
