@@ -255,3 +255,60 @@ def q8_0_linear(x, scale, quants):
     """y = x W^T with W (O, in) held as Q8_0: scale (O, nb), quants (O, nb, 32) int8, w = d q."""
     w = (scale[..., None] * quants.astype(scale.dtype)).reshape(scale.shape[0], -1)   # (O, in)
     return x @ w.T
+
+
+def layer_norm_forward(x, weight, bias, eps=1e-5, residual=None):
+    """Layer normalisation of each row of s = x (+ residual), x and residual (N, D), weight and bias (D,).
+
+    mu = mean_j s_j,  rstd = 1 / sqrt(mean_j (s_j - mu)^2 + eps),  y = (s - mu) rstd * weight + bias
+
+    Returns (y, mean, rstd); mean and rstd (N,) are what the backward pass needs (with x and residual).
+    """
+    s = x if residual is None else x + residual   # (N, D)
+    mean = s.mean(axis=-1)                         # (N,)
+    centered = s - mean[:, None]
+    rstd = 1.0 / array_module(x).sqrt((centered * centered).mean(axis=-1) + eps)   # (N,)
+    xhat = centered * rstd[:, None]                # (N, D)
+    return xhat * weight + bias, mean, rstd
+
+
+def layer_norm_backward(x, weight, mean, rstd, dy, residual=None):
+    """Gradients of ``layer_norm_forward`` given dy = dL/dy (N, D).
+
+    xhat = (s - mu) rstd,  g = dy * weight
+    ds = rstd * (g - mean_j g - xhat * mean_j (g * xhat))
+    dweight = sum_n dy * xhat,  dbias = sum_n dy
+
+    ds is the gradient of x and of the residual alike. Returns (ds, dweight, dbias).
+    """
+    s = x if residual is None else x + residual
+    xhat = (s - mean[:, None]) * rstd[:, None]     # (N, D)
+    g = dy * weight                                # (N, D)
+    ds = rstd[:, None] * (g - g.mean(axis=-1, keepdims=True) - xhat * (g * xhat).mean(axis=-1, keepdims=True))
+    return ds, (dy * xhat).sum(axis=0), dy.sum(axis=0)
+
+
+def cross_entropy_forward(logits, target, label_smoothing=0.0):
+    """Cross-entropy of each row of logits (N, C) against its class target (N,) (integers in [0, C)).
+
+    lse = log sum_c exp(logits_c),  log p_c = logits_c - lse
+    loss = -(1 - eps) log p_target - eps mean_c log p_c      (eps = label_smoothing)
+
+    Returns (loss, lse), both (N,); lse is all the backward pass needs besides the logits.
+    """
+    lse = logsumexp(logits)                                            # (N,)
+    picked = logits[np.arange(logits.shape[0]), target]                # (N,)
+    loss = (1 - label_smoothing) * (lse - picked) + label_smoothing * (lse - logits.mean(axis=-1))
+    return loss, lse
+
+
+def cross_entropy_backward(logits, target, lse, dloss, label_smoothing=0.0):
+    """Gradient of ``cross_entropy_forward`` given dloss = dL/dloss (N,):
+
+    dlogits_c = dloss * (p_c - q_c),  p = exp(logits - lse),  q = (1 - eps) onehot(target) + eps / C
+    """
+    xp = array_module(logits)
+    n, c = logits.shape
+    q = xp.full((n, c), label_smoothing / c, dtype=logits.dtype)
+    q[xp.arange(n), target] += 1 - label_smoothing
+    return dloss[:, None] * (xp.exp(logits - lse[:, None]) - q)

@@ -18,7 +18,7 @@ import numpy as np
 from kernels.activations import ACTIVATIONS
 
 from . import backend, ops
-from .ops.fused import FusedAttention, FusedFeedForward
+from .ops.fused import FusedAttention, FusedCrossEntropy, FusedFeedForward, FusedLayerNorm
 from .tensor import Tensor
 
 IGNORE_INDEX = -100  # a target that takes no part in cross_entropy (padding, unmasked MLM tokens, no SOP label)
@@ -28,11 +28,12 @@ _use_fused = True  # the fused kernels compute the composed path's function with
 
 
 def set_fused_kernels(enabled: bool) -> None:
-    """Make attention and the FFN use the fused kernels (``kernels/``, the default) or the composed ops.
+    """Make attention, the FFN, layer norm and cross-entropy use the fused kernels (``kernels/``, the default)
+    or the composed ops.
 
     The fused kernels are used only where they apply (attention: (B, H, T, d) inputs, boolean padding and
-    causal masks, no dropout, no returned weights; FFN: both biases, no dropout); other calls take the
-    composed ops whatever the setting.
+    causal masks, no dropout, no returned weights; FFN: both biases, no dropout; layer norm and cross-entropy:
+    CPU arrays, layer norm over one axis); other calls take the composed ops whatever the setting.
     """
     global _use_fused
     _use_fused = bool(enabled)
@@ -253,14 +254,28 @@ def one_hot(ids, num_classes: int = -1) -> Tensor:
 
 
 def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: Tensor | None = None,
-               eps: float = 1e-5) -> Tensor:
-    """Normalise over the trailing ``normalized_shape`` axes, then scale by γ and shift by β."""
+               eps: float = 1e-5, residual: Tensor | None = None, fused: bool | None = None) -> Tensor:
+    """Normalise over the trailing ``normalized_shape`` axes, then scale by γ and shift by β.
+
+    With ``residual``, the input is the residual sum x + residual (a post-norm block's ``LayerNorm(x +
+    sublayer(x))``). ``fused`` as in :func:`scaled_dot_product_attention`: the fused kernel
+    (``ops.fused.FusedLayerNorm``: CPU, one normalised axis; the sum is never stored) or ``ops.LayerNorm``
+    of ``x + residual``.
+    """
     normalized_shape = (normalized_shape,) if isinstance(normalized_shape, int) else tuple(normalized_shape)
     if x.shape[-len(normalized_shape):] != normalized_shape:
         raise ValueError(f"layer_norm: input shape {x.shape} does not end with normalized_shape {normalized_shape}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"layer_norm: residual has shape {residual.shape}, expected the input's {x.shape}")
     xp = x.xp
     weight = weight if weight is not None else Tensor(xp.ones(normalized_shape, dtype=x.dtype))
     bias = bias if bias is not None else Tensor(xp.zeros(normalized_shape, dtype=x.dtype))
+    unsupported = [name for name, used in (("a device other than the CPU", x.device != "cpu"),
+                                           ("more than one normalised axis", len(normalized_shape) != 1)) if used]
+    if _choose_fused(fused, not unsupported, ", ".join(unsupported), "layer_norm"):
+        inputs = (x, weight, bias) if residual is None else (x, weight, bias, residual)
+        return FusedLayerNorm.apply(*inputs, eps=eps)
+    x = x if residual is None else x + residual
     return ops.LayerNorm.apply(x, weight, bias, normalized_ndim=len(normalized_shape), eps=eps)
 
 
@@ -305,15 +320,24 @@ def dropout(x: Tensor, p: float = 0.5, training: bool = True) -> Tensor:
 
 
 def cross_entropy(logits: Tensor, target, ignore_index: int = IGNORE_INDEX, label_smoothing: float = 0.0,
-                  reduction: str = "mean") -> Tensor:
+                  reduction: str = "mean", fused: bool | None = None) -> Tensor:
     """Cross-entropy of ``logits`` (…, C) against integer ``target`` (…).
 
     Classes are on the LAST axis (so (B, T, V) language-model logits go in as they are, with (B, T)
     targets); PyTorch puts them on axis 1. Targets equal to ``ignore_index`` (:data:`IGNORE_INDEX`, -100,
     PyTorch's value) are skipped; "mean" divides by the number of the others (NaN when there are none, with a
     zero gradient, as in PyTorch).
+
+    ``fused`` as in :func:`scaled_dot_product_attention`: the fused kernel (``ops.fused.FusedCrossEntropy``,
+    CPU float logits: log-softmax and NLL in one pass, no (…, C) array kept) or ``ops.CrossEntropy``.
     """
     target = _class_targets("cross_entropy", logits, target, reduction)
+    unsupported = [name for name, used in (("a device other than the CPU", logits.device != "cpu"),
+                                           ("non-float logits", logits.dtype.kind != "f"),
+                                           ("logits without a class axis", logits.ndim == 0)) if used]
+    if _choose_fused(fused, not unsupported, ", ".join(unsupported), "cross_entropy"):
+        return FusedCrossEntropy.apply(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing,
+                                       reduction=reduction)
     return ops.CrossEntropy.apply(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing,
                                   reduction=reduction)
 

@@ -102,8 +102,9 @@ class LayerNorm(Module):
             self.weight = Parameter(init.ones_(Tensor(_empty(self.normalized_shape, dtype, device))))
             self.bias = Parameter(init.zeros_(Tensor(_empty(self.normalized_shape, dtype, device))))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """LayerNorm(x), or LayerNorm(x + residual) in one fused op (see ``F.layer_norm``)."""
+        return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps, residual=residual)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}"
@@ -125,8 +126,9 @@ class RMSNorm(Module):
         if elementwise_affine:
             self.weight = Parameter(init.ones_(Tensor(_empty(self.normalized_shape, dtype, device))))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return F.rms_norm(x, self.normalized_shape, self.weight, self.eps)
+    def forward(self, x: Tensor, residual: Tensor | None = None) -> Tensor:
+        """RMSNorm(x), or RMSNorm(x + residual) (the same call as LayerNorm's)."""
+        return F.rms_norm(x if residual is None else x + residual, self.normalized_shape, self.weight, self.eps)
 
     def extra_repr(self) -> str:
         return f"{self.normalized_shape}, eps={self.eps}"

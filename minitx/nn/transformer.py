@@ -67,8 +67,8 @@ class TransformerEncoderLayer(Module):
         if self.norm_first:
             x = x + self._attend(self.norm1(x), key_padding_mask, attn_mask, is_causal)
             return x + self.dropout2(self.ff(self.norm2(x)))
-        x = self.norm1(x + self._attend(x, key_padding_mask, attn_mask, is_causal))
-        return self.norm2(x + self.dropout2(self.ff(x)))
+        x = self.norm1(self._attend(x, key_padding_mask, attn_mask, is_causal), residual=x)  # norm(x + attn)
+        return self.norm2(self.dropout2(self.ff(x)), residual=x)                           # norm(x + ffn)
 
     def extra_repr(self) -> str:
         return f"norm_first={self.norm_first}"

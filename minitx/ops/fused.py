@@ -9,6 +9,8 @@ without a backward: the products by quantised weights serve generation, not trai
 
 from __future__ import annotations
 
+import numpy as np
+
 from .. import backend
 from ..tensor import Function
 
@@ -78,3 +80,61 @@ class QuantizedLinear(Function):
 
     def backward(self, grad):
         raise RuntimeError("QuantizedLinear has no backward: quantised weights serve generation, not training")
+
+
+class FusedLayerNorm(Function):
+    """y = LayerNorm(x + residual) (or of x alone) over the last axis, in one pass per row forward and one
+    backward (``kernels.cpu.layer_norm_forward`` / ``layer_norm_backward``; CPU only).
+
+    x and residual (…, D), weight and bias (D,). The same function and backward as ``ops.LayerNorm`` of
+    ``x + residual`` (see its docstring for the formula); the sum is never stored: forward keeps the per-row
+    mean and 1/σ, backward rebuilds x̂ from x and residual. dL/dx and dL/dresidual are the same array.
+    """
+
+    def forward(self, x, weight, bias, residual=None, eps: float = 1e-5):
+        from kernels.cpu import layernorm
+
+        self.kernels = layernorm
+        self.x, self.weight, self.residual = x, weight, residual
+        y, self.mean, self.rstd = layernorm.layer_norm_forward(x, weight, bias, eps, residual)
+        return y
+
+    def backward(self, grad):
+        ds, dweight, dbias = self.kernels.layer_norm_backward(self.x, self.weight, self.mean, self.rstd, grad,
+                                                              self.residual)
+        return (ds, dweight, dbias) + (() if self.residual is None else (ds,))
+
+
+class FusedCrossEntropy(Function):
+    """Cross-entropy of logits (…, C) at class targets (…), log-softmax and NLL in one kernel per pass
+    (``kernels.cpu.cross_entropy_forward`` / ``cross_entropy_backward``; CPU only).
+
+    The same loss, reductions, ``ignore_index`` and label smoothing as ``ops.CrossEntropy`` (formulas there),
+    but only the per-position log-sum-exp (…) is kept, not the (…, C) log-probabilities; backward writes
+    dL/dlogits = softmax(logits) - q per counted position in one pass.
+    """
+
+    def forward(self, logits, target, ignore_index: int, label_smoothing: float = 0.0, reduction: str = "mean"):
+        from kernels.cpu import cross_entropy
+        from .nn import _class_targets
+
+        self.kernels = cross_entropy
+        num_classes = logits.shape[-1]
+        self.valid, safe_target = _class_targets("cross_entropy", target, ignore_index, num_classes)
+        self.logits = logits.reshape(-1, num_classes)  # (N, C)
+        self.target, self.smoothing, self.reduction = safe_target.reshape(-1), label_smoothing, reduction
+        loss, self.lse = cross_entropy.cross_entropy_forward(self.logits, self.target, label_smoothing)  # (N,)
+        loss = np.where(self.valid, loss.reshape(self.valid.shape), logits.dtype.type(0))  # (…)
+        if reduction == "none":
+            return loss
+        if reduction == "sum":
+            return loss.sum()
+        self.count = self.valid.sum()
+        return loss.sum() / self.count.astype(logits.dtype)
+
+    def backward(self, grad):
+        if self.reduction == "mean":  # 1/n; with n = 0 every position is masked out below anyway
+            grad = grad / np.maximum(self.count, 1).astype(grad.dtype)
+        dloss = np.broadcast_to(self.valid * grad, self.valid.shape).reshape(-1).astype(grad.dtype)  # (N,)
+        dlogits = self.kernels.cross_entropy_backward(self.logits, self.target, self.lse, dloss, self.smoothing)
+        return dlogits.reshape(self.valid.shape + (-1,)), None

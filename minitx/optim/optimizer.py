@@ -86,6 +86,10 @@ class Optimizer:
             if tuple(p.grad.shape) != p.shape:
                 raise ValueError(f"{type(self).__name__}.step: the gradient of parameter {i} has shape "
                                  f"{tuple(p.grad.shape)}, the parameter {p.shape}; nothing was updated")
+        self.update_all(todo)
+
+    def update_all(self, todo: list) -> None:
+        """Update each (parameter, its group) of ``todo``; a subclass may do them all in one pass."""
         for p, group in todo:
             self.update(p, p.grad, self.state.setdefault(p, {}), group)
 
