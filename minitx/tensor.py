@@ -278,8 +278,10 @@ class Tensor:
                 raise ValueError(f"backward(): grad has shape {tuple(grad.shape)} but the tensor has shape {self.shape}")
 
         grads = {id(self): grad}  # tensor id -> dL/dtensor accumulated so far
+        sums = set()  # ids whose gradient is a sum made below: an array of our own, so later terms add in place
         for node in _reverse_topological_order(self):
             g = grads.pop(id(node), None)
+            sums.discard(id(node))
             if g is None:  # every path from here to the output was cut (an input grad of None)
                 continue
             if node._ctx is None or node._retains_grad:
@@ -303,7 +305,13 @@ class Tensor:
                 if tg is None or not t.requires_grad:
                     continue
                 key = id(t)
-                grads[key] = tg if key not in grads else grads[key] + tg
+                if key not in grads:
+                    grads[key] = tg  # may be shared with another input (add passes its gradient to both)
+                elif key in sums and grads[key].dtype == tg.dtype:
+                    grads[key] += tg  # in place: no new array for a tensor used three or more times
+                else:
+                    grads[key] = grads[key] + tg
+                    sums.add(key)
             if not retain_graph:
                 fn.release()
 

@@ -50,6 +50,27 @@ def test_the_default_step_runs_the_fused_kernels(make):
     names = ops_in_graph(loss)
     assert names.count("FusedAttention") == L and names.count("FusedFeedForward") == L, names
     assert "Softmax" not in names and "MatMul" not in names and "MaskedFill" not in names, names
+    # every layer norm fused (the GPT's final one too), the post-norm residual adds inside them; the loss fused
+    assert names.count("FusedLayerNorm") == (2 * L if make is encoder else 2 * L + 1), names
+    assert names.count("FusedCrossEntropy") == 1, names
+    assert "LayerNorm" not in names and "CrossEntropy" not in names and "LogSoftmax" not in names, names
+    # the position embedding's add, and the pre-norm residual adds (post-norm ones are inside the layer norms)
+    assert names.count("Add") == (1 if make is encoder else 1 + 2 * L), names
+
+
+def test_the_default_adamw_updates_all_parameters_in_one_kernel_call(monkeypatch):
+    """AdamW's default (foreach) path calls the multi-tensor kernel once per group, not update() per parameter."""
+    from kernels.cpu import adam
+
+    calls = []
+    monkeypatch.setattr(adam, "_adam_lists", lambda *args: calls.append(len(args[0])))
+    monkeypatch.setattr(optim.Adam, "update", lambda *args: pytest.fail("per-parameter update() was called"))
+    model = encoder()
+    ids, mask, targets = batch()
+    F.cross_entropy(model(ids, mask), targets).backward()
+    params = list(model.parameters())
+    optim.AdamW(params, lr=LR).step()
+    assert calls == [len(params)]
 
 
 def test_fused_false_keeps_the_composed_path():
@@ -57,7 +78,9 @@ def test_fused_false_keeps_the_composed_path():
     with F.fused_kernels(False):
         names = ops_in_graph(F.cross_entropy(encoder()(ids, mask), targets))
     assert "FusedAttention" not in names and "FusedFeedForward" not in names
+    assert "FusedLayerNorm" not in names and "FusedCrossEntropy" not in names
     assert names.count("Softmax") == L and names.count("MatMul") == 2 * L
+    assert names.count("LayerNorm") == 2 * L and names.count("CrossEntropy") == 1
 
 
 @pytest.mark.parametrize("make", [encoder, gpt], ids=["encoder", "gpt"])

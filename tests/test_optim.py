@@ -208,3 +208,28 @@ def test_step_checks_every_gradient_before_updating_any():
     for p, b in zip(params, before):
         np.testing.assert_array_equal(p.numpy(), b)
     assert opt.state == {}
+
+
+@pytest.mark.parametrize("make", [lambda ps, fe: optim.AdamW(ps, lr=1e-2, weight_decay=0.1, foreach=fe),
+                                  lambda ps, fe: optim.Adam(ps, lr=1e-2, weight_decay=0.1, foreach=fe),
+                                  lambda ps, fe: optim.Adam(ps, lr=1e-2, foreach=fe)], ids=["adamw", "adam_l2", "adam"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_multi_tensor_adam_is_bitwise_the_per_parameter_update(make, dtype):
+    """foreach (one Numba pass over every parameter, the default) against update() parameter by parameter: the
+    same arithmetic in the same order, so the same bits; a parameter whose step count differs (it had no
+    gradient once) and a non-contiguous parameter (updated by update()) included."""
+    shapes = [(7, 5), (5,), (3, 2, 4), (6,)]
+    results = []
+    for foreach in (True, False):
+        params = [Tensor(np.random.default_rng(i).standard_normal(s).astype(dtype), requires_grad=True)
+                  for i, s in enumerate(shapes)]
+        params.append(Tensor(np.asfortranarray(np.ones((3, 4), dtype)), requires_grad=True))
+        opt = make(params, foreach)
+        for step in range(4):
+            for i, p in enumerate(params):
+                skip = i == 1 and step == 1
+                p.grad = None if skip else np.random.default_rng(10 * step + i).standard_normal(p.shape).astype(dtype)
+            opt.step()
+        results.append([a.copy() for p in params for a in (p.data, opt.state[p]["exp_avg"], opt.state[p]["exp_avg_sq"])])
+    for got, want in zip(*results):
+        np.testing.assert_array_equal(got, want)

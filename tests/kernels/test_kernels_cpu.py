@@ -166,3 +166,43 @@ def test_blas_inside_the_attention_kernels_runs_on_one_thread_per_task(monkeypat
         assert lib.scipy_openblas_get_num_threads() == 2
     finally:
         lib.scipy_openblas_set_num_threads(before)
+
+
+# ------------------------------------------- layer norm (+ residual) and cross-entropy (CPU only, no registry)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("with_residual", [False, True])
+def test_layer_norm_kernels(dtype, with_residual):
+    from kernels.cpu import layernorm
+
+    rng = np.random.default_rng(5)
+    x, residual, dy = (rng.standard_normal((2, 37, 24)).astype(dtype) for _ in range(3))
+    weight, bias = (rng.standard_normal(24).astype(dtype) for _ in range(2))
+    residual = residual if with_residual else None
+    got = layernorm.layer_norm_forward(x, weight, bias, 1e-5, residual)
+    want = reference.layer_norm_forward(x.reshape(-1, 24), weight, bias, 1e-5,
+                                        None if residual is None else residual.reshape(-1, 24))
+    for name, g, w in zip(("y", "mean", "rstd"), got, want):
+        assert_close(f"layer_norm {name}", g.reshape(w.shape), w)
+    got = layernorm.layer_norm_backward(x, weight, want[1], want[2], dy, residual)
+    want = reference.layer_norm_backward(x.reshape(-1, 24), weight, want[1], want[2], dy.reshape(-1, 24),
+                                         None if residual is None else residual.reshape(-1, 24))
+    for name, g, w in zip(("ds", "dweight", "dbias"), got, want):
+        assert_close(f"layer_norm backward {name}", g.reshape(w.shape), w)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_cross_entropy_kernels(dtype, smoothing):
+    from kernels.cpu import cross_entropy
+
+    rng = np.random.default_rng(6)
+    logits = (4 * rng.standard_normal((29, 53))).astype(dtype)
+    logits[3, 7] = 90.0  # one dominant logit: exp(x - max) must not overflow, the others underflow to 0
+    target = rng.integers(0, 53, 29)
+    dloss = rng.standard_normal(29).astype(dtype)
+    got, want = cross_entropy.cross_entropy_forward(logits, target, smoothing), \
+        reference.cross_entropy_forward(logits, target, smoothing)
+    for name, g, w in zip(("loss", "lse"), got, want):
+        assert_close(f"cross_entropy {name}", g, w)
+    assert_close("cross_entropy backward", cross_entropy.cross_entropy_backward(logits, target, want[1], dloss, smoothing),
+                 reference.cross_entropy_backward(logits, target, want[1], dloss, smoothing))
