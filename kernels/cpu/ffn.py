@@ -17,6 +17,7 @@ from kernels.activations import (GELU, GELU_TANH_COEF, IDENTITY, INV_SQRT_2, INV
                                  activation_code)
 from kernels.cpu import _common
 from kernels.cpu._common import FASTMATH, exp32
+from kernels.gemm import transposed_product
 from kernels.versions import Version, registry
 
 # Abramowitz & Stegun 7.1.26: erfc(x) = t (a1 + a2 t + a3 t^2 + a4 t^3 + a5 t^4) exp(-x^2) + e(x),
@@ -125,9 +126,9 @@ def ffn_backward(x, w1, b1, w2, b2, h_pre, dy, activation="relu"):
     dh = dy @ w2                      # (N, F), becomes dh_pre in place
     h = _common.empty(h_pre.shape, dtype)    # (N, F)
     _act_backward(h_pre, code, h, dh)
-    dw2 = dy.T @ h                    # (D, F)
+    dw2 = transposed_product(dy, h)   # dy^T h (D, F), in BLAS's faster orientation
     db2 = dy.sum(axis=0)              # (D,)
-    dw1 = dh.T @ x                    # (F, D)
+    dw1 = transposed_product(dh, x)   # dh^T x (F, D)
     db1 = dh.sum(axis=0)              # (F,)
     dx = dh @ w1                      # (N, D)
     return dx, dw1, db1, dw2, db2

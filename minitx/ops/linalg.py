@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from kernels.blas_threads import threads_for
+from kernels.gemm import transposed_product
 
 from ..backend import get_array_module
 from ..tensor import Function
@@ -98,7 +99,7 @@ class Linear(Function):
         g = grad.reshape(-1, grad.shape[-1])                                       # (N, out)
         with threads_for(*self.size):
             dx = (g @ self.weight).reshape(self.x_shape) if self.needs_grad[0] else None  # (…, in)
-            dw = g.T @ self.x2 if self.needs_grad[1] else None                         # (out, in)
+            dw = transposed_product(g, self.x2) if self.needs_grad[1] else None        # Gᵀ X (out, in)
         if not self.has_bias:
             return dx, dw
         return dx, dw, (g.sum(axis=0) if self.needs_grad[2] else None)             # (out,)

@@ -206,3 +206,14 @@ def test_cross_entropy_kernels(dtype, smoothing):
         assert_close(f"cross_entropy {name}", g, w)
     assert_close("cross_entropy backward", cross_entropy.cross_entropy_backward(logits, target, want[1], dloss, smoothing),
                  reference.cross_entropy_backward(logits, target, want[1], dloss, smoothing))
+
+
+@pytest.mark.parametrize("m,n", [(3, 7), (7, 3), (5, 5)])
+def test_transposed_product_is_gT_x_in_either_orientation(m, n):
+    from kernels.gemm import transposed_product
+
+    rng = np.random.default_rng(m * n)
+    g, x = rng.standard_normal((11, m)), rng.standard_normal((11, n))
+    got = transposed_product(g, x)
+    assert got.flags.c_contiguous and got.shape == (m, n)
+    np.testing.assert_allclose(got, g.T @ x, rtol=1e-12)
