@@ -1,10 +1,10 @@
 """Matrix products in the orientation NumPy's OpenBLAS does fastest.
 
 A weight gradient is a product with its first operand transposed, dW = Gᵀ X: G (N, out), X (N, in), the sum
-over the N rows of a batch. OpenBLAS's float32 kernels for such a product were 2-3x slower when the result has
-fewer rows than columns (out < in: an FFN's second layer, (256, 2048) @ (2048, 1024)) than the same product
-computed as its transpose, (Xᵀ G)ᵀ, whose result has more rows than columns (benchmarks/RESULTS.md). So
-``transposed_product`` computes whichever of the two has the taller result and returns it C-contiguous (one
+over the N rows of a batch. OpenBLAS's float32 kernels for such a product were measured several times slower
+when the result has fewer rows than columns (out < in, as in an FFN's second layer) than the same product
+computed as its transpose, (Xᵀ G)ᵀ, whose result has more rows than columns (figures in benchmarks/RESULTS.md).
+So ``transposed_product`` computes whichever of the two has the taller result and returns it C-contiguous (one
 transposing copy of the small (out, in) result when it took the second form).
 """
 import numpy as np

@@ -270,8 +270,11 @@ def layer_norm(x: Tensor, normalized_shape, weight: Tensor | None = None, bias: 
     xp = x.xp
     weight = weight if weight is not None else Tensor(xp.ones(normalized_shape, dtype=x.dtype))
     bias = bias if bias is not None else Tensor(xp.zeros(normalized_shape, dtype=x.dtype))
+    floats = {x.dtype, weight.dtype, bias.dtype} | ({residual.dtype} if residual is not None else set())
     unsupported = [name for name, used in (("a device other than the CPU", x.device != "cpu"),
-                                           ("more than one normalised axis", len(normalized_shape) != 1)) if used]
+                                           ("more than one normalised axis", len(normalized_shape) != 1),
+                                           ("inputs other than all float32 or all float64",
+                                            floats not in ({np.dtype(np.float32)}, {np.dtype(np.float64)}))) if used]
     if _choose_fused(fused, not unsupported, ", ".join(unsupported), "layer_norm"):
         inputs = (x, weight, bias) if residual is None else (x, weight, bias, residual)
         return FusedLayerNorm.apply(*inputs, eps=eps)
@@ -333,7 +336,8 @@ def cross_entropy(logits: Tensor, target, ignore_index: int = IGNORE_INDEX, labe
     """
     target = _class_targets("cross_entropy", logits, target, reduction)
     unsupported = [name for name, used in (("a device other than the CPU", logits.device != "cpu"),
-                                           ("non-float logits", logits.dtype.kind != "f"),
+                                           ("logits other than float32 or float64",
+                                            logits.dtype not in (np.float32, np.float64)),
                                            ("logits without a class axis", logits.ndim == 0)) if used]
     if _choose_fused(fused, not unsupported, ", ".join(unsupported), "cross_entropy"):
         return FusedCrossEntropy.apply(logits, target, ignore_index=ignore_index, label_smoothing=label_smoothing,
