@@ -4,7 +4,8 @@ Thin, documented wrappers over the ops in :mod:`minitx.ops`, each op with its ow
 one of them: ``ops.Linear``), plus functions composed from those ops: ``split`` (slices), and
 ``scaled_dot_product_attention`` and ``feed_forward``, which read like the equations and get their gradients
 from the ops they are made of. On the fused path (the default; see :func:`set_fused_kernels`) those two are
-instead one op each (:mod:`minitx.ops.fused`), with its own backward; ``fused=False`` in a call, or
+instead one op each (:mod:`minitx.ops.fused`), with its own backward, and so, on the CPU, are ``layer_norm``
+(with an optional residual summed inside it) and ``cross_entropy``; ``fused=False`` in a call, or
 ``set_fused_kernels(False)``, gives the composed ops, the ones to read.
 """
 

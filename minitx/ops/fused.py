@@ -5,6 +5,8 @@ is the one to read; these ops compute the same function with the kernels of ``ke
 ``kernels.cuda`` (numba.cuda), chosen by the tensor's device. They are still ordinary :class:`Function`\\ s:
 forward saves what the kernel's backward needs, backward calls it. :class:`QuantizedLinear` is the one
 without a backward: the products by quantised weights serve generation, not training.
+:class:`FusedLayerNorm` and :class:`FusedCrossEntropy` have CPU kernels only; ``functional`` uses the
+composed ops for CuPy arrays.
 """
 
 from __future__ import annotations
