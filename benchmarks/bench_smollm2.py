@@ -10,6 +10,8 @@ and continues it greedily by ``--new-tokens`` tokens with a KV cache, never stop
 - prompt tokens/s: the prompt's tokens over the time of the first forward pass (the whole prompt at once);
 - decode tokens/s: the tokens after the first over the time of their single-token steps against the cache.
 
+minitx runs what :meth:`~minitx.models.llama.Llama.stream` runs: the prompt through the layers, then the
+array-level decode step of :class:`~minitx.models.llama_decode.LlamaDecoder` (preallocated KV cache);
 transformers runs the same loop by hand (``model(ids, past_key_values=…)``, argmax), so both sides do the
 same work per step. The three continuations are printed as equal or not. Rounds alternate the order of the
 models; the medians are reported, with the ratios to transformers.
@@ -58,16 +60,17 @@ def load(name: str, f):
     """The model called ``name``: a callable ``step(ids, cache) -> (next-token logits (V,), cache)``."""
     import numpy as np
 
-    from minitx import no_grad
     from minitx.hub import load_gguf_llama
+    from minitx.models.llama_decode import LlamaDecoder
 
     if name.startswith("minitx"):
         model = load_gguf_llama(f, q4_1=name.endswith("Q4_1"))[0]
 
-        def step(ids, cache):
-            with no_grad():
-                logits, cache = model(np.array([ids]), past_kv=cache, use_cache=True)
-            return logits.data[0, -1], cache
+        def step(ids, decoder):  # what Llama.stream does: the prompt through the layers, then the decode step
+            if decoder is None:
+                decoder = LlamaDecoder(model, capacity=len(ids) + 64)
+                return decoder.prefill(np.array([ids]))[0], decoder
+            return decoder.step(ids)[0], decoder
         return model, step
     import torch
     import transformers

@@ -31,6 +31,7 @@ from .. import functional as F
 from ..nn import DecoderBlock, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding, init, kv_cache_length
 from ..tensor import Tensor, no_grad
 from .gpt import last_token_index, real_token_mask
+from .llama_decode import LlamaDecoder
 from .sampling import check_sampling_arguments, sample_next_token
 
 
@@ -170,10 +171,14 @@ class Llama(Module):
     # ------------------------------------------------------------------------------------ generation
     def stream(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                top_p: float | None = None, greedy: bool = False, seed: int | None = None,
-               eos_token_id: int | None = None) -> Iterator[int]:
+               eos_token_id: int | None = None, fast: bool = True) -> Iterator[int]:
         """Yield up to ``max_new_tokens`` new token ids after ``prompt_ids`` (1-D), one as soon as it is chosen.
 
-        The prompt runs once; every later step feeds only the newest token against the KV cache. Each token
+        The prompt runs once; every later step feeds only the newest token against the KV cache: with
+        ``fast`` (the default, where the model's parts allow it) through the array-level decode step of
+        :class:`~minitx.models.llama_decode.LlamaDecoder` (preallocated cache, no Tensor layer), else through
+        the layers (``self(token, past_kv=…, use_cache=True)``, the path to read); both give the same logits
+        within float32 rounding. Each token
         is the argmax (``greedy``) or a draw from softmax(filter(z/τ)) with top-k then top-p
         (:func:`~minitx.models.sampling.sample_next_token`), from ``numpy.random.default_rng(seed)`` when a seed is
         given, else from minitx's global generator. Stops after yielding ``eos_token_id``, or when the context
@@ -192,12 +197,19 @@ class Llama(Module):
         self.eval()
         try:
             with no_grad():
+                steps = min(max_new_tokens, self.config.max_len - len(ids) + 1)
+                decoder = LlamaDecoder(self, len(ids) + steps) if fast and LlamaDecoder.supports(self) else None
                 feed, past = ids, None
-                for _ in range(min(max_new_tokens, self.config.max_len - len(ids) + 1)):
+                for _ in range(steps):
                     x = backend.to_device(np.array([feed], dtype=np.int64), self.device)  # (1, T)
-                    logits, past = self(x, past_kv=past, use_cache=True)  # (1, T, V)
-                    z = backend.to_numpy(logits.data[0, -1]).astype(np.float64)  # (V,)
-                    token = sample_next_token(z, rng, temperature, top_k, top_p, greedy)
+                    if decoder is not None:  # the prompt through the layers, then the array-level decode step
+                        z = decoder.prefill(x) if past is None else decoder.step(x[:, 0])  # (1, V)
+                        past = decoder
+                    else:
+                        logits, past = self(x, past_kv=past, use_cache=True)  # (1, T, V)
+                        z = logits.data[:, -1]  # (1, V)
+                    token = sample_next_token(backend.to_numpy(z[0]).astype(np.float64), rng, temperature, top_k,
+                                              top_p, greedy)
                     yield token
                     if token == eos_token_id:
                         return
@@ -207,9 +219,10 @@ class Llama(Module):
 
     def generate(self, prompt_ids, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, greedy: bool = False, seed: int | None = None,
-                 eos_token_id: int | None = None) -> np.ndarray:
+                 eos_token_id: int | None = None, fast: bool = True) -> np.ndarray:
         """The prompt followed by the new ids, as a 1-D int64 NumPy array (see :meth:`stream`)."""
-        new = list(self.stream(prompt_ids, max_new_tokens, temperature, top_k, top_p, greedy, seed, eos_token_id))
+        new = list(self.stream(prompt_ids, max_new_tokens, temperature, top_k, top_p, greedy, seed, eos_token_id,
+                               fast))
         return np.array(self._prompt(prompt_ids) + new, dtype=np.int64)
 
     def _prompt(self, prompt_ids) -> list[int]:
