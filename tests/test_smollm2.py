@@ -27,6 +27,7 @@ from minitx.data.fetch import smollm2_path  # noqa: E402
 from minitx.gguf import read_gguf  # noqa: E402
 from minitx.hub import LLAMA_LAYER_NAMES, LLAMA_OTHER_NAMES, SMOLLM2_SYSTEM, load_gguf_llama  # noqa: E402
 from minitx.models.llama import SMOLLM2_135M, chatml_prompt, perplexity  # noqa: E402
+from minitx.models.llama_decode import LlamaDecoder  # noqa: E402
 
 PROSE = (Path(__file__).parent / "fixtures" / "tale_of_two_cities.txt").read_text(encoding="utf-8")
 MAX_RELATIVE_ERROR = 1e-4
@@ -123,14 +124,18 @@ def test_logits_equal_transformers_prompt_and_20_cached_steps(smollm2):
     with torch.no_grad():
         out = hf(torch.tensor([ids]), use_cache=True)
     assert relative_error(ours.data, out.logits.numpy()) <= MAX_RELATIVE_ERROR
+    decoder = LlamaDecoder(model, capacity=50)  # generation's array-level decode step, beside the layer path
+    decoder.prefill(np.array([ids]))
     hf_past, token, errors = out.past_key_values, int(out.logits[0, -1].argmax()), []
     for _ in range(20):  # feed HF's greedy choice to both, one token at a time, against each one's cache
         with no_grad():
             ours, past = model(np.array([[token]]), past_kv=past, use_cache=True)
+        fast = decoder.step([token])
         with torch.no_grad():
             out = hf(torch.tensor([[token]]), past_key_values=hf_past, use_cache=True)
         hf_past = out.past_key_values
         errors.append(relative_error(ours.data[0, -1], out.logits.numpy()[0, -1]))
+        errors.append(relative_error(fast[0], out.logits.numpy()[0, -1]))
         token = int(out.logits[0, -1].argmax())
     assert past[0][0].shape == (1, 3, 50, 64)  # the cache holds the 3 key/value heads, not 9
     assert max(errors) <= MAX_RELATIVE_ERROR
