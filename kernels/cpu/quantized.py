@@ -18,7 +18,13 @@ float, multiplied in vector lanes); the scale is looked up by the byte's block, 
 
 Tasks are chunks of ``rows_per_task`` output rows (prange). Sums run in x's dtype with ``reassoc`` allowed;
 the result differs from BLAS's product of the de-quantised matrix by rounding only. Each row of x re-reads
-the packed row, so the kernel is for few rows (generating tokens); a long prompt is faster de-quantised.
+the packed row, so the kernel is for few rows (generating tokens).
+
+Many rows (a prompt: N >= ``dequantise_from``, about where the two roads take equal time) take version 2's
+other road: a tile of ``tile_rows`` rows of W at a time is de-quantised into a float32 scratch tile
+(``_q4_1_dequantise``, sized to stay in the L2 cache) and multiplied by all N rows of x at once by BLAS,
+y[:, tile] = x tileᵀ. Each packed byte is then unpacked once per call instead of once per row of x, and the
+product runs at BLAS's speed; memory holds one tile, never the whole matrix.
 """
 import numba
 import numpy as np
@@ -30,8 +36,26 @@ from kernels.versions import Version, registry
 BLOCK = 32
 
 
+@numba.njit(fastmath=FASTMATH)
+def _split_halves(x):
+    """x (N, nb·32) -> x_low, x_high (N, nb·16), the halves of each block that meet the low and the high nibbles,
+    and the block sums s (N, nb)."""
+    n_rows, n_blocks = x.shape[0], x.shape[1] // BLOCK
+    x_low = np.empty((n_rows, n_blocks * 16), x.dtype)
+    x_high = np.empty((n_rows, n_blocks * 16), x.dtype)
+    sums = np.zeros((n_rows, n_blocks), x.dtype)
+    for n in range(n_rows):
+        for b in range(n_blocks):
+            for j in range(BLOCK // 2):
+                x_low[n, b * 16 + j] = x[n, b * 32 + j]
+                x_high[n, b * 16 + j] = x[n, b * 32 + 16 + j]
+                sums[n, b] += x[n, b * 32 + j] + x[n, b * 32 + 16 + j]
+    return x_low, x_high, sums
+
+
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
-def _q4_1_linear(x_low, x_high, x_block_sums, scale, minimum, packed, out, rows_per_task):
+def _q4_1_linear(x, scale, minimum, packed, out, rows_per_task):
+    x_low, x_high, x_block_sums = _split_halves(x)                # before the parallel loop, once
     n_rows, half = x_low.shape                                    # half = nb * 16 bytes per row of W
     out_features, n_blocks = scale.shape
     n_tasks = (out_features + rows_per_task - 1) // rows_per_task
@@ -49,22 +73,34 @@ def _q4_1_linear(x_low, x_high, x_block_sums, scale, minimum, packed, out, rows_
                 out[n, o] = acc
 
 
-def q4_1_linear(x, scale, minimum, packed, rows_per_task=32):
-    """y = x Wᵀ, x (N, in) float32 or float64, W (O, in) as Q4_1: ``scale`` and ``minimum`` (O, in/32) of
-    x's dtype, ``packed`` (O, in/32, 16) uint8 (see kernels.reference.q4_1_weights). Returns y (N, O)."""
+def _check_q4_1(x, scale, minimum, packed):
+    """x's dtype, after checking the shapes and dtypes of a Q4_1 product's arguments."""
     dtype = _common.check_float(x, scale, minimum)
     if x.ndim != 2 or scale.ndim != 2 or scale.shape != minimum.shape or packed.dtype != np.uint8 \
             or packed.shape != scale.shape + (BLOCK // 2,) or x.shape[1] != BLOCK * scale.shape[1]:
         raise ValueError(f"q4_1_linear: expected x (N, 32 nb), scale and minimum (O, nb), packed (O, nb, 16) "
                          f"uint8; got x {x.shape}, scale {scale.shape}, minimum {minimum.shape}, packed "
                          f"{packed.shape} {packed.dtype}")
-    n, n_blocks = x.shape[0], scale.shape[1]
-    blocks = x.reshape(n, n_blocks, BLOCK)                                  # (N, nb, 32)
-    x_low = np.ascontiguousarray(blocks[:, :, :BLOCK // 2]).reshape(n, -1)   # (N, nb·16): meet low nibbles
-    x_high = np.ascontiguousarray(blocks[:, :, BLOCK // 2:]).reshape(n, -1)  # (N, nb·16): meet high nibbles
-    out = _common.empty((n, scale.shape[0]), dtype)
-    _q4_1_linear(x_low, x_high, blocks.sum(axis=2), np.ascontiguousarray(scale), np.ascontiguousarray(minimum),
-                 np.ascontiguousarray(packed).reshape(packed.shape[0], -1), out, rows_per_task)
+    return dtype
+
+
+def _check_q8_0(x, scale, quants):
+    """x's dtype, after checking the shapes and dtypes of a Q8_0 product's arguments."""
+    dtype = _common.check_float(x, scale)
+    if x.ndim != 2 or scale.ndim != 2 or quants.dtype != np.int8 or quants.shape != scale.shape + (BLOCK,) \
+            or x.shape[1] != BLOCK * scale.shape[1]:
+        raise ValueError(f"q8_0_linear: expected x (N, 32 nb), scale (O, nb), quants (O, nb, 32) int8; got x "
+                         f"{x.shape}, scale {scale.shape}, quants {quants.shape} {quants.dtype}")
+    return dtype
+
+
+def q4_1_linear(x, scale, minimum, packed, rows_per_task=32):
+    """y = x Wᵀ, x (N, in) float32 or float64, W (O, in) as Q4_1: ``scale`` and ``minimum`` (O, in/32) of
+    x's dtype, ``packed`` (O, in/32, 16) uint8 (see kernels.reference.q4_1_weights). Returns y (N, O)."""
+    dtype = _check_q4_1(x, scale, minimum, packed)
+    out = _common.empty((x.shape[0], scale.shape[0]), dtype)
+    c = np.ascontiguousarray
+    _q4_1_linear(c(x), c(scale), c(minimum), c(packed).reshape(packed.shape[0], -1), out, rows_per_task)
     return out
 
 
@@ -87,18 +123,76 @@ def _q8_0_linear(x, scale, quants, out, rows_per_task):
 def q8_0_linear(x, scale, quants, rows_per_task=64):
     """y = x Wᵀ with W (O, in) as Q8_0 (w = d · q, q int8, one scale per 32 weights): ``scale`` (O, in/32) of
     x's dtype, ``quants`` (O, in/32, 32) int8. The same loop as Q4_1's without the nibbles and the minima."""
-    dtype = _common.check_float(x, scale)
-    if x.ndim != 2 or scale.ndim != 2 or quants.dtype != np.int8 or quants.shape != scale.shape + (BLOCK,) \
-            or x.shape[1] != BLOCK * scale.shape[1]:
-        raise ValueError(f"q8_0_linear: expected x (N, 32 nb), scale (O, nb), quants (O, nb, 32) int8; got x "
-                         f"{x.shape}, scale {scale.shape}, quants {quants.shape} {quants.dtype}")
+    dtype = _check_q8_0(x, scale, quants)
     out = _common.empty((x.shape[0], scale.shape[0]), dtype)
     _q8_0_linear(np.ascontiguousarray(x), np.ascontiguousarray(scale),
                  np.ascontiguousarray(quants).reshape(quants.shape[0], -1), out, rows_per_task)
     return out
 
 
+# ------------------------------------------------------------------------------ version 2: tiles for many rows
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _q4_1_dequantise(scale, minimum, packed, start, tile):
+    """tile[r] = W[start + r], de-quantised (w = d q + m) for the rows of the tile (R, in); packed (O, nb·16)."""
+    n_rows = tile.shape[0]
+    n_blocks = scale.shape[1]
+    for r in numba.prange(n_rows):
+        q, d, m, w = packed[start + r], scale[start + r], minimum[start + r], tile[r]
+        for b in range(n_blocks):
+            for j in range(BLOCK // 2):                       # byte j: weights j (low) and j + 16 (high)
+                byte = np.int32(q[b * 16 + j])
+                w[b * 32 + j] = d[b] * (byte & np.int32(15)) + m[b]
+                w[b * 32 + 16 + j] = d[b] * (byte >> np.int32(4)) + m[b]
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _q8_0_dequantise(scale, quants, start, tile):
+    """tile[r] = W[start + r], de-quantised (w = d q) for the rows of the tile (R, in); quants (O, in)."""
+    for r in numba.prange(tile.shape[0]):
+        q, d, w = quants[start + r], scale[start + r], tile[r]
+        for i in range(tile.shape[1]):
+            w[i] = d[i >> 5] * np.int32(q[i])
+
+
+def _tiled_product(x, out_features, dequantise, blocks, tile_rows):
+    """y = x Wᵀ (N, O), W de-quantised ``tile_rows`` rows at a time by ``dequantise(*blocks, start, tile)``."""
+    dtype = x.dtype
+    out = _common.empty((x.shape[0], out_features), dtype)
+    tile_rows = min(tile_rows or max(64, 2 ** 17 // x.shape[1]), out_features)  # default: 512 KiB of float32
+    tile = np.empty((tile_rows, x.shape[1]), dtype)
+    for start in range(0, out_features, tile_rows):
+        rows = tile[:min(tile_rows, out_features - start)]
+        dequantise(*blocks, start, rows)
+        out[:, start:start + rows.shape[0]] = x @ rows.T                     # (N, rows), BLAS
+    return out
+
+
+def q4_1_linear_v2(x, scale, minimum, packed, rows_per_task=32, dequantise_from=6, tile_rows=None):
+    """:func:`q4_1_linear` for N < ``dequantise_from`` rows of x; for more, W de-quantised a tile at a time
+    and multiplied by BLAS (see the module docstring)."""
+    if x.ndim != 2 or x.shape[0] < dequantise_from:
+        return q4_1_linear(x, scale, minimum, packed, rows_per_task)
+    _check_q4_1(x, scale, minimum, packed)
+    blocks = (np.ascontiguousarray(scale), np.ascontiguousarray(minimum),
+              np.ascontiguousarray(packed).reshape(packed.shape[0], -1))
+    return _tiled_product(np.ascontiguousarray(x), scale.shape[0], _q4_1_dequantise, blocks, tile_rows)
+
+
+def q8_0_linear_v2(x, scale, quants, rows_per_task=64, dequantise_from=12, tile_rows=None):
+    """:func:`q8_0_linear` for N < ``dequantise_from`` rows of x; for more, W de-quantised a tile at a time."""
+    if x.ndim != 2 or x.shape[0] < dequantise_from:
+        return q8_0_linear(x, scale, quants, rows_per_task)
+    _check_q8_0(x, scale, quants)
+    blocks = (np.ascontiguousarray(scale), np.ascontiguousarray(quants).reshape(quants.shape[0], -1))
+    return _tiled_product(np.ascontiguousarray(x), scale.shape[0], _q8_0_dequantise, blocks, tile_rows)
+
+
+
 VERSIONS = registry(
     Version("v1", "per output row, one flat vectorised loop over its packed bytes; block sums of x for the minima",
             None, q4_1_linear=q4_1_linear, q8_0_linear=q8_0_linear),
+    Version("v2", "v1 for few rows of x; for more (6 for Q4_1, 12 for Q8_0), W de-quantised a tile at a time, "
+            "then BLAS",
+            "v1", q4_1_linear=q4_1_linear_v2, q8_0_linear=q8_0_linear_v2),
 )

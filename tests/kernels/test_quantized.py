@@ -28,10 +28,11 @@ def test_the_package_functions_are_registered_versions():
 
 @pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n, out_features, in_features", [(1, 1, 32), (1, 70, 96), (5, 33, 576)])
+@pytest.mark.parametrize("n, out_features, in_features", [(1, 1, 32), (1, 70, 96), (5, 33, 576), (9, 70, 96)])
 def test_q4_1_linear_equals_dequantised_product(version, dtype, n, out_features, in_features):
     case = q4_1_args(np.random.default_rng(n + out_features), n, out_features, in_features, dtype)
-    got = version.q4_1_linear(*case, rows_per_task=8)
+    tiles = {"tile_rows": 16} if version.name != "v1" else {}  # several tiles, the last one shorter
+    got = version.q4_1_linear(*case, rows_per_task=8, **tiles)
     assert got.dtype == dtype and got.shape == (n, out_features)
     assert_close("q4_1_linear", got, reference.q4_1_linear(*case))
 
@@ -52,13 +53,16 @@ def test_q4_1_linear_rejects_bad_shapes():
         quantized.q4_1_linear(x[:, :40], scale, minimum, packed)
     with pytest.raises(TypeError, match="mixed dtypes"):
         quantized.q4_1_linear(x.astype(np.float64), scale, minimum, packed)
+    with pytest.raises(ValueError, match="q4_1_linear: expected x"):  # the tiled road checks the same
+        quantized.q4_1_linear_v2(np.zeros((8, 40), np.float32), scale, minimum, packed)
 
 
 @pytest.mark.parametrize("version", VERSIONS, ids=lambda v: v.name)
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("n, out_features, in_features", [(1, 1, 32), (3, 70, 96)])
+@pytest.mark.parametrize("n, out_features, in_features", [(1, 1, 32), (3, 70, 96), (9, 70, 96)])
 def test_q8_0_linear_equals_dequantised_product(version, dtype, n, out_features, in_features):
     c = q8_0_case(np.random.default_rng(n), n, out_features, in_features, dtype)
     x, scale, quants = c["x"], c["scale"], c["quants"]
-    assert_close("q8_0_linear", version.q8_0_linear(x, scale, quants, rows_per_task=8),
+    tiles = {"tile_rows": 16} if version.name != "v1" else {}
+    assert_close("q8_0_linear", version.q8_0_linear(x, scale, quants, rows_per_task=8, **tiles),
                  reference.q8_0_linear(x, scale, quants))
