@@ -7,7 +7,8 @@ LlamaForCausalLM holding the same de-quantised float32 weights, CPU, in one run.
 Each model reads the same prompt (the first ``--prompt-tokens`` tokens of a paragraph of A Tale of Two Cities)
 and continues it greedily by ``--new-tokens`` tokens with a KV cache, never stopping at end-of-sequence:
 
-- prompt tokens/s: the prompt's tokens over the time of the first forward pass (the whole prompt at once);
+- prompt tokens/s: the prompt's tokens over the time of the first forward pass (the whole prompt at once;
+  both libraries compute the output layer for the last position only, the one generation reads);
 - decode tokens/s: the tokens after the first over the time of their single-token steps against the cache.
 
 minitx runs what :meth:`~minitx.models.llama.Llama.stream` runs: the prompt through the layers, then the
@@ -85,9 +86,9 @@ def load(name: str, f):
     hf.load_state_dict({k: torch.from_numpy(v) for k, v in llama_weights(f, c, "hf").items()}, strict=False)
     hf.tie_weights()
 
-    def step(ids, cache):
+    def step(ids, cache):  # logits_to_keep=1: the last position's logits only, as minitx's prefill
         with torch.no_grad():
-            out = hf(torch.tensor([ids]), past_key_values=cache, use_cache=True)
+            out = hf(torch.tensor([ids]), past_key_values=cache, use_cache=True, logits_to_keep=1)
         return out.logits[0, -1].numpy(), out.past_key_values
     return hf, step
 

@@ -36,13 +36,13 @@ def embed(texts: Sequence[str], model, tokenizer, batch_size: int = 32, max_leng
     """
     was_training = model.training
     model.eval()
-    lengths = [len(ids) for ids in tokenizer.encode_batch(texts, max_length=max_length, padding=False)["input_ids"]]
-    order = np.argsort(lengths, kind="stable")
+    encoded = tokenizer.encode_batch(texts, max_length=max_length, padding=False)  # tokenised once, ragged
+    order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
     out = None
     with no_grad():
         for start in tqdm(range(0, len(texts), batch_size), desc="embed", disable=not progress, leave=False):
             rows = order[start:start + batch_size]
-            batch = tokenizer.encode_batch([texts[i] for i in rows], max_length=max_length)
+            batch = tokenizer.pad({name: [column[i] for i in rows] for name, column in encoded.items()})
             hidden = model(batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])  # (B, T, D)
             vectors = normalize(mean_pool(hidden, batch["attention_mask"])).numpy()  # (B, D)
             if out is None:

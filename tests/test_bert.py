@@ -264,3 +264,29 @@ def test_bert_for_pretraining_equals_hugging_face(hf):
     for hf_name, param in their_params.items():
         np.testing.assert_allclose(params[names[hf_name]].grad, param.grad.numpy(), rtol=1e-4, atol=2e-6,
                                    err_msg=names[hf_name])
+
+
+def test_frozen_inference_runs_the_fused_kernels(monkeypatch):
+    """Sentence embeddings (issue 17): BertModel under no_grad, with padding, takes the fused attention and FFN
+    kernels in every layer (a silent fallback to the composed ops is caught here), and computes what the composed
+    ops compute."""
+    import kernels.cpu
+    from minitx import functional as F
+
+    calls = []
+    for name in ("attention_forward", "ffn_forward"):
+        def counted(*args, _kernel=getattr(kernels.cpu, name), _name=name, **kwargs):
+            calls.append(_name)
+            return _kernel(*args, **kwargs)
+        monkeypatch.setattr(kernels.cpu, name, counted)
+    minitx.manual_seed(0)
+    model = BertModel(TINY).eval()
+    batch = pretraining_batch(np.random.default_rng(0))
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    with no_grad():
+        fused = model(ids, mask).data
+        assert sorted(calls) == ["attention_forward"] * 2 + ["ffn_forward"] * 2  # one of each per layer
+        with F.fused_kernels(False):
+            composed = model(ids, mask).data
+    assert len(calls) == 4
+    np.testing.assert_allclose(fused, composed, rtol=1e-5, atol=1e-5)

@@ -45,7 +45,7 @@ def test_decode_steps_equal_the_layer_path(quantized):
     with no_grad():
         first = decoder.prefill(prompt)
         logits, past = model(prompt, use_cache=True)
-        assert relative_error(first, logits.data[:, -1]) == 0
+        assert relative_error(first, logits.data[:, -1]) < 1e-6
         tokens = logits.data[:, -1].argmax(-1)
         for _ in range(12):
             fast = decoder.step(tokens)  # (B, V)

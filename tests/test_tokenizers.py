@@ -224,6 +224,20 @@ def test_wordpiece_batch_padding_truncation(wp):
         wp.encode_batch(["the"], texts_pair=["x"], max_length=2)
 
 
+def test_pad_later_equals_padding_at_once(wp):
+    """encode_batch(padding=False) then pad(rows) is encode_batch of those rows (what minitx.embed does)."""
+    texts = ["the x", "a", "x x x the"]
+    ragged = wp.encode_batch(texts, max_length=5, padding=False)
+    for rows in ([0, 1, 2], [2, 1]):
+        later = wp.pad({name: [column[i] for i in rows] for name, column in ragged.items()})
+        at_once = wp.encode_batch([texts[i] for i in rows], max_length=5)
+        assert later.keys() == at_once.keys()
+        for name in at_once:
+            np.testing.assert_array_equal(later[name], at_once[name])
+    fixed = wp.pad(ragged, padding="max_length", max_length=6)
+    assert fixed["input_ids"].shape == (3, 6)
+
+
 @pytest.mark.parametrize("la, lb, budget, keep", [
     (5, 5, 6, (3, 3)), (5, 5, 7, (3, 4)), (6, 3, 5, (3, 2)), (3, 6, 5, (2, 3)),
     (10, 1, 4, (3, 1)), (2, 2, 10, (2, 2)), (7, 0, 3, (3, 0)),

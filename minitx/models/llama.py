@@ -129,8 +129,12 @@ class Llama(Module):
         """
         out = self.hidden_states(input_ids, past_kv=past_kv, use_cache=use_cache)
         h, presents = out if use_cache else (out, None)  # (B, T, D)
-        logits = F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)  # (B, T, V)
+        logits = self.output_logits(h)  # (B, T, V)
         return (logits, presents) if use_cache else logits
+
+    def output_logits(self, h: Tensor) -> Tensor:
+        """z = h Wᵀ, the output layer alone: final hidden states (…, D) -> logits (…, V) (W = E when tied)."""
+        return F.linear(h, self.embed_tokens.weight) if self.lm_head is None else self.lm_head(h)
 
     def hidden_states(self, input_ids, attention_mask=None, past_kv=None, use_cache: bool = False):
         """The final hidden states RMSNorm_f(h^L) (B, T, D), or (states, presents) with ``use_cache``.

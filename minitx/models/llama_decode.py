@@ -22,7 +22,8 @@ none in the mathematics:
    no mask needed (the newest position may see every cached one).
 
 The prompt still runs through the layer path (:meth:`LlamaDecoder.prefill`: the fused attention kernel,
-products of many rows); its keys and values are then copied into the buffers once. tests/test_smollm2.py
+products of many rows), up to the output layer, which runs on the last position only (the logits of the
+others are not needed to generate); its keys and values are then copied into the buffers once. tests/test_smollm2.py
 checks that the decode step's logits equal the layer path's, for float32 and Q4_1 weights.
 
 Only the parts this module knows are taken (bias-free or biased :class:`~minitx.nn.Linear`, the quantised
@@ -99,9 +100,10 @@ class LlamaDecoder:
 
     def prefill(self, input_ids):
         """Run the prompt (B, T) through the layer path, keep its keys and values -> logits (B, V) of the last
-        position."""
+        position (the only ones generation reads, so the output layer runs on that position alone)."""
         with no_grad():
-            logits, presents = self.model(input_ids, use_cache=True)  # (B, T, V)
+            h, presents = self.model.hidden_states(input_ids, use_cache=True)  # (B, T, D)
+            logits = self.model.output_logits(h[:, -1])  # (B, V)
         steps = presents[0][0].shape[2]
         self.capacity = max(self.capacity, steps)
         self.keys, self.values = [], []
@@ -112,7 +114,7 @@ class LlamaDecoder:
                 buffer[:, :, :steps] = new
                 store.append(buffer)
         self.length = steps
-        return logits.data[:, -1]
+        return logits.data
 
     def _grow(self) -> None:
         """Double the buffers' capacity (a step found them full)."""

@@ -149,6 +149,13 @@ class Tokenizer:
             rows = [r[:max_length] for r in rows]
         return self._pad_batch({"input_ids": rows}, max_length, padding)
 
+    def pad(self, encoded: dict[str, list[list[int]]], padding: bool | str = True,
+            max_length: int | None = None) -> dict[str, Any]:
+        """Pad the lists of ``encode_batch(..., padding=False)`` (or some of their rows) into ``(B, T)`` arrays,
+        as ``encode_batch`` with ``padding`` would have: a batch can be tokenised once and padded later."""
+        columns = {name: rows for name, rows in encoded.items() if name != "attention_mask"}
+        return self._pad_batch(columns, max_length, padding)
+
     def _pad_batch(self, columns: dict[str, list[list[int]]], max_length: int | None,
                    padding: bool | str) -> dict[str, Any]:
         """Pad the ragged ``columns`` (``input_ids`` first) into ``(B, T)`` arrays.
