@@ -251,7 +251,12 @@ C.close("Q4_1 mat-vec on the packed form = float32 mat-vec", q4_1_matvec(
 
 # %% [markdown]
 # minitx has that kernel (`kernels/cpu/quantized.py`, Numba): `minitx.hub.keep_layers_q4_1` puts Q4_1 layers
-# in place of the blocks' linear layers, straight from the file's bytes. The same greedy decode, timed both
+# in place of the blocks' linear layers, straight from the file's bytes. Once the weights are small, what is
+# left around them shows: a step through the layers makes about 1,000 op calls (Tensors, Functions, device
+# checks) and copies every block's KV cache to append one position. So `generate` runs each new token through
+# `minitx.models.llama_decode.LlamaDecoder`: the same ops' array-level `forward`s with no graph, keys and values
+# written in place into preallocated buffers (`fast=False` keeps the layer path; the logits agree within float32
+# rounding). The same greedy decode, timed both
 # ways (one run each after a warm-up, on whatever else this machine is doing: a rough figure;
 # `benchmarks/bench_smollm2.py` measures it properly):
 

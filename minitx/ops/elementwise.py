@@ -238,9 +238,12 @@ class Tanh(Function):
 
 
 def _sigmoid(x):
-    """σ(x) = 1/(1+e⁻ˣ), computed as exp(-log(1+e⁻ˣ)) so no exp overflows."""
+    """σ(x) = 1/(1+e⁻ˣ), written with t = e^(-|x|) ∈ (0, 1] so that no exp overflows and tiny values keep their
+    relative accuracy: σ(x) = 1/(1+t) for x ≥ 0 and t/(1+t) (= eˣ/(1+eˣ)) for x < 0."""
     xp = get_array_module(x)
-    return xp.exp(-xp.logaddexp(x.dtype.type(0), -x))
+    t = xp.exp(-xp.abs(x))
+    r = 1 / (1 + t)
+    return xp.where(x >= 0, r, t * r)
 
 
 class Sigmoid(Function):
