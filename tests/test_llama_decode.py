@@ -83,6 +83,11 @@ def test_decode_step_errors():
     decoder = LlamaDecoder(model, 8)
     with pytest.raises(RuntimeError, match="call prefill"):
         decoder.step([1])
-    decoder.prefill(np.arange(CONFIG.max_len)[None] % CONFIG.vocab_size)
+    decoder.prefill(np.arange(CONFIG.max_len - 1)[None] % CONFIG.vocab_size)
+    for bad in ([1, 2], [-1], [CONFIG.vocab_size], [0.5]):  # B = 1 sequence; ids inside the vocabulary
+        with pytest.raises(ValueError, match=r"expected one id in \[0, 50\) per sequence, 1 in all"):
+            decoder.step(bad)
+    assert decoder.length == CONFIG.max_len - 1  # nothing was written
+    decoder.step(np.array([1]))
     with pytest.raises(ValueError, match="context of max_len=40 tokens is full"):
         decoder.step([1])

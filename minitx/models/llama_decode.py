@@ -133,13 +133,16 @@ class LlamaDecoder:
             raise RuntimeError("LlamaDecoder.step: call prefill(prompt_ids) first")
         if self.length + 1 > config.max_len:
             raise ValueError(f"LlamaDecoder: the context of max_len={config.max_len} tokens is full")
+        ids = np.asarray(backend.to_numpy(ids)).reshape(-1)  # (B,)
+        batch = self.keys[0].shape[0]
+        if ids.dtype.kind not in "iu" or ids.shape != (batch,) or ids.min() < 0 or ids.max() >= config.vocab_size:
+            raise ValueError(f"LlamaDecoder.step: expected one id in [0, {config.vocab_size}) per sequence, "
+                             f"{batch} in all; got dtype {ids.dtype}, shape {ids.shape}")
         if self.length == self.capacity:
             self._grow()
         weight = model.embed_tokens.weight.data
         xp = backend.get_array_module(weight)
-        ids = backend.to_device(np.asarray(ids, dtype=np.int64).reshape(-1), backend.device_of(weight))
-        x = weight[ids]  # (B, D)
-        batch = x.shape[0]
+        x = weight[backend.to_device(ids, backend.device_of(weight))]  # (B, D)
         heads, kv_heads, d = config.num_heads, config.num_kv_heads, config.head_dim
         rotary = model.blocks[0].attn.rotary
         cos, sin = (xp.asarray(a, dtype=x.dtype) for a in rotary_cos_sin([self.length], d, rotary.base))  # (1, d/2)
