@@ -76,6 +76,9 @@ def test_models_with_other_parts_keep_to_the_layer_path():
     with pytest.raises(ValueError, match="use the layer path"):
         LlamaDecoder(model, 8)
     assert list(model.generate([1, 2, 3], 4, greedy=True)) == list(expected)  # LoRA's B starts at zero
+    other = small_llama()
+    other.blocks[1].mlp.activation = "gelu_tanh"  # an activation the decode step does not take
+    assert not LlamaDecoder.supports(other)
 
 
 def test_decode_step_errors():

@@ -65,6 +65,9 @@ def _is_projection(layer) -> bool:
     return type(layer) in (Linear, Q4_1Linear)
 
 
+_ACTIVATIONS = {"silu": ops.SiLU, "gelu": ops.GELU, "relu": ops.ReLU}  # the gated FFN's, by name
+
+
 class LlamaDecoder:
     """The generation state of a :class:`~minitx.models.llama.Llama` run on B sequences: the KV cache in
     preallocated buffers and the array-level decode step (see the module docstring).
@@ -85,17 +88,26 @@ class LlamaDecoder:
 
     @staticmethod
     def supports(model) -> bool:
-        """Whether every block is made of the parts the decode step knows (see the module docstring)."""
+        """Whether every block is made of the parts the decode step knows (see the module docstring), with one
+        rotary setting for all."""
+        first = model.blocks[0].attn.rotary
+        if not isinstance(first, RotaryEmbedding):
+            return False
+        norms = [model.norm]
         for block in model.blocks:
             attn, mlp = block.attn, block.mlp
-            projections = [attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj]
-            if isinstance(mlp, (GatedFeedForward, QuantizedGatedFeedForward)):
-                projections += [mlp.gate_proj, mlp.up_proj, mlp.down_proj]
-            else:
+            if not (isinstance(mlp, (GatedFeedForward, QuantizedGatedFeedForward)) and mlp.activation in _ACTIVATIONS):
                 return False
-            if not (all(_is_projection(p) for p in projections) and type(block.ln_1) is RMSNorm
-                    and type(block.ln_2) is RMSNorm and isinstance(attn.rotary, RotaryEmbedding)):
+            projections = [attn.q_proj, attn.k_proj, attn.v_proj, attn.out_proj, mlp.gate_proj, mlp.up_proj,
+                           mlp.down_proj]
+            rotary = attn.rotary
+            if not (all(_is_projection(p) for p in projections) and isinstance(rotary, RotaryEmbedding)
+                    and (rotary.head_dim, rotary.base, rotary.interleaved)
+                    == (first.head_dim, first.base, first.interleaved)):
                 return False
+            norms += [block.ln_1, block.ln_2]
+        if not all(type(norm) is RMSNorm and norm.weight is not None for norm in norms):
+            return False
         return model.lm_head is None or type(model.lm_head) in (Linear, Q8_0Linear, Q4_1Linear)
 
     def prefill(self, input_ids):
@@ -162,7 +174,7 @@ class LlamaDecoder:
             x = x + _product(attn.out_proj, attended.reshape(batch, heads * d))  # (B, D)
             h = _rms_norm(block.ln_2, x)
             mlp = block.mlp
-            act = {"silu": ops.SiLU, "gelu": ops.GELU, "relu": ops.ReLU}[mlp.activation]().forward
+            act = _ACTIVATIONS[mlp.activation]().forward
             x = x + _product(mlp.down_proj, act(_product(mlp.gate_proj, h)) * _product(mlp.up_proj, h))
         self.length += 1
         h = _rms_norm(model.norm, x)  # (B, D)
