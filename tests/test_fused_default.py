@@ -188,3 +188,17 @@ def test_fused_feed_forward_matches_torch(activation):
     np.testing.assert_allclose(out.numpy(), ref.detach().numpy(), atol=1e-5)
     for ours, theirs in zip(inputs, (x, w1, b1, w2, b2)):
         np.testing.assert_allclose(ours.grad, theirs.grad.numpy(), atol=2e-5)
+
+
+def test_the_embedding_gradient_uses_the_compiled_scatter_add(monkeypatch):
+    """Embedding's backward on the CPU goes through kernels.cpu.embedding, not np.add.at."""
+    from kernels.cpu import embedding
+
+    calls = []
+    real = embedding.add_rows
+    monkeypatch.setattr(embedding, "add_rows", lambda *args: (calls.append(args[0].shape), real(*args)))
+    monkeypatch.setattr(np.add, "at", lambda *args: pytest.fail("np.add.at was called"), raising=False)
+    ids, mask, targets = batch()
+    model = gpt()
+    F.cross_entropy(model(ids, mask), targets).backward()
+    assert (V, D) in calls

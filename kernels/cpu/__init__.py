@@ -29,7 +29,8 @@ never enabled.
 
 CPU-only kernels outside the registries (no CUDA version: on the GPU the composed ops run): ``layernorm``
 (layer norm, optionally of a residual sum, one pass per row), ``cross_entropy`` (log-softmax + NLL, only the
-log-sum-exp kept) and ``adam`` (multi-tensor Adam / AdamW, one pass over every parameter).
+log-sum-exp kept), ``adam`` (multi-tensor Adam / AdamW, one pass over every parameter) and ``embedding``
+(an embedding table's gradient: a compiled scatter-add of rows, ``backend.add_rows``).
 
 The package's functions are each family's default version: ``softmax``, ``attention_forward``,
 ``attention_backward``, ``ffn_forward``, ``ffn_backward``, ``q4_1_linear``, ``q8_0_linear``.

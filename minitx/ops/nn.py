@@ -350,8 +350,8 @@ class Embedding(Function):
     """z[…] = weight[ids[…]]: each id picks one row of the (V, D) table.
 
     Backward: dL/dweight[v] = Σ over the positions where ids == v of dL/dz (a scatter-add, since one id
-    can appear many times); ids are integers and get no gradient. The row ``padding_idx`` (if given) gets
-    none either, so a padding vector stays where it was initialised.
+    can appear many times: ``backend.add_rows``); ids are integers and get no gradient. The row
+    ``padding_idx`` (if given) gets none either, so a padding vector stays where it was initialised.
     """
 
     def forward(self, weight, ids, padding_idx: int | None = None):
@@ -368,7 +368,7 @@ class Embedding(Function):
     def backward(self, grad):
         xp = get_array_module(grad)
         dweight = xp.zeros(self.weight_shape, dtype=self.dtype)
-        backend.scatter_add(dweight, self.ids.reshape(-1), grad.reshape(-1, self.weight_shape[-1]))
+        backend.add_rows(dweight, self.ids.reshape(-1), grad.reshape(-1, self.weight_shape[-1]))
         if self.padding_idx is not None:
             dweight[self.padding_idx] = 0
         return dweight, None

@@ -217,3 +217,17 @@ def test_transposed_product_is_gT_x_in_either_orientation(m, n):
     got = transposed_product(g, x)
     assert got.flags.c_contiguous and got.shape == (m, n)
     np.testing.assert_allclose(got, g.T @ x, rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_add_rows_is_bitwise_numpy_add_at_with_repeated_rows(dtype):
+    from kernels.cpu.embedding import add_rows
+
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 5, size=40)  # 40 positions over 5 ids: every id repeated
+    values = rng.standard_normal((40, 6)).astype(dtype)
+    want = rng.standard_normal((7, 6)).astype(dtype)  # a table that does not start at zero; rows 5, 6 untouched
+    got = want.copy()
+    np.add.at(want, rows, values)
+    add_rows(got, rows, values)
+    np.testing.assert_array_equal(got, want)
