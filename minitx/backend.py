@@ -178,8 +178,9 @@ def scatter_add(target, index, values) -> None:
 def add_rows(target, rows, values) -> None:
     """``target[rows[i]] += values[i]`` for a 1-D integer ``rows`` (N,) and ``values`` (N, D), repeated rows
     adding up: an embedding table's gradient. The same as ``scatter_add(target, rows, values)``; on the CPU one
-    compiled loop over the rows (``kernels.cpu.embedding``) instead of ``np.add.at``'s element-by-element one."""
-    if device_of(target) == "cuda" or target.dtype != values.dtype:
+    compiled loop over the rows (``kernels.cpu.embedding``, float32 and float64) instead of ``np.add.at``'s
+    element-by-element one."""
+    if device_of(target) == "cuda" or target.dtype not in (np.float32, np.float64) or values.dtype != target.dtype:
         scatter_add(target, rows, values)
         return
     from kernels.cpu.embedding import add_rows as add_rows_kernel  # Numba, compiled on first use
