@@ -6,8 +6,10 @@ They favour clarity over speed and memory: attention materialises the full
 
 Conventions shared by all backends
 ----------------------------------
-* Attention: q (B, H, Tq, D), k and v (B, H, Tk, D), float32 or float64; the
-  result has the input dtype. ``scale`` defaults to 1/sqrt(D).
+* Attention: q (B, H, Tq, D), k and v (B, Hkv, Tk, D), float32 or float64; the
+  result has the input dtype. ``scale`` defaults to 1/sqrt(D). Hkv = H is
+  ordinary multi-head attention; Hkv < H (H a multiple of Hkv) is grouped-query
+  attention: query head h reads key/value head h // (H / Hkv).
 * ``key_padding_mask``: optional bool (B, Tk), True = padded key, ignored.
 * ``causal``: query i sees key j only if j <= i + (Tk - Tq) (queries aligned to
   the end of the keys; j <= i when Tq == Tk).
@@ -93,6 +95,18 @@ def attention_mask(batch, tq, tk, key_padding_mask=None, causal=False, xp=np):
     return mask
 
 
+def repeat_kv_heads(x, heads):
+    """(B, Hkv, Tk, D) -> (B, H, Tk, D): key/value head j copied for its g = H / Hkv query heads j g ... j g + g - 1."""
+    xp = array_module(x)
+    return xp.repeat(x, heads // x.shape[1], axis=1)
+
+
+def sum_over_groups(dx, kv_heads):
+    """(B, H, Tk, D) -> (B, Hkv, Tk, D): the gradient of ``repeat_kv_heads``, summed over each group of g heads."""
+    batch, heads, tk, d = dx.shape
+    return dx.reshape(batch, kv_heads, heads // kv_heads, tk, d).sum(axis=2)
+
+
 def _masked_scores(q, k, key_padding_mask, causal, scale):
     """S = scale * q @ k^T with masked entries set to -inf.  # (B, H, Tq, Tk)"""
     xp = array_module(q)
@@ -113,8 +127,10 @@ def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None):
 
     Returns (o, lse): o (B, H, Tq, D) and lse (B, H, Tq). lse is what the
     backward pass needs to rebuild P = exp(S - lse) without storing P.
-    A fully masked row gives o = 0 and lse = -inf.
+    A fully masked row gives o = 0 and lse = -inf. Grouped-query attention
+    (k, v with Hkv < H heads): k and v are repeated to H heads first.
     """
+    k, v = repeat_kv_heads(k, q.shape[1]), repeat_kv_heads(v, q.shape[1])  # (B, H, Tk, D)
     s, _ = _masked_scores(q, k, key_padding_mask, causal, scale)  # (B, H, Tq, Tk)
     p = softmax(s)                                                # (B, H, Tq, Tk)
     o = p @ v                                                     # (B, H, Tq, D)
@@ -132,9 +148,12 @@ def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False,
     dQ = scale * dS K,   dK = scale * dS^T Q
 
     Returns (dq, dk, dv) shaped like (q, k, v). Fully masked rows contribute
-    nothing (P = 0 there), so their dq is 0.
+    nothing (P = 0 there), so their dq is 0. Grouped-query attention: dK and
+    dV of a key/value head are the sums over its group of query heads.
     """
     xp = array_module(q)
+    kv_heads = k.shape[1]
+    k, v = repeat_kv_heads(k, q.shape[1]), repeat_kv_heads(v, q.shape[1])  # (B, H, Tk, D)
     s, scale = _masked_scores(q, k, key_padding_mask, causal, scale)  # (B, H, Tq, Tk)
     lse_safe = xp.where(xp.isneginf(lse), 0.0, lse)                    # s = -inf there too
     p = xp.exp(s - lse_safe[..., None])                                # (B, H, Tq, Tk)
@@ -144,7 +163,7 @@ def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False,
     ds = p * (dp - d)                                                  # (B, H, Tq, Tk)
     dq = (ds @ k) * scale                              # (B, H, Tq, D)
     dk = (xp.swapaxes(ds, -1, -2) @ q) * scale         # (B, H, Tk, D)
-    return dq, dk, dv
+    return dq, sum_over_groups(dk, kv_heads), sum_over_groups(dv, kv_heads)  # dk, dv: (B, Hkv, Tk, D)
 
 
 def activation_forward(h, activation):

@@ -59,8 +59,8 @@ def softmax_case(rng, shape, dtype, masked=True):
     return x, mask
 
 
-def attention_case(rng, batch, heads, tq, tk, d, dtype, padding=True):
-    """Random q, k, v, dO and a key padding mask.
+def attention_case(rng, batch, heads, tq, tk, d, dtype, padding=True, kv_heads=None):
+    """Random q, k, v, dO and a key padding mask; k and v have ``kv_heads`` heads (default: ``heads``).
 
     With ``padding``: ~25% of the keys of every sequence are padded and, when
     batch > 1, the last sequence is padded entirely (fully masked rows).
@@ -68,8 +68,8 @@ def attention_case(rng, batch, heads, tq, tk, d, dtype, padding=True):
     """
     case = {
         "q": _normal(rng, (batch, heads, tq, d), dtype),
-        "k": _normal(rng, (batch, heads, tk, d), dtype),
-        "v": _normal(rng, (batch, heads, tk, d), dtype),
+        "k": _normal(rng, (batch, kv_heads or heads, tk, d), dtype),
+        "v": _normal(rng, (batch, kv_heads or heads, tk, d), dtype),
         "do": _normal(rng, (batch, heads, tq, d), dtype),
         "key_padding_mask": None,
     }

@@ -391,16 +391,20 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
 
     Grouped-query attention (``enable_gqa``, as in PyTorch): k and v (B, H_kv, Tk, d) have fewer heads than
     q (B, H, Tq, d), H a multiple of H_kv; key/value head j serves the query heads j·g … j·g + g - 1,
-    g = H / H_kv. Both paths repeat k and v to H heads first (a copy of g·Tk·d per key/value head).
+    g = H / H_kv. The fused kernel reads each key/value head in place for its g query heads; the composed path
+    repeats k and v to H heads first (a copy of g·Tk·d per key/value head).
     """
-    if enable_gqa and k.shape[-3] != q.shape[-3]:
-        k, v = _repeat_kv_heads(q, k, v)
+    grouped = enable_gqa and k.shape[-3] != q.shape[-3]
+    if grouped:
+        _check_kv_heads(q, k, v)
     unsupported = [name for name, used in (("attn_mask", attn_mask is not None), ("return_weights", return_weights),
                                            ("dropout", dropout_p > 0 and training),
                                            ("inputs that are not (B, H, T, d)", q.ndim != 4)) if used]
     if _choose_fused(fused, not unsupported, ", ".join(unsupported), "scaled_dot_product_attention"):
         kpm = key_padding_mask.data if isinstance(key_padding_mask, Tensor) else key_padding_mask
         return FusedAttention.apply(q, k, v, key_padding_mask=kpm, causal=is_causal, scale=scale)
+    if grouped:
+        k, v = _repeat_kv_heads(q, k, v)
     d_k = q.shape[-1]
     scale = 1.0 / math.sqrt(d_k) if scale is None else scale
     scores = (q @ k.transpose(-2, -1)) * scale  # (…, Tq, Tk)
@@ -416,13 +420,16 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     return (out, weights) if return_weights else out
 
 
-def _repeat_kv_heads(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """k, v (…, H_kv, Tk, d) -> (…, H, Tk, d), each key/value head repeated for its g = H / H_kv query heads."""
-    heads, kv_heads = q.shape[-3], k.shape[-3]
-    if q.ndim < 3 or heads % kv_heads or v.shape[-3] != kv_heads:
+def _check_kv_heads(q: Tensor, k: Tensor, v: Tensor) -> None:
+    """Grouped-query attention needs q (…, H, Tq, d) with H a multiple of the head count H_kv of k and v."""
+    if q.ndim < 3 or q.shape[-3] % k.shape[-3] or v.shape[-3] != k.shape[-3]:
         raise ValueError(f"scaled_dot_product_attention: with enable_gqa, q (…, H, Tq, d) needs H a multiple of "
                          f"k's and v's head count; got q {q.shape}, k {k.shape}, v {v.shape}")
-    group = heads // kv_heads
+
+
+def _repeat_kv_heads(q: Tensor, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+    """k, v (…, H_kv, Tk, d) -> (…, H, Tk, d), each key/value head repeated for its g = H / H_kv query heads."""
+    group = q.shape[-3] // k.shape[-3]
     return repeat_interleave(k, group, axis=-3), repeat_interleave(v, group, axis=-3)
 
 

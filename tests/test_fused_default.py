@@ -124,9 +124,10 @@ def test_the_kernels_run_on_the_cpu_package():
 
 
 # ------------------------------------------------------------- each fused op: gradcheck and PyTorch
-def _attention_inputs(dtype):
+def _attention_inputs(dtype, heads=2, kv_heads=2):
     rng = np.random.default_rng(2)
-    q, k, v = (minitx.Tensor(rng.standard_normal((2, 2, 5, 4)).astype(dtype), requires_grad=True) for _ in range(3))
+    q, k, v = (minitx.Tensor(rng.standard_normal((2, h, 5, 4)).astype(dtype), requires_grad=True)
+               for h in (heads, kv_heads, kv_heads))
     kpm = np.zeros((2, 5), dtype=bool)
     kpm[1, -2:] = True
     return q, k, v, kpm
@@ -145,6 +146,45 @@ def test_fused_attention_gradcheck(causal):
     q, k, v, kpm = _attention_inputs(np.float64)
     gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, key_padding_mask=kpm, is_causal=causal,
                                                              fused=True), [q, k, v])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_grouped_query_attention_gradcheck(causal):
+    from minitx.gradcheck import gradcheck
+
+    q, k, v, kpm = _attention_inputs(np.float64, heads=4, kv_heads=2)
+    gradcheck(lambda q, k, v: F.scaled_dot_product_attention(q, k, v, key_padding_mask=kpm, is_causal=causal,
+                                                             fused=True, enable_gqa=True), [q, k, v])
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_fused_grouped_query_attention_reads_kv_in_place_and_matches_composed_and_torch(causal):
+    """4 query heads on 2 key/value heads: no repeated copy of k, v in the fused graph; output and gradients
+    equal the composed path's (which repeats k and v) and PyTorch's (enable_gqa)."""
+    torch = pytest.importorskip("torch")
+    u = np.random.default_rng(6).standard_normal((2, 4, 5, 4)).astype(np.float32)
+    results, names = {}, {}
+    for use_fused in (True, False):
+        q, k, v, kpm = _attention_inputs(np.float32, heads=4, kv_heads=2)
+        out = F.scaled_dot_product_attention(q, k, v, key_padding_mask=kpm, is_causal=causal, fused=use_fused,
+                                             enable_gqa=True)
+        names[use_fused] = ops_in_graph(out)
+        out.backward(u)
+        results[use_fused] = out.numpy(), q.grad, k.grad, v.grad
+    assert names[True] == ["FusedAttention"], names[True]
+    assert "RepeatInterleave" in names[False], names[False]
+    tq, tk, tv = (torch.tensor(t.numpy(), requires_grad=True) for t in (q, k, v))
+    allowed = ~torch.tensor(kpm)[:, None, None, :]  # torch: True = attend
+    if causal:
+        allowed = allowed & torch.ones(5, 5, dtype=torch.bool).tril()
+    ref = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, attn_mask=allowed, enable_gqa=True)
+    ref.backward(torch.tensor(u))
+    torch_results = ref.detach().numpy(), tq.grad.numpy(), tk.grad.numpy(), tv.grad.numpy()
+    for name, fused_x, composed_x, torch_x in zip(["out", "dq", "dk", "dv"], results[True], results[False],
+                                                   torch_results):
+        assert fused_x.shape == composed_x.shape == torch_x.shape, name
+        np.testing.assert_allclose(fused_x, composed_x, atol=2e-6, err_msg=name)
+        np.testing.assert_allclose(fused_x, torch_x, atol=1e-5, err_msg=name)
 
 
 @pytest.mark.parametrize("activation", ["relu", "gelu", "gelu_tanh"])

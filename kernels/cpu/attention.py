@@ -5,6 +5,13 @@ statement of the math; tutorial 04 derives the backward):
 
     S = scale * Q K^T (masked -> -inf),  P = softmax(S),  O = P V,  lse_i = log sum_j exp(S_ij)
 
+Grouped-query attention: k and v may have fewer heads than q, Hkv with H a multiple of Hkv; query head h
+reads key/value head h // (H / Hkv) in place (no repeated copy), and the backward sums dK, dV over each
+key/value head's group of query heads.
+
+Key padding: the tiles after a sequence's last real key are skipped (an encoder's padding is at the end),
+and a sequence with every key padded costs nothing but writing its zeros.
+
 Forward: one parallel task per (batch, head, query tile). The task walks over key tiles keeping a running
 max m, running sum l and an unnormalised output acc (the "online softmax"):
 
@@ -16,9 +23,10 @@ Each score row of a tile takes two passes: padding bias, causal cut and max in o
 exp and sum in the other (``_exp_sum``). The default tiles (128 queries x 256 keys) keep a tile's scores,
 128 KiB in float32, in the L2 cache; larger key tiles mean fewer rescalings of acc.
 
-Backward: one task per (batch, head). For each key tile it loops over query tiles, rebuilds
-P = exp(S - lse), accumulates dK, dV of the key tile locally and adds the dQ contribution into the task's
-own rows of dq. Extra memory per task is O(T * D) (the scaled queries and D_i).
+Backward: one task per (batch, key/value head). For each key tile it loops over the group's query heads and
+their query tiles, rebuilds P = exp(S - lse), accumulates dK, dV of the key tile locally and adds the dQ
+contribution into the task's own rows of dq. Extra memory per task is O(g * T * D) (the scaled queries and
+D_i of its g query heads).
 
     dV = P^T dO,  dS = P * (dO V^T - D_i),  D_i = sum_d dO_id O_id,  dQ = scale dS K,  dK = scale dS^T Q
 
@@ -72,16 +80,27 @@ def _exp_sum(row, shift, n_visible):
     return total
 
 
+@numba.njit(fastmath=FASTMATH)
+def _keys_in_use(pad_row):
+    """1 + the index of the last real (unpadded) key, 0 if every key is padded: the tiles past it are skipped."""
+    for j in range(pad_row.shape[0] - 1, -1, -1):
+        if not pad_row[j]:
+            return j + 1
+    return 0
+
+
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _attention_forward(q, k, v, pad, causal, scale, block_q, block_k, o, lse):
-    """Flash-style forward. q (B, H, Tq, D), k/v (B, H, Tk, D), pad (B, Tk); writes o, lse."""
+    """Flash-style forward. q (B, H, Tq, D), k/v (B, Hkv, Tk, D), pad (B, Tk); writes o, lse."""
     n_batch, n_head, tq, d = q.shape
-    tk = k.shape[2]
+    n_kv_head, tk = k.shape[1], k.shape[2]
+    group = n_head // n_kv_head                       # query heads per key/value head (grouped-query attention)
     shift = tk - tq                                   # causal: key j visible to query i iff j <= i + shift
     n_qtiles = (tq + block_q - 1) // block_q
     for task in numba.prange(n_batch * n_head * n_qtiles):
         b = task // (n_head * n_qtiles)
         h = (task // n_qtiles) % n_head
+        hk = h // group                               # the key/value head query head h reads
         i0 = (task % n_qtiles) * block_q
         i1 = min(i0 + block_q, tq)
         nq = i1 - i0
@@ -91,9 +110,10 @@ def _attention_forward(q, k, v, pad, causal, scale, block_q, block_k, o, lse):
         l = np.zeros(nq, dtype=q.dtype)               # running sum      (nq,)
         acc = np.zeros((nq, d), dtype=q.dtype)        # unnormalised O   (nq, D)
         k_end = min(tk, i1 + shift) if causal else tk
+        k_end = min(k_end, _keys_in_use(pad[b]))      # trailing padded keys: their tiles are skipped
         for j0 in range(0, k_end, block_k):
             j1 = min(j0 + block_k, k_end)
-            s = np.dot(qs, k[b, h, j0:j1].T)          # (nq, nk)
+            s = np.dot(qs, k[b, hk, j0:j1].T)         # (nq, nk)
             for i in range(nq):
                 row = s[i]
                 n_visible = min(j1, i0 + i + shift + 1) - j0 if causal else j1 - j0   # keys past i + shift hidden
@@ -105,7 +125,7 @@ def _attention_forward(q, k, v, pad, causal, scale, block_q, block_k, o, lse):
                     l[i] = alpha * l[i] + _exp_sum(row, m_new, n_visible)
                     acc[i] *= alpha
                     m[i] = m_new
-            acc += np.dot(s, v[b, h, j0:j1])          # (nq, D)
+            acc += np.dot(s, v[b, hk, j0:j1])         # (nq, D)
         for i in range(nq):
             if l[i] == 0.0:                           # fully masked row
                 o[b, h, i0 + i] = 0.0
@@ -117,47 +137,55 @@ def _attention_forward(q, k, v, pad, causal, scale, block_q, block_k, o, lse):
 
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _attention_backward(q, k, v, o, lse, do, pad, causal, scale, block_q, block_k, dq, dk, dv):
-    """Flash-style backward, one task per (batch, head); writes dq, dk, dv."""
+    """Flash-style backward, one task per (batch, key/value head) and its group of query heads; writes dq, dk, dv."""
     n_batch, n_head, tq, d = q.shape
-    tk = k.shape[2]
+    n_kv_head, tk = k.shape[1], k.shape[2]
+    group = n_head // n_kv_head
     shift = tk - tq
-    for bh in numba.prange(n_batch * n_head):
-        b = bh // n_head
-        h = bh % n_head
-        qs = q[b, h] * scale                                       # (Tq, D)
+    for task in numba.prange(n_batch * n_kv_head):
+        b = task // n_kv_head
+        hk = task % n_kv_head
+        h0 = hk * group                                            # query heads h0 ... h0 + group - 1
+        qs = q[b, h0:h0 + group] * scale                           # (g, Tq, D)
         key_bias = np.where(pad[b], -np.inf, 0.0).astype(q.dtype)  # -inf on padded keys   (Tk,)
-        di = np.empty(tq, dtype=q.dtype)                           # D_i = sum_d dO_id O_id  (Tq,)
-        for i in range(tq):
-            di[i] = np.dot(do[b, h, i], o[b, h, i])
-        dq[b, h] = 0.0
-        for j0 in range(0, tk, block_k):
-            j1 = min(j0 + block_k, tk)
-            kt = k[b, h, j0:j1]                                    # (nk, D)
-            vt = v[b, h, j0:j1]                                    # (nk, D)
-            dk_t = np.zeros((j1 - j0, d), dtype=q.dtype)           # (nk, D)
+        di = np.empty((group, tq), dtype=q.dtype)                  # D_i = sum_d dO_id O_id  (g, Tq)
+        for g in range(group):
+            for i in range(tq):
+                di[g, i] = np.dot(do[b, h0 + g, i], o[b, h0 + g, i])
+        dq[b, h0:h0 + group] = 0.0
+        n_keys = _keys_in_use(pad[b])                              # later keys are padding: zero gradients
+        for j0 in range(0, n_keys, block_k):
+            j1 = min(j0 + block_k, n_keys)
+            kt = k[b, hk, j0:j1]                                   # (nk, D)
+            vt = v[b, hk, j0:j1]                                   # (nk, D)
+            dk_t = np.zeros((j1 - j0, d), dtype=q.dtype)           # summed over the group's heads  (nk, D)
             dv_t = np.zeros((j1 - j0, d), dtype=q.dtype)           # (nk, D)
             i_start = max(0, j0 - shift) if causal else 0          # earlier queries cannot see this tile
-            for i0 in range(i_start, tq, block_q):
-                i1 = min(i0 + block_q, tq)
-                p = np.dot(qs[i0:i1], kt.T)                        # S, then P   (nq, nk)
-                for i in range(i1 - i0):
-                    row = p[i]
-                    if lse[b, h, i0 + i] == -np.inf:               # no visible key in the whole row: P = 0
-                        row[:] = 0.0
-                        continue
-                    n_visible = min(j1, i0 + i + shift + 1) - j0 if causal else j1 - j0
-                    _add_bias_max(row, key_bias[j0:j1], n_visible, lse[b, h, i0 + i])  # max unused here
-                    _exp_sum(row, lse[b, h, i0 + i], n_visible)    # P = exp(S - lse)
-                dv_t += np.dot(p.T, do[b, h, i0:i1])               # (nk, D)
-                ds = np.dot(do[b, h, i0:i1], vt.T)                 # dP, then dS (nq, nk)
-                for i in range(i1 - i0):
-                    for j in range(j1 - j0):
-                        ds[i, j] = p[i, j] * (ds[i, j] - di[i0 + i])
-                dq[b, h, i0:i1] += np.dot(ds, kt)                  # (nq, D), scaled below
-                dk_t += np.dot(ds.T, qs[i0:i1])                    # (nk, D), scale is inside qs
-            dk[b, h, j0:j1] = dk_t
-            dv[b, h, j0:j1] = dv_t
-        dq[b, h] *= scale
+            for g in range(group):
+                h = h0 + g
+                for i0 in range(i_start, tq, block_q):
+                    i1 = min(i0 + block_q, tq)
+                    p = np.dot(qs[g, i0:i1], kt.T)                 # S, then P   (nq, nk)
+                    for i in range(i1 - i0):
+                        row = p[i]
+                        if lse[b, h, i0 + i] == -np.inf:           # no visible key in the whole row: P = 0
+                            row[:] = 0.0
+                            continue
+                        n_visible = min(j1, i0 + i + shift + 1) - j0 if causal else j1 - j0
+                        _add_bias_max(row, key_bias[j0:j1], n_visible, lse[b, h, i0 + i])  # max unused here
+                        _exp_sum(row, lse[b, h, i0 + i], n_visible)  # P = exp(S - lse)
+                    dv_t += np.dot(p.T, do[b, h, i0:i1])           # (nk, D)
+                    ds = np.dot(do[b, h, i0:i1], vt.T)             # dP, then dS (nq, nk)
+                    for i in range(i1 - i0):
+                        for j in range(j1 - j0):
+                            ds[i, j] = p[i, j] * (ds[i, j] - di[g, i0 + i])
+                    dq[b, h, i0:i1] += np.dot(ds, kt)              # (nq, D), scaled below
+                    dk_t += np.dot(ds.T, qs[g, i0:i1])             # (nk, D), scale is inside qs
+            dk[b, hk, j0:j1] = dk_t
+            dv[b, hk, j0:j1] = dv_t
+        dk[b, hk, n_keys:] = 0.0
+        dv[b, hk, n_keys:] = 0.0
+        dq[b, h0:h0 + group] *= scale
 
 
 def _padding(key_padding_mask, batch, tk):
@@ -167,16 +195,26 @@ def _padding(key_padding_mask, batch, tk):
     return np.ascontiguousarray(key_padding_mask, dtype=bool).reshape(batch, tk)
 
 
+def _check_shapes(q, k, v):
+    """q (B, H, Tq, D), k and v (B, Hkv, Tk, D) with H a multiple of Hkv; a clear error otherwise."""
+    if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or k.shape[::3] != q.shape[::3] or k.shape[1] < 1 \
+            or q.shape[1] % k.shape[1]:
+        raise ValueError(f"attention: expected q (B, H, Tq, D) and k, v (B, Hkv, Tk, D) with H a multiple of Hkv, "
+                         f"got q {q.shape}, k {k.shape}, v {v.shape}")
+
+
 def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, block_q=128, block_k=256):
     """Tiled attention forward with online softmax (see reference.attention_forward).
 
     O = softmax(scale * Q K^T, masked) V,   lse_i = log sum_j exp(S_ij)
 
-    Returns (o, lse) with o (B, H, Tq, D) and lse (B, H, Tq). A fully masked
-    row gives o = 0, lse = -inf. Extra memory: O(block_q * (block_k + D)) per
+    q (B, H, Tq, D); k, v (B, Hkv, Tk, D), query head h reading key/value head h // (H / Hkv) (grouped-query
+    attention when Hkv < H, never a repeated copy of k and v). Returns (o, lse) with o (B, H, Tq, D) and
+    lse (B, H, Tq). A fully masked row gives o = 0, lse = -inf. Extra memory: O(block_q * (block_k + D)) per
     task, i.e. O(B * H * T) in total, never O(T^2).
     """
     dtype = _common.check_float(q, k, v)
+    _check_shapes(q, k, v)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     batch, heads, tq, d = q.shape
@@ -196,9 +234,11 @@ def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False,
     dV = P^T dO,  dS = P * (dO V^T - D_i),  D_i = sum_d dO_id O_id,
     dQ = scale dS K,  dK = scale dS^T Q
 
-    Returns (dq, dk, dv). Fully masked rows get zero gradients.
+    Returns (dq, dk, dv) shaped like (q, k, v); with grouped-query attention dK and dV of a key/value head
+    are summed over its group of query heads. Fully masked rows get zero gradients.
     """
     dtype = _common.check_float(q, k, v, o, lse, do)
+    _check_shapes(q, k, v)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     batch = q.shape[0]

@@ -31,7 +31,9 @@ def kernel_module(array):
 class FusedAttention(Function):
     """O = softmax(scale · Q Kᵀ, masked) V in one kernel that never forms the (Tq, Tk) score matrix.
 
-    q (B, H, Tq, D), k and v (B, H, Tk, D). Forward keeps O and the per-row log-sum-exp
+    q (B, H, Tq, D), k and v (B, H_kv, Tk, D): H_kv < H is grouped-query attention, query head h reading
+    key/value head h // (H / H_kv) in place, dK and dV summed over each group. Forward keeps O and the per-row
+    log-sum-exp
     lse_i = log Σ_j exp(S_ij); backward recomputes P = exp(S - lse) tile by tile:
         dV = Pᵀ dO,  dS = P ⊙ (dO Vᵀ - rowsum(dO ⊙ O)),  dQ = scale · dS K,  dK = scale · dSᵀ Q.
     """

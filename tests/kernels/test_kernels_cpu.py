@@ -82,6 +82,37 @@ def test_attention_without_mask_and_custom_scale(version, dtype):
         assert_close(name, g, w)
 
 
+@versions("attention")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("heads,kv_heads", [(4, 2), (3, 1), (6, 3)])
+def test_grouped_query_attention(version, dtype, causal, heads, kv_heads):
+    """k, v with fewer heads than q, read in place: the kernels against the reference (which repeats them),
+    with tiles smaller than the sequence and trailing padding (whole key tiles skipped)."""
+    c = attention_case(np.random.default_rng(heads), 2, heads, 11, 13, 5, dtype, kv_heads=kv_heads)
+    args = (c["q"], c["k"], c["v"])
+    mask = c["key_padding_mask"]
+    mask[0] = np.arange(13) >= 6        # sequence 0: 6 real keys, then padding; sequence 1: all padded
+    o, lse = reference.attention_forward(*args, mask, causal)
+    got_o, got_lse = _tiles(version.attention_forward, 4, 3)(*args, mask, causal)
+    assert_close("o", got_o, o)
+    assert_close("lse", got_lse, lse)
+    want = reference.attention_backward(*args, o, lse, c["do"], mask, causal)
+    got = _tiles(version.attention_backward, 4, 3)(*args, o, lse, c["do"], mask, causal)
+    for name, g, w in zip(["dq", "dk", "dv"], got, want):
+        assert g.shape == w.shape, name
+        assert_close(name, g, w)
+
+
+@versions("attention")
+def test_attention_refuses_head_counts_that_do_not_divide(version):
+    c = attention_case(np.random.default_rng(0), 1, 3, 4, 4, 2, np.float32, kv_heads=2)
+    with pytest.raises(ValueError, match="multiple of Hkv"):
+        version.attention_forward(c["q"], c["k"], c["v"])
+    with pytest.raises(ValueError, match="multiple of Hkv"):
+        version.attention_backward(c["q"], c["k"], c["v"], c["q"], c["q"][..., 0], c["do"])
+
+
 @versions("ffn")
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("activation", ACTIVATIONS)

@@ -9,9 +9,11 @@ from kernels.testing import attention_case, ffn_case, relative_error
 
 
 def _attention_by_loops(q, k, v, key_padding_mask, causal, scale):
-    """Row-by-row attention with Python loops, written independently of reference.py."""
+    """Row-by-row attention with Python loops, written independently of reference.py; query head h reads
+    key/value head h // g (g query heads per key/value head)."""
     batch, heads, tq, _ = q.shape
     tk = k.shape[2]
+    g = heads // k.shape[1]
     o = np.zeros_like(q)
     lse = np.full((batch, heads, tq), -np.inf)
     for b in range(batch):
@@ -21,18 +23,18 @@ def _attention_by_loops(q, k, v, key_padding_mask, causal, scale):
                            if not key_padding_mask[b, j] and not (causal and j > i + tk - tq)]
                 if not visible:
                     continue
-                scores = np.array([scale * q[b, h, i] @ k[b, h, j] for j in visible])
+                scores = np.array([scale * q[b, h, i] @ k[b, h // g, j] for j in visible])
                 weights = np.exp(scores - scores.max())
                 weights /= weights.sum()
-                o[b, h, i] = sum(w * v[b, h, j] for w, j in zip(weights, visible))
+                o[b, h, i] = sum(w * v[b, h // g, j] for w, j in zip(weights, visible))
                 lse[b, h, i] = math.log(sum(math.exp(s) for s in scores))
     return o, lse
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("tq,tk", [(5, 5), (3, 6), (6, 4)])
-def test_attention_forward_matches_loops(causal, tq, tk):
-    case = attention_case(np.random.default_rng(1), 2, 2, tq, tk, 3, np.float64)
+@pytest.mark.parametrize("tq,tk,kv_heads", [(5, 5, 2), (3, 6, 2), (6, 4, 2), (5, 6, 1)])
+def test_attention_forward_matches_loops(causal, tq, tk, kv_heads):
+    case = attention_case(np.random.default_rng(1), 2, 2, tq, tk, 3, np.float64, kv_heads=kv_heads)
     mask = case["key_padding_mask"]
     o, lse = reference.attention_forward(case["q"], case["k"], case["v"], mask, causal)
     o_loop, lse_loop = _attention_by_loops(case["q"], case["k"], case["v"], mask, causal, 1 / math.sqrt(3))
@@ -56,8 +58,9 @@ def _central_difference(f, x, eps=1e-6):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-def test_attention_backward_matches_finite_differences(causal):
-    case = attention_case(np.random.default_rng(2), 2, 1, 4, 5, 3, np.float64)
+@pytest.mark.parametrize("heads,kv_heads", [(1, 1), (4, 2)])
+def test_attention_backward_matches_finite_differences(causal, heads, kv_heads):
+    case = attention_case(np.random.default_rng(2), 2, heads, 4, 5, 3, np.float64, kv_heads=kv_heads)
     q, k, v, do, mask = case["q"], case["k"], case["v"], case["do"], case["key_padding_mask"]
     mask[0, 1] = True
     scale = 0.7
