@@ -6,6 +6,11 @@ backward:  P = exp(S - lse),  dV = P^T dO,  dS = P * (dO V^T - D_i),  D_i = dO_i
 
 A fully masked row gives o = 0, lse = -inf and zero gradients.
 
+Grouped-query attention: k and v (B, Hkv, Tk, D) may have fewer heads than q (B, H, Tq, D), H a multiple of
+Hkv; query head h reads key/value head h // g, g = H / Hkv, straight from k and v (no repeated copy). The
+dK, dV kernels give a thread (v1) or a block (v2) to rows of one key/value head and sum over its g query
+heads.
+
 v1  naive port of the reference: one thread per query row (forward, dQ) or per
     key row (dK, dV), every operand read straight from global memory. No
     (T, T) matrix is stored: scores are recomputed in each pass.
@@ -34,7 +39,7 @@ V2_MAX_BLOCK_SIZE = 256 launches whatever D is; the host functions refuse larger
 The head dimension D, block_size and tile are compile-time constants of the v2
 kernels (they size the per-thread and shared arrays); kernels are built per
 (dtype, block_size, tile, D), the v1 kernels per dtype (see _common.py).
-Grids: batch * heads in grid x (up to 2^31 - 1 blocks), the row tiles of one
+Grids: batch * heads (batch * Hkv for dK, dV) in grid x (up to 2^31 - 1 blocks), the row tiles of one
 (b, h) in grid y (up to 65535, so T up to 65535 * block_size).
 """
 import functools
@@ -95,15 +100,16 @@ def _v1_kernels(dtype):
         if row >= n_batch * n_head * tq:
             return
         b, h, i = _split_row(row, n_head, tq)
+        hk = h // (n_head // k.shape[1])                      # the key/value head of query head h
         shift = tk - tq
         m = NEG_INF
         for j in range(tk):
             if _visible(pad, has_pad, causal, b, i, j, shift):
-                m = max(m, scale * dot(q[b, h, i], k[b, h, j]))
+                m = max(m, scale * dot(q[b, h, i], k[b, hk, j]))
         z = ZERO
         for j in range(tk):
             if _visible(pad, has_pad, causal, b, i, j, shift):
-                z += math.exp(scale * dot(q[b, h, i], k[b, h, j]) - m)
+                z += math.exp(scale * dot(q[b, h, i], k[b, hk, j]) - m)
         for c in range(d):
             o[b, h, i, c] = ZERO
         if z == ZERO:
@@ -111,9 +117,9 @@ def _v1_kernels(dtype):
             return
         for j in range(tk):
             if _visible(pad, has_pad, causal, b, i, j, shift):
-                p = math.exp(scale * dot(q[b, h, i], k[b, h, j]) - m) / z
+                p = math.exp(scale * dot(q[b, h, i], k[b, hk, j]) - m) / z
                 for c in range(d):
-                    o[b, h, i, c] += p * v[b, h, j, c]
+                    o[b, h, i, c] += p * v[b, hk, j, c]
         lse[b, h, i] = m + math.log(z)
 
     @cuda.jit
@@ -125,35 +131,39 @@ def _v1_kernels(dtype):
         if row >= n_batch * n_head * tq:
             return
         b, h, i = _split_row(row, n_head, tq)
+        hk = h // (n_head // k.shape[1])                      # the key/value head of query head h
         di = dot(do[b, h, i], o[b, h, i])
         for c in range(d):
             dq[b, h, i, c] = ZERO
         for j in range(tk):
             if _visible(pad, has_pad, causal, b, i, j, tk - tq):
-                p = math.exp(scale * dot(q[b, h, i], k[b, h, j]) - lse[b, h, i])
-                ds = p * (dot(do[b, h, i], v[b, h, j]) - di)
+                p = math.exp(scale * dot(q[b, h, i], k[b, hk, j]) - lse[b, h, i])
+                ds = p * (dot(do[b, h, i], v[b, hk, j]) - di)
                 for c in range(d):
-                    dq[b, h, i, c] += scale * ds * k[b, h, j, c]
+                    dq[b, h, i, c] += scale * ds * k[b, hk, j, c]
 
     @cuda.jit
     def backward_dkdv(q, k, v, o, lse, do, pad, has_pad, causal, scale, dk, dv):
-        """Thread per key row: dV_j = sum_i P_ij dO_i,  dK_j = scale sum_i dS_ij Q_i."""
-        n_batch, n_head, tk, d = k.shape
+        """Thread per key row of a key/value head: dV_j = sum_i P_ij dO_i,  dK_j = scale sum_i dS_ij Q_i, the
+        sums over the queries of every query head of its group."""
+        n_batch, n_kv_head, tk, d = k.shape
         tq = q.shape[2]
+        group = q.shape[1] // n_kv_head
         row = cuda.grid(1)
-        if row >= n_batch * n_head * tk:
+        if row >= n_batch * n_kv_head * tk:
             return
-        b, h, j = _split_row(row, n_head, tk)
+        b, hk, j = _split_row(row, n_kv_head, tk)
         for c in range(d):
-            dk[b, h, j, c] = ZERO
-            dv[b, h, j, c] = ZERO
-        for i in range(tq):
+            dk[b, hk, j, c] = ZERO
+            dv[b, hk, j, c] = ZERO
+        for r in range(group * tq):                           # (query head, query row) pairs of the group
+            h, i = hk * group + r // tq, r % tq
             if _visible(pad, has_pad, causal, b, i, j, tk - tq):
-                p = math.exp(scale * dot(q[b, h, i], k[b, h, j]) - lse[b, h, i])
-                ds = p * (dot(do[b, h, i], v[b, h, j]) - dot(do[b, h, i], o[b, h, i]))
+                p = math.exp(scale * dot(q[b, h, i], k[b, hk, j]) - lse[b, h, i])
+                ds = p * (dot(do[b, h, i], v[b, hk, j]) - dot(do[b, h, i], o[b, h, i]))
                 for c in range(d):
-                    dv[b, h, j, c] += p * do[b, h, i, c]
-                    dk[b, h, j, c] += scale * ds * q[b, h, i, c]
+                    dv[b, hk, j, c] += p * do[b, h, i, c]
+                    dk[b, hk, j, c] += scale * ds * q[b, h, i, c]
 
     return forward, backward_dq, backward_dkdv
 
@@ -196,6 +206,7 @@ def _flash_kernels(dtype, block, tile, d):
         shift = tk - tq
         t = cuda.threadIdx.x
         b, h = cuda.blockIdx.x // n_head, cuda.blockIdx.x % n_head
+        hk = h // (n_head // k.shape[1])                      # the key/value head of query head h
         i0 = cuda.blockIdx.y * block
         i = i0 + t
         k_tile = cuda.shared.array((tile, d), nb)             # (tile, D)
@@ -210,8 +221,8 @@ def _flash_kernels(dtype, block, tile, d):
         k_end = min(tk, i0 + block + shift) if causal else tk  # later keys are hidden from the whole block
         for j0 in range(0, k_end, tile):
             cuda.syncthreads()                                # previous tile fully used
-            load_tile(k, b, h, j0, k_tile, t)
-            load_tile(v, b, h, j0, v_tile, t)
+            load_tile(k, b, hk, j0, k_tile, t)
+            load_tile(v, b, hk, j0, v_tile, t)
             cuda.syncthreads()
             if i < tq:
                 for jj in range(min(tile, tk - j0)):
@@ -241,6 +252,7 @@ def _flash_kernels(dtype, block, tile, d):
         shift = tk - tq
         t = cuda.threadIdx.x
         b, h = cuda.blockIdx.x // n_head, cuda.blockIdx.x % n_head
+        hk = h // (n_head // k.shape[1])                      # the key/value head of query head h
         i0 = cuda.blockIdx.y * block
         i = i0 + t
         k_tile = cuda.shared.array((tile, d), nb)             # (tile, D)
@@ -260,8 +272,8 @@ def _flash_kernels(dtype, block, tile, d):
         k_end = min(tk, i0 + block + shift) if causal else tk
         for j0 in range(0, k_end, tile):
             cuda.syncthreads()
-            load_tile(k, b, h, j0, k_tile, t)
-            load_tile(v, b, h, j0, v_tile, t)
+            load_tile(k, b, hk, j0, k_tile, t)
+            load_tile(v, b, hk, j0, v_tile, t)
             cuda.syncthreads()
             if i < tq:
                 for jj in range(min(tile, tk - j0)):
@@ -276,12 +288,14 @@ def _flash_kernels(dtype, block, tile, d):
 
     @cuda.jit
     def backward_dkdv(q, k, v, o, lse, do, pad, has_pad, causal, scale, dk, dv):
-        """Grid (B * H, key tiles); thread t owns key row j = j0 + t. Q, dO, lse, D tiles in shared memory."""
+        """Grid (B * Hkv, key tiles); thread t owns key row j = j0 + t. Q, dO, lse, D tiles in shared memory,
+        those of each query head of the key/value head's group in turn."""
         n_head, tq = q.shape[1], q.shape[2]
-        tk = k.shape[2]
+        n_kv_head, tk = k.shape[1], k.shape[2]
+        group = n_head // n_kv_head
         shift = tk - tq
         t = cuda.threadIdx.x
-        b, h = cuda.blockIdx.x // n_head, cuda.blockIdx.x % n_head
+        b, hk = cuda.blockIdx.x // n_kv_head, cuda.blockIdx.x % n_kv_head
         j0 = cuda.blockIdx.y * block
         j = j0 + t
         q_tile = cuda.shared.array((tile, d), nb)             # (tile, D)
@@ -293,32 +307,33 @@ def _flash_kernels(dtype, block, tile, d):
         dk_acc = cuda.local.array(d, nb)                      # dK_j / scale
         dv_acc = cuda.local.array(d, nb)
         for c in range(d):
-            k_row[c] = k[b, h, j, c] * scale if j < tk else ZERO
-            v_row[c] = v[b, h, j, c] if j < tk else ZERO
+            k_row[c] = k[b, hk, j, c] * scale if j < tk else ZERO
+            v_row[c] = v[b, hk, j, c] if j < tk else ZERO
             dk_acc[c] = ZERO
             dv_acc[c] = ZERO
         i_start = max(0, j0 - shift) if causal else 0         # earlier queries see none of these keys
-        for i0 in range(i_start, tq, tile):
-            cuda.syncthreads()
-            load_tile(q, b, h, i0, q_tile, t)
-            load_tile(do, b, h, i0, do_tile, t)
-            if t < tile:                                      # lse_i and D_i, a thread per row (tile <= block)
-                i = i0 + t
-                lse_tile[t] = lse[b, h, i] if i < tq else ZERO
-                d_tile[t] = dot(do[b, h, i], o[b, h, i]) if i < tq else ZERO
-            cuda.syncthreads()
-            if j < tk:
-                for ii in range(min(tile, tq - i0)):
-                    if _visible(pad, has_pad, causal, b, i0 + ii, j, shift):
-                        p = math.exp(dot(q_tile[ii], k_row) - lse_tile[ii])
-                        ds = p * (dot(do_tile[ii], v_row) - d_tile[ii])
-                        for c in range(d):
-                            dv_acc[c] += p * do_tile[ii, c]
-                            dk_acc[c] += ds * q_tile[ii, c]
+        for h in range(hk * group, hk * group + group):
+            for i0 in range(i_start, tq, tile):
+                cuda.syncthreads()
+                load_tile(q, b, h, i0, q_tile, t)
+                load_tile(do, b, h, i0, do_tile, t)
+                if t < tile:                                  # lse_i and D_i, a thread per row (tile <= block)
+                    i = i0 + t
+                    lse_tile[t] = lse[b, h, i] if i < tq else ZERO
+                    d_tile[t] = dot(do[b, h, i], o[b, h, i]) if i < tq else ZERO
+                cuda.syncthreads()
+                if j < tk:
+                    for ii in range(min(tile, tq - i0)):
+                        if _visible(pad, has_pad, causal, b, i0 + ii, j, shift):
+                            p = math.exp(dot(q_tile[ii], k_row) - lse_tile[ii])
+                            ds = p * (dot(do_tile[ii], v_row) - d_tile[ii])
+                            for c in range(d):
+                                dv_acc[c] += p * do_tile[ii, c]
+                                dk_acc[c] += ds * q_tile[ii, c]
         if j < tk:
             for c in range(d):
-                dk[b, h, j, c] = dk_acc[c] * scale
-                dv[b, h, j, c] = dv_acc[c]
+                dk[b, hk, j, c] = dk_acc[c] * scale
+                dv[b, hk, j, c] = dv_acc[c]
 
     return forward, backward_dq, backward_dkdv
 
@@ -337,9 +352,12 @@ def _prepare(q, others, key_padding_mask, scale, block_size, max_block_size=_com
     dtype = _common.check_float(q=q, **others)
     _common.check_shape("q", q, (None,) * 4, "(B, H, Tq, D)")
     batch, heads, tq, d = q.shape
-    _common.check_shape("k", others["k"], (batch, heads, None, d), "(B, H, Tk, D)")
-    tk = others["k"].shape[2]
-    for name, shape, symbols in (("v", (batch, heads, tk, d), "(B, H, Tk, D)"), ("o", q.shape, "(B, H, Tq, D)"),
+    _common.check_shape("k", others["k"], (batch, None, None, d), "(B, Hkv, Tk, D)")
+    kv_heads, tk = others["k"].shape[1], others["k"].shape[2]
+    if kv_heads < 1 or heads % kv_heads:
+        raise ValueError(f"q's head count H={heads} must be a multiple of k's and v's Hkv={kv_heads} (grouped-query "
+                         f"attention); got q {tuple(q.shape)}, k {tuple(others['k'].shape)}")
+    for name, shape, symbols in (("v", (batch, kv_heads, tk, d), "(B, Hkv, Tk, D)"), ("o", q.shape, "(B, H, Tq, D)"),
                                  ("lse", (batch, heads, tq), "(B, H, Tq)"), ("do", q.shape, "(B, H, Tq, D)")):
         if name in others:
             _common.check_shape(name, others[name], shape, symbols)
@@ -383,13 +401,13 @@ def attention_backward_v1(q, k, v, o, lse, do, key_padding_mask=None, causal=Fal
                                                   key_padding_mask, scale, block_size)
     d_q, d_k = device[0], device[1]
     batch, heads, tq, _ = d_q.shape
-    tk = d_k.shape[2]
+    kv_heads, tk = d_k.shape[1], d_k.shape[2]
     dq = _common.device_empty(d_q.shape, dtype)
     dk = _common.device_empty(d_k.shape, dtype)
     dv = _common.device_empty(d_k.shape, dtype)
     _, backward_dq, backward_dkdv = _v1_kernels(dtype)
     backward_dq[_rows_grid(batch * heads * tq, block_size)](*device, pad, has_pad, bool(causal), scale, dq)
-    backward_dkdv[_rows_grid(batch * heads * tk, block_size)](*device, pad, has_pad, bool(causal), scale, dk, dv)
+    backward_dkdv[_rows_grid(batch * kv_heads * tk, block_size)](*device, pad, has_pad, bool(causal), scale, dk, dv)
     return _common.like_input([dq, dk, dv], q)
 
 
@@ -418,13 +436,13 @@ def attention_backward_v2(q, k, v, o, lse, do, key_padding_mask=None, causal=Fal
                                                   key_padding_mask, scale, block_size, V2_MAX_BLOCK_SIZE, _V2_WHY)
     d_q, d_k = device[0], device[1]
     batch, heads, tq, d = d_q.shape
-    tk = d_k.shape[2]
+    kv_heads, tk = d_k.shape[1], d_k.shape[2]
     dq = _common.device_empty(d_q.shape, dtype)
     dk = _common.device_empty(d_k.shape, dtype)
     dv = _common.device_empty(d_k.shape, dtype)
     _, backward_dq, backward_dkdv = _flash_kernels(dtype, block_size, _flash_tile(block_size, d, dtype), d)
     backward_dq[_tiles_grid(batch * heads, tq, block_size)](*device, pad, has_pad, bool(causal), scale, dq)
-    backward_dkdv[_tiles_grid(batch * heads, tk, block_size)](*device, pad, has_pad, bool(causal), scale, dk, dv)
+    backward_dkdv[_tiles_grid(batch * kv_heads, tk, block_size)](*device, pad, has_pad, bool(causal), scale, dk, dv)
     return _common.like_input([dq, dk, dv], q)
 
 

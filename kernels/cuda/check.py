@@ -71,16 +71,18 @@ def check_softmax(failures, rng):
 
 
 def check_attention(failures, rng):
-    cases = [(np.float32, 13, 13, True, True), (np.float64, 5, 13, True, True),
-             (np.float32, 13, 7, False, True), (np.float32, 13, 7, True, True),
-             (np.float64, 13, 13, False, False)]
-    for dtype, tq, tk, causal, padding in cases:
-        c = attention_case(rng, 2, 1, tq, tk, 5, dtype, padding)
+    cases = [(np.float32, 13, 13, True, True, 1, 1), (np.float64, 5, 13, True, True, 1, 1),
+             (np.float32, 13, 7, False, True, 1, 1), (np.float32, 13, 7, True, True, 1, 1),
+             (np.float64, 13, 13, False, False, 1, 1),
+             (np.float32, 13, 11, True, True, 4, 2), (np.float64, 9, 13, False, True, 3, 1)]  # grouped-query
+    for dtype, tq, tk, causal, padding, heads, kv_heads in cases:
+        c = attention_case(rng, 2, heads, tq, tk, 5, dtype, padding, kv_heads=kv_heads)
         args, mask = (c["q"], c["k"], c["v"]), c["key_padding_mask"]
         o, lse = reference.attention_forward(*args, mask, causal)
         grads = reference.attention_backward(*args, o, lse, c["do"], mask, causal)
         for version in attention.VERSIONS.values():
-            label = f"{version.name} {np.dtype(dtype).name} Tq={tq} Tk={tk} causal={causal} padding={padding}"
+            label = (f"{version.name} {np.dtype(dtype).name} Tq={tq} Tk={tk} causal={causal} padding={padding} "
+                     f"H={heads} Hkv={kv_heads}")
             got_o, got_lse = tiny(version.attention_forward)(*args, mask, causal)
             _report(failures, f"attention_forward o {label}", got_o, o)
             _report(failures, f"attention_forward lse {label}", got_lse, lse)
@@ -136,6 +138,9 @@ def check_device_arrays(failures, rng):
 
     refused = [("softmax device mask that needs broadcasting",
                 lambda: softmax.softmax_v3(cuda.to_device(x), 0.7, cuda.to_device(mask), block_size=BLOCK)),
+               ("attention with H not a multiple of Hkv",
+                lambda: attention.attention_forward_v2(device_args[0], *(cuda.to_device(np.concatenate([a, a], 1))
+                                                                         for a in args[1:]), block_size=BLOCK)),
                ("attention device padding mask of the wrong shape",
                 lambda: attention.attention_forward_v2(*device_args, cuda.to_device(np.zeros((2, 8), bool)),
                                                        block_size=BLOCK))]

@@ -73,10 +73,12 @@ def test_ffn_refuses_tiles_of_more_than_1024_threads():
 @pytest.mark.parametrize("forward, backward", ATTENTION)
 def test_attention_names_the_argument_with_a_bad_shape_or_dtype(forward, backward, case):
     q, k, v, do = case["q"], case["k"], case["v"], case["do"]
-    with pytest.raises(ValueError, match=r"k must have shape \(B, H, Tk, D\) = \(2, 1, \?, 4\), got \(2, 1, 7, 3\)"):
+    with pytest.raises(ValueError, match=r"k must have shape \(B, Hkv, Tk, D\) = \(2, \?, \?, 4\), got \(2, 1, 7, 3\)"):
         forward(q, k[..., :3], v)
-    with pytest.raises(ValueError, match=r"v must have shape \(B, H, Tk, D\) = \(2, 1, 7, 4\), got \(2, 1, 6, 4\)"):
+    with pytest.raises(ValueError, match=r"v must have shape \(B, Hkv, Tk, D\) = \(2, 1, 7, 4\), got \(2, 1, 6, 4\)"):
         forward(q, k, v[:, :, :6])
+    with pytest.raises(ValueError, match=r"H=1 must be a multiple of k's and v's Hkv=2"):
+        forward(q, np.concatenate([k, k], axis=1), np.concatenate([v, v], axis=1))
     with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(B, Tk\) = \(2, 7\)"):
         forward(q, k, v, np.zeros((2, 6), bool))
     with pytest.raises(TypeError, match="k has dtype float64 but q has float32"):
