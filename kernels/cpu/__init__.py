@@ -12,8 +12,9 @@ Design
 * Softmax: one parallel task per row; scale and mask are applied while the row is read, so no masked copy
   of the input is ever built.
 * Attention forward: one task per (batch, head, query tile), walking over key tiles with an online
-  softmax; the (Tq, Tk) score matrix never exists. Backward: one task per (batch, head), rebuilding
-  P = exp(S - lse) tile by tile (see attention.py).
+  softmax; the (Tq, Tk) score matrix never exists. Backward: one task per (batch, key/value head),
+  rebuilding P = exp(S - lse) tile by tile (see attention.py). The default version (v2) first gathers each
+  sequence's real keys, so padded keys cost neither products nor masking.
 * Block products (Q K^T, P V, ...) are BLAS calls (``np.dot`` inside njit), each on the thread of its task
   (see ``_common.one_blas_thread_per_task``).
 * exp: float32 uses ``_common.exp32``, a polynomial the compiler vectorises (``math.exp`` is a scalar library
@@ -35,7 +36,8 @@ log-sum-exp kept), ``adam`` (multi-tensor Adam / AdamW, one pass over every para
 The package's functions are each family's default version: ``softmax``, ``attention_forward``,
 ``attention_backward``, ``ffn_forward``, ``ffn_backward``, ``q4_1_linear``, ``q8_0_linear``.
 """
-from kernels.cpu.attention import attention_backward, attention_forward
+from kernels.cpu.attention import attention_backward_v2 as attention_backward
+from kernels.cpu.attention import attention_forward_v2 as attention_forward
 from kernels.cpu.ffn import ffn_backward, ffn_forward
 from kernels.cpu.quantized import q4_1_linear_v2 as q4_1_linear
 from kernels.cpu.quantized import q8_0_linear_v2 as q8_0_linear

@@ -252,7 +252,190 @@ def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False,
     return dq, dk, dv
 
 
+# ------------------------------------------------------------- v2: the padded keys compacted away
+
+
+def _compact_keys(k, v, key_padding_mask):
+    """Each sequence's real keys first: (kc, vc, keys, n_real).
+
+    keys (B, Tk): keys[b, :n_real[b]] are the positions of sequence b's real (unpadded) keys, ascending;
+    kc, vc (B, Hkv, Tk, D) hold k and v at those positions (rows past n_real[b] are padding, never read).
+    Without a padded key, k and v themselves (no copy).
+    """
+    batch, _, tk, _ = k.shape
+    pad = _padding(key_padding_mask, batch, tk)
+    if not pad.any():
+        return k, v, np.tile(np.arange(tk), (batch, 1)), np.full(batch, tk)
+    keys = np.argsort(pad, axis=1, kind="stable")          # False (real) before True (padded), each in order
+    n_real = tk - pad.sum(axis=1)
+    kc, vc = np.empty_like(k), np.empty_like(v)
+    _gather_rows(k, v, keys, n_real, kc, vc)
+    return kc, vc, keys, n_real
+
+
+@numba.njit(parallel=True, cache=True)
+def _gather_rows(k, v, keys, n_real, kc, vc):
+    """kc[b, h, j] = k[b, h, keys[b, j]] (and vc from v) for j < n_real[b]: whole rows, in parallel."""
+    n_batch, n_kv_head = k.shape[0], k.shape[1]
+    for task in numba.prange(n_batch * n_kv_head):
+        b, h = task // n_kv_head, task % n_kv_head
+        for j in range(n_real[b]):
+            kc[b, h, j] = k[b, h, keys[b, j]]
+            vc[b, h, j] = v[b, h, keys[b, j]]
+
+
+@numba.njit
+def _visible_counts(real_keys, first, n_rows, causal):
+    """(n_rows,) how many of the real keys (positions ``real_keys``, ascending) each of n_rows query rows sees:
+    all of them, or if causal those at positions <= first + r for row r (first = i0 + Tk - Tq)."""
+    if not causal:
+        return np.full(n_rows, real_keys.shape[0])
+    return np.searchsorted(real_keys, np.arange(first, first + n_rows), side="right")
+
+
+@numba.njit(fastmath=FASTMATH)
+def _max_visible(row, n_visible, m):
+    """max(m, row[0], ..., row[n_visible - 1]); n_visible may be <= 0 (then m)."""
+    for j in range(max(n_visible, 0)):
+        m = max(m, row[j])
+    return m
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _forward_compacted(q, kc, vc, keys, n_real, causal, scale, block_q, block_k, o, lse):
+    """Flash-style forward over the real keys only. q (B, H, Tq, D), kc/vc (B, Hkv, Tk, D) and keys (B, Tk),
+    n_real (B,) from _compact_keys; writes o, lse."""
+    n_batch, n_head, tq, d = q.shape
+    n_kv_head, tk = kc.shape[1], kc.shape[2]
+    group = n_head // n_kv_head                       # query heads per key/value head
+    shift = tk - tq                                   # causal: key position p visible to query i iff p <= i + shift
+    n_qtiles = (tq + block_q - 1) // block_q
+    for task in numba.prange(n_batch * n_head * n_qtiles):
+        b = task // (n_head * n_qtiles)
+        h = (task // n_qtiles) % n_head
+        hk = h // group                               # the key/value head query head h reads
+        i0 = (task % n_qtiles) * block_q
+        i1 = min(i0 + block_q, tq)
+        nq = i1 - i0
+        qs = q[b, h, i0:i1] * scale                   # (nq, D)
+        visible = _visible_counts(keys[b, :n_real[b]], i0 + shift, nq, causal)   # real keys each row sees (nq,)
+        m = np.full(nq, -np.inf, dtype=q.dtype)       # running max      (nq,)
+        l = np.zeros(nq, dtype=q.dtype)               # running sum      (nq,)
+        acc = np.zeros((nq, d), dtype=q.dtype)        # unnormalised O   (nq, D)
+        k_end = visible[nq - 1]                       # the last row sees the most
+        for j0 in range(0, k_end, block_k):
+            j1 = min(j0 + block_k, k_end)
+            s = np.dot(qs, kc[b, hk, j0:j1].T)        # (nq, nk)
+            for i in range(nq):
+                row = s[i]
+                n_visible = min(j1, visible[i]) - j0
+                m_new = _max_visible(row, n_visible, m[i])
+                if m_new == -np.inf:                  # no key visible yet: P = 0
+                    row[:] = 0.0
+                else:
+                    alpha = np.exp(m[i] - m_new)      # exp(-inf) = 0 on the first visible tile
+                    l[i] = alpha * l[i] + _exp_sum(row, m_new, n_visible)
+                    acc[i] *= alpha
+                    m[i] = m_new
+            acc += np.dot(s, vc[b, hk, j0:j1])        # (nq, D)
+        for i in range(nq):
+            if l[i] == 0.0:                           # fully masked row
+                o[b, h, i0 + i] = 0.0
+                lse[b, h, i0 + i] = -np.inf
+            else:
+                o[b, h, i0 + i] = acc[i] / l[i]
+                lse[b, h, i0 + i] = m[i] + np.log(l[i])
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _backward_compacted(q, kc, vc, o, lse, do, keys, n_real, causal, scale, block_q, block_k, dq, dk, dv):
+    """Flash-style backward over the real keys only, one task per (batch, key/value head); writes dq, dk, dv
+    (dk, dv rows of padded keys are 0)."""
+    n_batch, n_head, tq, d = q.shape
+    n_kv_head, tk = kc.shape[1], kc.shape[2]
+    group = n_head // n_kv_head
+    shift = tk - tq
+    for task in numba.prange(n_batch * n_kv_head):
+        b = task // n_kv_head
+        hk = task % n_kv_head
+        h0 = hk * group                                            # query heads h0 ... h0 + group - 1
+        n = n_real[b]
+        visible = _visible_counts(keys[b, :n], shift, tq, causal)  # real keys each query sees  (Tq,)
+        qs = q[b, h0:h0 + group] * scale                           # (g, Tq, D)
+        di = np.zeros((group, tq), dtype=q.dtype)                  # D_i = sum_d dO_id O_id  (g, Tq)
+        for g in range(group):
+            for i in range(tq):
+                for c in range(d):                                 # a loop, not one BLAS call per row
+                    di[g, i] += do[b, h0 + g, i, c] * o[b, h0 + g, i, c]
+        dq[b, h0:h0 + group] = 0.0
+        dk[b, hk] = 0.0
+        dv[b, hk] = 0.0
+        for j0 in range(0, n, block_k):
+            j1 = min(j0 + block_k, n)
+            kt = kc[b, hk, j0:j1]                                  # (nk, D)
+            vt = vc[b, hk, j0:j1]                                  # (nk, D)
+            dk_t = np.zeros((j1 - j0, d), dtype=q.dtype)           # summed over the group's heads  (nk, D)
+            dv_t = np.zeros((j1 - j0, d), dtype=q.dtype)           # (nk, D)
+            i_start = max(0, keys[b, j0] - shift) if causal else 0  # earlier queries cannot see this tile
+            for g in range(group):
+                h = h0 + g
+                for i0 in range(i_start, tq, block_q):
+                    i1 = min(i0 + block_q, tq)
+                    p = np.dot(qs[g, i0:i1], kt.T)                 # S, then P   (nq, nk)
+                    for i in range(i1 - i0):                       # P = exp(S - lse), 0 on hidden keys
+                        _exp_sum(p[i], lse[b, h, i0 + i], min(j1, visible[i0 + i]) - j0)
+                    dv_t += np.dot(p.T, do[b, h, i0:i1])           # (nk, D)
+                    ds = np.dot(do[b, h, i0:i1], vt.T)             # dP, then dS (nq, nk)
+                    for i in range(i1 - i0):
+                        for j in range(j1 - j0):
+                            ds[i, j] = p[i, j] * (ds[i, j] - di[g, i0 + i])
+                    dq[b, h, i0:i1] += np.dot(ds, kt)              # (nq, D), scaled below
+                    dk_t += np.dot(ds.T, qs[g, i0:i1])             # (nk, D), scale is inside qs
+            for j in range(j1 - j0):                               # back to the keys' positions
+                dk[b, hk, keys[b, j0 + j]] = dk_t[j]
+                dv[b, hk, keys[b, j0 + j]] = dv_t[j]
+        dq[b, h0:h0 + group] *= scale
+
+
+def attention_forward_v2(q, k, v, key_padding_mask=None, causal=False, scale=None, block_q=128, block_k=256):
+    """As ``attention_forward`` (v1), over each sequence's real keys only: k and v are first compacted so
+    that the padded keys are neither multiplied nor masked. Returns (o, lse)."""
+    dtype = _common.check_float(q, k, v)
+    _check_shapes(q, k, v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    batch, heads, tq, d = q.shape
+    o = _common.empty((batch, heads, tq, d), dtype)
+    lse = _common.empty((batch, heads, tq), dtype)
+    c = np.ascontiguousarray
+    kc, vc, keys, n_real = _compact_keys(c(k), c(v), key_padding_mask)
+    with _common.one_blas_thread_per_task():
+        _forward_compacted(c(q), kc, vc, keys, n_real, bool(causal), dtype.type(scale), block_q, block_k, o, lse)
+    return o, lse
+
+
+def attention_backward_v2(q, k, v, o, lse, do, key_padding_mask=None, causal=False, scale=None,
+                          block_q=128, block_k=256):
+    """As ``attention_backward`` (v1), over each sequence's real keys only (padded keys get dK = dV = 0).
+    Returns (dq, dk, dv)."""
+    dtype = _common.check_float(q, k, v, o, lse, do)
+    _check_shapes(q, k, v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    dq = _common.empty(q.shape, dtype)
+    dk = _common.empty(k.shape, dtype)
+    dv = _common.empty(v.shape, dtype)
+    c = np.ascontiguousarray
+    kc, vc, keys, n_real = _compact_keys(c(k), c(v), key_padding_mask)
+    with _common.one_blas_thread_per_task():
+        _backward_compacted(c(q), kc, vc, c(o), c(lse), c(do), keys, n_real, bool(causal), dtype.type(scale),
+                            block_q, block_k, dq, dk, dv)
+    return dq, dk, dv
+
+
 VERSIONS = registry(
     Version("v1", "flash-style tiles with an online softmax; block products through BLAS, one task per tile",
             None, attention_forward=attention_forward, attention_backward=attention_backward),
+    Version("v2", "v1 over each sequence's real keys only: k, v compacted first, no padded key multiplied or masked",
+            "v1", attention_forward=attention_forward_v2, attention_backward=attention_backward_v2),
 )

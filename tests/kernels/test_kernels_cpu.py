@@ -186,8 +186,8 @@ def test_blas_inside_the_attention_kernels_runs_on_one_thread_per_task(monkeypat
     def spy(*args):
         seen.append(lib.scipy_openblas_get_num_threads())
 
-    monkeypatch.setattr(attention, "_attention_forward", spy)
-    monkeypatch.setattr(attention, "_attention_backward", spy)
+    for kernel in ("_attention_forward", "_attention_backward", "_forward_compacted", "_backward_compacted"):
+        monkeypatch.setattr(attention, kernel, spy)
     c = attention_case(np.random.default_rng(0), 1, 1, 4, 4, 2, np.float32)
     lib.scipy_openblas_set_num_threads(2)
     try:
