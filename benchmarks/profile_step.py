@@ -200,7 +200,7 @@ def main() -> None:
     args = parser.parse_args()
     configs = CONFIGS if args.config == "both" else {args.config: CONFIGS[args.config]}
     if args.quick:
-        configs = {k: dict(c, vocab=50, layers=1, seq=16, batch=2) for k, c in configs.items()}
+        configs = {k: dict(c, vocab=50, layers=1, seq=64, batch=2) for k, c in configs.items()}
         args.steps, args.warmup = 1, 1
     if args.fused != "default":
         F.set_fused_kernels(args.fused == "on")

@@ -26,6 +26,9 @@ IGNORE_INDEX = -100  # a target that takes no part in cross_entropy (padding, un
 
 # ------------------------------------------------------------------------------------ fused-kernel switch
 _use_fused = True  # the fused kernels compute the composed path's function within float32 rounding, faster
+# Below Tq·Tk = 64² scores per head the fused attention kernel's parallel launch and tiling cost more than they
+# save, so the default (fused=None) takes the composed ops there (measured on square T: benchmarks/RESULTS.md).
+FUSED_ATTENTION_MIN_SCORES = 64 * 64
 
 
 def set_fused_kernels(enabled: bool) -> None:
@@ -387,7 +390,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
 
     ``fused`` picks the implementation: the composed ops below (False), the fused kernel of
     ``kernels/`` (True: (B, H, T, d) inputs, boolean padding/causal masks only, no dropout, no weights), or
-    the global setting (None, see :func:`set_fused_kernels`).
+    the global setting (None, see :func:`set_fused_kernels`; the composed ops when Tq·Tk is below
+    ``FUSED_ATTENTION_MIN_SCORES``).
 
     Grouped-query attention (``enable_gqa``, as in PyTorch): k and v (B, H_kv, Tk, d) have fewer heads than
     q (B, H, Tq, d), H a multiple of H_kv; key/value head j serves the query heads j·g … j·g + g - 1,
@@ -397,6 +401,8 @@ def scaled_dot_product_attention(q: Tensor, k: Tensor, v: Tensor, attn_mask=None
     grouped = enable_gqa and k.shape[-3] != q.shape[-3]
     if grouped:
         _check_kv_heads(q, k, v)
+    if fused is None and q.shape[-2] * k.shape[-2] < FUSED_ATTENTION_MIN_SCORES:
+        fused = False  # too small for the fused kernel to pay off
     unsupported = [name for name, used in (("attn_mask", attn_mask is not None), ("return_weights", return_weights),
                                            ("dropout", dropout_p > 0 and training),
                                            ("inputs that are not (B, H, T, d)", q.ndim != 4)) if used]

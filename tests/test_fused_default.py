@@ -16,7 +16,7 @@ from minitx.models import GPT, GPTConfig, SequenceEncoder
 from minitx.ops import fused
 from minitx.tensor import _reverse_topological_order
 
-V, D, H, FF, L, T, B = 40, 16, 2, 32, 2, 12, 3
+V, D, H, FF, L, T, B = 40, 16, 2, 32, 2, 64, 3  # T * T = F.FUSED_ATTENTION_MIN_SCORES: the fused kernel's smallest size
 LR = 1e-2
 
 
@@ -71,6 +71,16 @@ def test_the_default_adamw_updates_all_parameters_in_one_kernel_call(monkeypatch
     params = list(model.parameters())
     optim.AdamW(params, lr=LR).step()
     assert calls == [len(params)]
+
+
+def test_attention_below_the_size_threshold_takes_the_composed_path_unless_asked():
+    """Tq·Tk < FUSED_ATTENTION_MIN_SCORES: the default is the composed ops (faster there); fused=True still fuses."""
+    rng = np.random.default_rng(0)
+    t = int(np.sqrt(F.FUSED_ATTENTION_MIN_SCORES)) - 1
+    q, k, v = (minitx.Tensor(rng.standard_normal((1, 2, t, 4)).astype(np.float32), requires_grad=True)
+               for _ in range(3))
+    assert "Softmax" in ops_in_graph(F.scaled_dot_product_attention(q, k, v, is_causal=True))
+    assert ops_in_graph(F.scaled_dot_product_attention(q, k, v, is_causal=True, fused=True)) == ["FusedAttention"]
 
 
 def test_fused_false_keeps_the_composed_path():
