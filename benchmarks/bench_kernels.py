@@ -1,6 +1,6 @@
 """Numba CPU kernels vs the NumPy reference, float32, in one run: every version in the CPU registries.
 
-    python benchmarks/bench_kernels.py [--quick]
+    python benchmarks/bench_kernels.py [--quick] [--one-thread]
 
 1. Attention forward + backward, B=8, H=4, T=512, d_h=32, with a key padding mask, causal and not causal
    (the encoder's case; goal for both: >= 3x faster, peak extra memory O(B H T), not O(B H T^2)).
@@ -18,16 +18,26 @@ shapes (B=2 H=2 T=64 d_h=16; N=256 D=32 F=128): it checks that the script runs, 
 Time: after a warm-up call of each, 15 rounds that call every contender once, the order rotated every
 round, so that the machine's drift from minute to minute reaches all alike; printed are the median time of
 each and the median of the 15 per-round ratios reference / contender (the speed-up).
+``--one-thread``: BLAS and Numba on one thread each, every call timed by the process's CPU time instead of
+the wall clock: the work each contender does, which other processes on a shared machine disturb far less
+than they disturb two-thread wall times (a NumPy reference whose two BLAS threads wait on a descheduled
+peer was measured 10-30x slower than alone).
 Memory: growth of the peak resident set during one call (see kernels.compare.peak_extra_memory),
 measured after all the timings.
 """
 import argparse
+import os
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+ONE_THREAD = "--one-thread" in sys.argv[1:]
+if ONE_THREAD:  # before NumPy and Numba start their thread pools
+    os.environ["OPENBLAS_NUM_THREADS"] = os.environ["NUMBA_NUM_THREADS"] = "1"
+CLOCK = time.process_time if ONE_THREAD else time.perf_counter
 
 from kernels import process_settings  # noqa: E402
 
@@ -78,17 +88,19 @@ def rotated_times(runs, rounds):
     for r in range(rounds):
         order = names[r % len(names):] + names[:r % len(names)]
         for name in (order if r % 2 == 0 else order[::-1]):
-            start = time.perf_counter()
+            start = CLOCK()
             runs[name]()
-            times[name].append(time.perf_counter() - start)
+            times[name].append(CLOCK() - start)
     return times
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes: checks that the script runs")
+    parser.add_argument("--one-thread", action="store_true", help="one thread each for BLAS and Numba; CPU time")
     quick = parser.parse_args().quick
     rng = np.random.default_rng(0)
+    print("one thread each for BLAS and Numba, process CPU time" if ONE_THREAD else "wall-clock time, default threads")
     b, h, t, d = (2, 2, 64, 16) if quick else (8, 4, 512, 32)
     n, dm, ff = (256, 32, 128) if quick else (4096, 256, 1024)
     c = attention_case(rng, b, h, t, t, d, np.float32)
