@@ -9,8 +9,14 @@ Grouped-query attention: k and v may have fewer heads than q, Hkv with H a multi
 reads key/value head h // (H / Hkv) in place (no repeated copy), and the backward sums dK, dV over each
 key/value head's group of query heads.
 
-Key padding: the tiles after a sequence's last real key are skipped (an encoder's padding is at the end),
-and a sequence with every key padded costs nothing but writing its zeros.
+Key padding, two versions (see VERSIONS at the end):
+  v1  adds a bias (0 or -inf) to every score and skips the key tiles after a sequence's last real key;
+  v2  (the default) first gathers each sequence's real keys into contiguous rows (``_compact_keys``), so the
+      tiles hold real keys only: no padded key is multiplied, no bias is added, and only the causal cut is
+      left to mask (key position p is visible to query i iff p <= i + Tk - Tq, counted per row by a binary
+      search over the real keys' positions, ``_visible_counts``). The backward scatters dK, dV back to
+      the keys' positions; padded keys get 0. The gathered copies add O(B Hkv Tk D) memory, k's and v's size.
+Either way a sequence with every key padded costs nothing but writing its zeros.
 
 Forward: one parallel task per (batch, head, query tile). The task walks over key tiles keeping a running
 max m, running sum l and an unnormalised output acc (the "online softmax"):
@@ -19,8 +25,8 @@ max m, running sum l and an unnormalised output acc (the "online softmax"):
     l' = alpha l + sum_j P_ij,  acc' = alpha acc + P V_tile
 
 and finishes with O = acc / l, lse = m + log l. Extra memory per task is O(block_q * (block_k + D)).
-Each score row of a tile takes two passes: padding bias, causal cut and max in one (``_add_bias_max``),
-exp and sum in the other (``_exp_sum``). The default tiles (128 queries x 256 keys) keep a tile's scores,
+Each score row of a tile takes two passes: (v1: padding bias,) causal cut and max in one (``_add_bias_max``,
+v2 ``_max_visible``), exp and sum in the other (``_exp_sum``). The default tiles (128 queries x 256 keys) keep a tile's scores,
 128 KiB in float32, in the L2 cache; larger key tiles mean fewer rescalings of acc.
 
 Backward: one task per (batch, key/value head). For each key tile it loops over the group's query heads and
