@@ -255,6 +255,8 @@ def time_config(name, c, args, settings, torch, env):
             return torch_step(theirs, opt_theirs, ids_t, targets_t, torch)
 
         label = f"minitx {setting} (fused kernels {'on' if fused else 'off'})"
+        if fused and setting == "default" and c["seq"] ** 2 < F.FUSED_ATTENTION_MIN_SCORES:
+            label += f" (attention composed: T^2 < {F.FUSED_ATTENTION_MIN_SCORES})"
         first = (run_ours(), run_theirs())  # the loss of the shared initial weights
         second = (run_ours(), run_theirs())  # the loss after one AdamW step of each
         print(f"{label}: loss at step 1 {first[0]:.6f} vs torch {first[1]:.6f} (|diff| {abs(first[0] - first[1]):.1e}); "
