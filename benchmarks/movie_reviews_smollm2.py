@@ -3,7 +3,7 @@
     python benchmarks/movie_reviews_smollm2.py [--layers 30] [--lora-layers 2] [--targets q_proj,...]
                                                [--rank 8] [--alpha 16] [--steps 300] [--batch-size 16]
                                                [--lr 5e-4] [--label-words negative,positive] [--cache DIR]
-                                               [--limit N] [--quick]
+                                               [--limit N] [--train-limit N] [--quick]
 
 Data: the movie-review sentences of ``minitx.data.movie_reviews()`` (seeded 80/10/10 split), each written into
 the prompt ``--template`` (default "Review: {text}\\nSentiment:", so that the last token, which the classifier
@@ -211,6 +211,9 @@ def main() -> None:
                         "'none': from N(0, 0.02²)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="only the first N sentences of each split")
+    parser.add_argument("--train-limit", type=int, default=None,
+                        help="only the first N training sentences (a random subset: the split is shuffled); "
+                        "the frozen pass costs in proportion to the sentences")
     parser.add_argument("--cache", default=None, help="folder of frozen-pass caches (default: minitx's cache "
                         "folder/frozen-pass; 'none' turns caching off; --quick never caches)")
     parser.add_argument("--quick", action="store_true", help="2 blocks, 24 sentences per split, a few steps")
@@ -224,6 +227,8 @@ def main() -> None:
     try:
         splits = {name: (texts[:args.limit], labels[:args.limit])
                   for name, (texts, labels) in movie_reviews(seed=args.seed).items()}
+        texts, labels = splits["train"]
+        splits["train"] = (texts[:args.train_limit], labels[:args.train_limit])
         start = time.perf_counter()
         llama, tokenizer = load_smollm2_layers(args.layers)
     except FetchError as e:
