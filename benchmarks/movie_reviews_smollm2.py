@@ -1,7 +1,9 @@
 """SmolLM2-135M on movie-review sentiment: LoRA fine-tuning vs a frozen-feature TaskAdapter baseline.
 
-    python benchmarks/movie_reviews_smollm2.py [--layers 30] [--lora-layers 2] [--rank 8] [--alpha 16]
-                                               [--steps 300] [--batch-size 16] [--lr 5e-4] [--limit N] [--quick]
+    python benchmarks/movie_reviews_smollm2.py [--layers 30] [--lora-layers 2] [--targets q_proj,...]
+                                               [--rank 8] [--alpha 16] [--steps 300] [--batch-size 16]
+                                               [--lr 5e-4] [--label-words negative,positive] [--cache DIR]
+                                               [--limit N] [--train-limit N] [--quick]
 
 Data: the movie-review sentences of ``minitx.data.movie_reviews()`` (seeded 80/10/10 split), each written into
 the prompt ``--template`` (default "Review: {text}\\nSentiment:", so that the last token, which the classifier
@@ -12,15 +14,20 @@ slower machine: the frozen pass costs in proportion to L).
 1. Baseline — the seed's TaskAdapter on the frozen model: masked mean of the final hidden states
    (``TaskAdapter.features``), a linear classifier trained full-batch with AdamW, the epoch chosen on validation.
 2. LoRA — :class:`~minitx.models.llama.LlamaForSequenceClassification` (score head at the last real token) with
-   low-rank adapters (``minitx.nn.apply_lora``) on the attention projections of the top K blocks; every base
-   weight frozen (checked bit-identical at the end). The head starts as a linear probe of the frozen last-token
-   states; then the adapters and the head train with AdamW, warm-up and cosine decay, the best validation
-   checkpoint kept; adapters saved alone, then merged into the weights.
+   low-rank adapters (``minitx.nn.apply_lora``) on the projections ``--targets`` of the top K blocks; every
+   base weight frozen (checked bit-identical at the end). The head starts from the tied embedding's rows of the
+   two label words (" negative", " positive": then it is the language model's own zero-shot choice between
+   them, printed), is fitted as a linear probe of the frozen last-token states, and then the adapters and the
+   head train with AdamW, warm-up and cosine decay, the best validation checkpoint kept; adapters saved alone,
+   then merged into the weights.
 
 Why only the top K blocks: the blocks below them are frozen and unchanged by training, so their output for a
 sentence is the same at every step. One frozen pass over all sentences caches it (and gives the baseline's
 features on the way), and training then runs — forward and backward — through K blocks instead of L: the
-training steps cost K/L of a full model's.
+training steps cost K/L of a full model's. The frozen pass is also the run's dearest part, so it is cached on
+disk (plain .npy files, no pickles, under minitx's cache folder; ``--cache``) in a folder named by the model
+file, L, the split point and a hash of every sentence's token ids: a rerun with other adapter settings but the
+same split point reads it instead of recomputing it.
 Prints both test accuracies and timings (record them in RESULTS.md).
 """
 
@@ -28,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
 import platform
 import tempfile
@@ -39,7 +47,7 @@ from tqdm.auto import tqdm
 import minitx
 import minitx.functional as F
 from minitx import Tensor, nn, no_grad
-from minitx.data.fetch import FetchError, movie_reviews, smollm2_path
+from minitx.data.fetch import FetchError, cache_dir, movie_reviews, smollm2_path
 from minitx.gguf import read_gguf
 from minitx.hub import llama_config_from_gguf, llama_weights, tokenizer_from_gguf
 from minitx.io import load_state_dict_file, save_state_dict
@@ -101,6 +109,44 @@ def frozen_pass(model: LlamaForSequenceClassification, ids: list[list[int]], spl
     return cached, features, last
 
 
+def cache_key(model_file: str, ids: dict, num_layers: int, split_at: int) -> str:
+    """The frozen pass's cache folder name: the model file (pinned by the fetcher), the kept and the frozen
+    blocks, and a hash of every sentence's token ids (they fix the data, the split, the template, the tokenizer
+    and the truncation)."""
+    digest = hashlib.sha256(f"{model_file} {num_layers} {split_at}".encode())
+    for name in sorted(ids):
+        digest.update(name.encode())
+        for row in ids[name]:
+            digest.update(np.asarray(row, dtype=np.int64).tobytes() + b"|")
+    return f"smollm2-{num_layers}blocks-split{split_at}-{digest.hexdigest()[:16]}"
+
+
+CACHE_PARTS = ("states", "lengths", "features", "last")
+
+
+def save_frozen_pass(folder: str, results: dict) -> None:
+    """Write {split: (cached, features, last)} as .npy files (states of all sentences concatenated (N, D), with
+    their lengths), into a temporary folder renamed into place at the end: a cache is whole or absent."""
+    parent = os.path.dirname(folder)
+    os.makedirs(parent, exist_ok=True)
+    temporary = tempfile.mkdtemp(dir=parent, prefix=".partial-")
+    for name, (cached, features, last) in results.items():
+        arrays = (np.concatenate(cached), np.array([len(c) for c in cached]), features, last)
+        for part, array in zip(CACHE_PARTS, arrays):
+            np.save(os.path.join(temporary, f"{name}.{part}.npy"), array, allow_pickle=False)
+    os.replace(temporary, folder)
+
+
+def load_frozen_pass(folder: str, names) -> dict:
+    """The inverse of :func:`save_frozen_pass` (no pickles: plain arrays only)."""
+    results = {}
+    for name in names:
+        states, lengths, features, last = (np.load(os.path.join(folder, f"{name}.{part}.npy"), allow_pickle=False)
+                                           for part in CACHE_PARTS)
+        results[name] = (np.split(states, np.cumsum(lengths)[:-1]), features, last)
+    return results
+
+
 def train_linear(classifier: nn.Linear, features: dict, labels: dict, epochs: int, lr: float) -> dict:
     """Full-batch AdamW on a linear classifier over cached features; the best validation epoch is kept."""
     def accuracy(name):
@@ -146,7 +192,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=30, help="keep only the first L of the 30 blocks")
     parser.add_argument("--lora-layers", type=int, default=2, help="adapters on the top K blocks")
-    parser.add_argument("--targets", default="q_proj,k_proj,v_proj,out_proj", help="adapted projections")
+    parser.add_argument("--targets", default="q_proj,k_proj,v_proj,out_proj",
+                        help="adapted projections of each block (attention: q_proj, k_proj, v_proj, out_proj; "
+                        "feed-forward: gate_proj, up_proj, down_proj)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
     parser.add_argument("--steps", type=int, default=300, help="LoRA training steps")
@@ -157,8 +205,17 @@ def main() -> None:
     parser.add_argument("--adapter-lr", type=float, default=1e-2)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--template", default="Review: {text}\nSentiment:")
+    parser.add_argument("--label-words", default="negative,positive",
+                        help="the head's probe starts from these words' rows of the tied embedding (class 0, 1; "
+                        "each one token after a space), i.e. from the language model's own next-word choice; "
+                        "'none': from N(0, 0.02²)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--limit", type=int, default=None, help="only the first N sentences of each split")
+    parser.add_argument("--train-limit", type=int, default=None,
+                        help="only the first N training sentences (a random subset: the split is shuffled); "
+                        "the frozen pass costs in proportion to the sentences")
+    parser.add_argument("--cache", default=None, help="folder of frozen-pass caches (default: minitx's cache "
+                        "folder/frozen-pass; 'none' turns caching off; --quick never caches)")
     parser.add_argument("--quick", action="store_true", help="2 blocks, 24 sentences per split, a few steps")
     args = parser.parse_args()
     if args.quick:
@@ -170,6 +227,8 @@ def main() -> None:
     try:
         splits = {name: (texts[:args.limit], labels[:args.limit])
                   for name, (texts, labels) in movie_reviews(seed=args.seed).items()}
+        texts, labels = splits["train"]
+        splits["train"] = (texts[:args.train_limit], labels[:args.train_limit])
         start = time.perf_counter()
         llama, tokenizer = load_smollm2_layers(args.layers)
     except FetchError as e:
@@ -186,13 +245,23 @@ def main() -> None:
         ids[name] = [tokenizer.encode(args.template.format(text=t))[-args.max_length:] for t in texts]
         labels[name] = np.asarray(y, dtype=np.int64)
     start = time.perf_counter()
-    cached, features, last = {}, {}, {}
-    for name in splits:
-        cached[name], features[name], last[name] = frozen_pass(model, ids[name], split_at, 32, tokenizer.pad_token_id)
     n_tokens = sum(len(r) for rows in ids.values() for r in rows)
-    frozen_s = time.perf_counter() - start
-    print(f"frozen pass: {sum(map(len, ids.values()))} sentences, {n_tokens} tokens in {frozen_s:.1f} s "
-          f"({n_tokens / frozen_s:.0f} tokens/s)")
+    folder = None
+    if not args.quick and args.cache != "none":
+        folder = os.path.join(args.cache or os.path.join(cache_dir(), "frozen-pass"),
+                              cache_key(smollm2_path().name, ids, num_layers, split_at))
+    if folder is not None and os.path.isdir(folder):
+        results = load_frozen_pass(folder, splits)
+        print(f"frozen pass read from the cache {folder} in {time.perf_counter() - start:.1f} s")
+    else:
+        results = {name: frozen_pass(model, ids[name], split_at, 32, tokenizer.pad_token_id) for name in splits}
+        frozen_s = time.perf_counter() - start
+        print(f"frozen pass: {sum(map(len, ids.values()))} sentences, {n_tokens} tokens in {frozen_s:.1f} s "
+              f"({n_tokens / frozen_s:.0f} tokens/s)")
+        if folder is not None:
+            save_frozen_pass(folder, results)
+            print(f"frozen pass cached in {folder}")
+    cached, features, last = ({name: r[i] for name, r in results.items()} for i in range(3))
 
     # ------------------------------------------------------------------------- 1. TaskAdapter baseline
     adapter = TaskAdapter(llama, num_classes=2)
@@ -208,11 +277,24 @@ def main() -> None:
     # ------------------------------------------------------------------------------------ 2. LoRA
     # The head starts as a linear probe of the frozen last-token states (cheap: they are cached), so the
     # adapters start from a working classifier instead of a random one ("linear probing, then fine-tuning").
+    if args.label_words != "none":
+        words = args.label_words.split(",")
+        rows = [tokenizer.encode(" " + word) for word in words]
+        if len(words) != 2 or any(len(r) != 1 for r in rows):
+            raise SystemExit(f"--label-words: need two words of one token each, got {words} -> ids {rows}")
+        model.score.weight.data[...] = llama.embed_tokens.weight.data[[r[0] for r in rows]]  # (2, D)
+        with no_grad():
+            zero_shot = {name: float((model.score(Tensor(last[name])).numpy().argmax(-1) == labels[name]).mean())
+                         for name in ("validation", "test")}
+        print(f"zero-shot (the language model's choice between {words}): validation "
+              f"{zero_shot['validation']:.2%}, test {zero_shot['test']:.2%}")
     probe = train_linear(model.score, last, labels, args.adapter_epochs, args.adapter_lr)
     print(f"head initialised as a linear probe of the frozen last-token states: validation {probe['val_acc']:.2%}, "
           f"test {probe['test_acc']:.2%}")
     base = {k: v for k, v in model.llama.state_dict().items()}
-    targets = [f"blocks.{i}.attn.{t}" for i in range(split_at, num_layers) for t in args.targets.split(",")]
+    wanted = args.targets.split(",")
+    targets = [f"llama.blocks.{i}.{name}" for i in range(split_at, num_layers)
+               for name, _ in model.llama.blocks[i].named_modules() if name.rsplit(".", 1)[-1] in wanted]
     nn.apply_lora(model, targets=targets, rank=args.rank, alpha=args.alpha)
     model.score.requires_grad_(True)
     params = [p for p in model.parameters() if p.requires_grad]

@@ -12,6 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from helpers import fetched_or_skip
@@ -155,3 +156,33 @@ def test_data_parallel_rounding_small(tmp_path):
                         "--d-model", "16", "--layers", "1", "--heads", "2", "--context", "16", "--torch")
     assert "max |halves - Trainer(accumulation=2)| 0.0e+00" in out  # two ranks' sum is accumulation's, bit for bit
     assert "max |one - halves|" in out and "PyTorch" in out and "key part" in out
+
+
+def test_movie_reviews_smollm2_frozen_pass_cache(tmp_path):
+    """The frozen-pass cache gives back exactly what was saved, sentence by sentence, and its key changes with
+    any token id and with the split point (a stale cache is never read)."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import movie_reviews_smollm2 as bench
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    rng = np.random.default_rng(0)
+    results = {name: ([rng.standard_normal((n, 4), dtype=np.float32) for n in (3, 1, 5)],
+                      rng.standard_normal((3, 4), dtype=np.float32), rng.standard_normal((3, 4), dtype=np.float32))
+               for name in ("train", "test")}
+    folder = str(tmp_path / "cache" / "key")
+    bench.save_frozen_pass(folder, results)
+    assert os.listdir(tmp_path / "cache") == ["key"]  # the partial folder was renamed, not left behind
+    loaded = bench.load_frozen_pass(folder, ["train", "test"])
+    for name, (cached, features, last) in results.items():
+        assert [c.shape for c in loaded[name][0]] == [(3, 4), (1, 4), (5, 4)]
+        for a, b in zip(cached, loaded[name][0]):
+            np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(features, loaded[name][1])
+        np.testing.assert_array_equal(last, loaded[name][2])
+    ids = {"train": [[1, 2, 3], [4]], "test": [[5, 6]]}
+    key = bench.cache_key("model.gguf", ids, 30, 28)
+    assert key == bench.cache_key("model.gguf", {"test": [[5, 6]], "train": [[1, 2, 3], [4]]}, 30, 28)
+    assert key != bench.cache_key("model.gguf", {"train": [[1, 2, 3], [4]], "test": [[5, 7]]}, 30, 28)
+    assert key != bench.cache_key("model.gguf", {"train": [[1, 2], [3, 4]], "test": [[5, 6]]}, 30, 28)
+    assert key != bench.cache_key("model.gguf", ids, 30, 26) != bench.cache_key("other.gguf", ids, 30, 28)
