@@ -21,7 +21,8 @@ Design
   call, about 5x slower per element); float64 keeps ``math.exp``.
 * Quantised weights (Q4_1, Q8_0): y = x Wᵀ read from the packed blocks, W never de-quantised, for a few
   rows of x (generating); for many rows (a prompt), W de-quantised one cache-sized tile at a time and
-  multiplied by BLAS (version 2, the default; see quantized.py).
+  multiplied by BLAS (version 2); version 3, the default, runs the few-row loops in x's dtype (see
+  quantized.py).
 * FFN: the matmuls are NumPy/BLAS calls; bias + activation (forward) and activation + activation-derivative
   (backward) are fused into one pass each (see ffn.py).
 
@@ -39,8 +40,8 @@ The package's functions are each family's default version: ``softmax``, ``attent
 from kernels.cpu.attention import attention_backward_v2 as attention_backward
 from kernels.cpu.attention import attention_forward_v2 as attention_forward
 from kernels.cpu.ffn import ffn_backward, ffn_forward
-from kernels.cpu.quantized import q4_1_linear_v2 as q4_1_linear
-from kernels.cpu.quantized import q8_0_linear_v2 as q8_0_linear
+from kernels.cpu.quantized import q4_1_linear_v3 as q4_1_linear
+from kernels.cpu.quantized import q8_0_linear_v3 as q8_0_linear
 from kernels.cpu.softmax import softmax
 
 __all__ = ["softmax", "attention_forward", "attention_backward", "ffn_forward", "ffn_backward", "q4_1_linear",

@@ -13,10 +13,18 @@ float16), against 32 bits in float32. The kernel never builds W. With the sum ov
 it reads each packed byte once per row of x and turns its two nibbles into two products: byte j of block b
 holds q_j (low nibble) and q_{j+16} (high nibble), so x is first split, per block, into the halves that meet
 the low and the high nibbles (``x_low``, ``x_high``: (N, nb·16) each) and the block sums s. The loop over a
-row's bytes is then one flat loop that the compiler vectorises (nibbles widened to int32, converted to
-float, multiplied in vector lanes); the scale is looked up by the byte's block, ``i >> 4``.
+row's bytes is then one flat loop that the compiler vectorises (nibbles widened, converted to float,
+multiplied in vector lanes); the scale is looked up by the byte's block, ``i >> 4``, which the compiler
+sees is one value for a whole vector of 16 bytes: one broadcast scale and one multiply-add per block.
 
-Tasks are chunks of ``rows_per_task`` output rows (prange). Sums run in x's dtype with ``reassoc`` allowed;
+Version 3 is the same loop with every product in x's dtype. Numba types int32 · float32 as float64 (NumPy's
+rule) and widens integer arithmetic to 64 bits, so in versions 1 and 2 a float32 product ran in float64
+lanes, the bytes widened to int64: 8 lanes per AVX-512 register. Version 3 converts each nibble (through
+int32, so the bytes widen to 32-bit lanes) and each Q8_0 byte to x's dtype first: 16 float32 lanes per
+register, the loop's whole arithmetic in float32 (tests/kernels/test_quantized.py checks the compiled code).
+
+Tasks are chunks of ``rows_per_task`` output rows (prange). Sums run in x's dtype (version 3; in float64
+before) with ``reassoc`` allowed;
 the result differs from BLAS's product of the de-quantised matrix by rounding only. Each row of x re-reads
 the packed row, so the kernel is for few rows (generating tokens).
 
@@ -189,10 +197,75 @@ def q8_0_linear_v2(x, scale, quants, rows_per_task=64, dequantise_from=12, tile_
 
 
 
+# ----------------------------------------------------- version 3: the few-row loops in x's dtype, not float64
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _q4_1_linear_v3(x, scale, minimum, packed, out, rows_per_task):
+    x_low, x_high, x_block_sums = _split_halves(x)                # before the parallel loop, once
+    n_rows, half = x_low.shape                                    # half = nb * 16 bytes per row of W
+    out_features, n_blocks = scale.shape
+    real = x_low.dtype.type                                       # float32 or float64, x's dtype
+    n_tasks = (out_features + rows_per_task - 1) // rows_per_task
+    for task in numba.prange(n_tasks):
+        for o in range(task * rows_per_task, min((task + 1) * rows_per_task, out_features)):
+            q, d, m = packed[o], scale[o], minimum[o]             # (nb·16,), (nb,), (nb,)
+            for n in range(n_rows):
+                low, high, s = x_low[n], x_high[n], x_block_sums[n]
+                acc = real(0)
+                for i in range(half):                             # byte i of the row, in block i >> 4
+                    byte = q[i]
+                    q_low, q_high = real(np.int32(byte & 15)), real(np.int32(byte >> 4))   # 32-bit lanes
+                    acc += d[i >> 4] * (low[i] * q_low + high[i] * q_high)
+                for b in range(n_blocks):
+                    acc += m[b] * s[b]
+                out[n, o] = acc
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _q8_0_linear_v3(x, scale, quants, out, rows_per_task):
+    n_rows, in_features = x.shape
+    out_features = scale.shape[0]
+    real = x.dtype.type
+    n_tasks = (out_features + rows_per_task - 1) // rows_per_task
+    for task in numba.prange(n_tasks):
+        for o in range(task * rows_per_task, min((task + 1) * rows_per_task, out_features)):
+            q, d = quants[o], scale[o]                            # (in,) int8, (nb,)
+            for n in range(n_rows):
+                row = x[n]
+                acc = real(0)
+                for i in range(in_features):                      # weight i, in block i >> 5
+                    acc += d[i >> 5] * (row[i] * real(q[i]))
+                out[n, o] = acc
+
+
+def q4_1_linear_v3(x, scale, minimum, packed, rows_per_task=32, dequantise_from=6, tile_rows=None):
+    """:func:`q4_1_linear_v2` with the few-row loop in x's dtype (see the module docstring, version 3)."""
+    if x.ndim != 2 or x.shape[0] < dequantise_from:
+        dtype = _check_q4_1(x, scale, minimum, packed)
+        out = _common.empty((x.shape[0], scale.shape[0]), dtype)
+        c = np.ascontiguousarray
+        _q4_1_linear_v3(c(x), c(scale), c(minimum), c(packed).reshape(packed.shape[0], -1), out, rows_per_task)
+        return out
+    return q4_1_linear_v2(x, scale, minimum, packed, rows_per_task, dequantise_from, tile_rows)
+
+
+def q8_0_linear_v3(x, scale, quants, rows_per_task=64, dequantise_from=12, tile_rows=None):
+    """:func:`q8_0_linear_v2` with the few-row loop in x's dtype (see the module docstring, version 3)."""
+    if x.ndim != 2 or x.shape[0] < dequantise_from:
+        dtype = _check_q8_0(x, scale, quants)
+        out = _common.empty((x.shape[0], scale.shape[0]), dtype)
+        _q8_0_linear_v3(np.ascontiguousarray(x), np.ascontiguousarray(scale),
+                        np.ascontiguousarray(quants).reshape(quants.shape[0], -1), out, rows_per_task)
+        return out
+    return q8_0_linear_v2(x, scale, quants, rows_per_task, dequantise_from, tile_rows)
+
+
 VERSIONS = registry(
     Version("v1", "per output row, one flat vectorised loop over its packed bytes; block sums of x for the minima",
             None, q4_1_linear=q4_1_linear, q8_0_linear=q8_0_linear),
     Version("v2", "v1 for few rows of x; for more (6 for Q4_1, 12 for Q8_0), W de-quantised a tile at a time, "
             "then BLAS",
             "v1", q4_1_linear=q4_1_linear_v2, q8_0_linear=q8_0_linear_v2),
+    Version("v3", "v2 with the few-row loops in x's dtype: 16 float32 lanes per AVX-512 register, not 8 float64",
+            "v2", q4_1_linear=q4_1_linear_v3, q8_0_linear=q8_0_linear_v3),
 )

@@ -66,3 +66,20 @@ def test_q8_0_linear_equals_dequantised_product(version, dtype, n, out_features,
     tiles = {"tile_rows": 16} if version.name != "v1" else {}
     assert_close("q8_0_linear", version.q8_0_linear(x, scale, quants, rows_per_task=8, **tiles),
                  reference.q8_0_linear(x, scale, quants))
+
+
+
+@pytest.mark.parametrize("kernel", ["_q4_1_linear_v3", "_q8_0_linear_v3"])
+def test_float32_loops_have_no_float64_arithmetic(kernel):
+    """Version 3's few-row loops compute a float32 product in float32 (versions 1 and 2 in float64: Numba types
+    int32 · float32 as float64). Compiled without the cache (whose code cannot be inspected) and without
+    prange (the same loop body, compiled faster)."""
+    import numba
+    q4 = kernel.startswith("_q4_1")
+    c = (q4_1_case if q4 else q8_0_case)(np.random.default_rng(0), 1, 4, 64, np.float32)
+    blocks = (c["scale"], c["minimum"], c["packed"]) if q4 else (c["scale"], c["quants"])
+    compiled = numba.njit(fastmath=_common.FASTMATH)(getattr(quantized, kernel).py_func)
+    out = np.full((1, 4), np.nan, np.float32)
+    compiled(c["x"], *blocks[:-1], blocks[-1].reshape(4, -1), out, 2)
+    assert "double" not in "\n".join(compiled.inspect_llvm().values())     # v1's loops: <8 x double> lanes
+    assert_close(kernel, out, (reference.q4_1_linear if q4 else reference.q8_0_linear)(c["x"], *blocks))
