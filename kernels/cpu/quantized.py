@@ -199,65 +199,94 @@ def q8_0_linear_v2(x, scale, quants, rows_per_task=64, dequantise_from=12, tile_
 
 # ----------------------------------------------------- version 3: the few-row loops in x's dtype, not float64
 
+@numba.njit(fastmath=FASTMATH, cache=True)
+def _q4_1_rows(x_low, x_high, x_block_sums, scale, minimum, packed, out, first, stop):
+    """out[:, first:stop] = x Wᵀ for the output rows first..stop-1 of W, x split by :func:`_split_halves`."""
+    half = x_low.shape[1]                                         # nb * 16 bytes per row of W
+    real = x_low.dtype.type                                       # float32 or float64, x's dtype
+    for o in range(first, stop):
+        q, d, m = packed[o], scale[o], minimum[o]                 # (nb·16,), (nb,), (nb,)
+        for n in range(x_low.shape[0]):
+            low, high, s = x_low[n], x_high[n], x_block_sums[n]
+            acc = real(0)
+            for i in range(half):                                 # byte i of the row, in block i >> 4
+                byte = q[i]
+                q_low, q_high = real(np.int32(byte & 15)), real(np.int32(byte >> 4))   # 32-bit lanes
+                acc += d[i >> 4] * (low[i] * q_low + high[i] * q_high)
+            for b in range(d.shape[0]):
+                acc += m[b] * s[b]
+            out[n, o] = acc
+
+
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _q4_1_linear_v3(x, scale, minimum, packed, out, rows_per_task):
     x_low, x_high, x_block_sums = _split_halves(x)                # before the parallel loop, once
-    n_rows, half = x_low.shape                                    # half = nb * 16 bytes per row of W
-    out_features, n_blocks = scale.shape
-    real = x_low.dtype.type                                       # float32 or float64, x's dtype
-    n_tasks = (out_features + rows_per_task - 1) // rows_per_task
-    for task in numba.prange(n_tasks):
-        for o in range(task * rows_per_task, min((task + 1) * rows_per_task, out_features)):
-            q, d, m = packed[o], scale[o], minimum[o]             # (nb·16,), (nb,), (nb,)
-            for n in range(n_rows):
-                low, high, s = x_low[n], x_high[n], x_block_sums[n]
-                acc = real(0)
-                for i in range(half):                             # byte i of the row, in block i >> 4
-                    byte = q[i]
-                    q_low, q_high = real(np.int32(byte & 15)), real(np.int32(byte >> 4))   # 32-bit lanes
-                    acc += d[i >> 4] * (low[i] * q_low + high[i] * q_high)
-                for b in range(n_blocks):
-                    acc += m[b] * s[b]
-                out[n, o] = acc
+    out_features = scale.shape[0]
+    for task in numba.prange((out_features + rows_per_task - 1) // rows_per_task):
+        first = task * rows_per_task
+        _q4_1_rows(x_low, x_high, x_block_sums, scale, minimum, packed, out, first,
+                   min(first + rows_per_task, out_features))
+
+
+@numba.njit(fastmath=FASTMATH, cache=True)
+def _q8_0_rows(x, scale, quants, out, first, stop):
+    """out[:, first:stop] = x Wᵀ for the output rows first..stop-1 of W."""
+    real = x.dtype.type
+    for o in range(first, stop):
+        q, d = quants[o], scale[o]                                # (in,) int8, (nb,)
+        for n in range(x.shape[0]):
+            row = x[n]
+            acc = real(0)
+            for i in range(x.shape[1]):                           # weight i, in block i >> 5
+                acc += d[i >> 5] * (row[i] * real(q[i]))
+            out[n, o] = acc
 
 
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _q8_0_linear_v3(x, scale, quants, out, rows_per_task):
-    n_rows, in_features = x.shape
     out_features = scale.shape[0]
-    real = x.dtype.type
-    n_tasks = (out_features + rows_per_task - 1) // rows_per_task
-    for task in numba.prange(n_tasks):
-        for o in range(task * rows_per_task, min((task + 1) * rows_per_task, out_features)):
-            q, d = quants[o], scale[o]                            # (in,) int8, (nb,)
-            for n in range(n_rows):
-                row = x[n]
-                acc = real(0)
-                for i in range(in_features):                      # weight i, in block i >> 5
-                    acc += d[i >> 5] * (row[i] * real(q[i]))
-                out[n, o] = acc
+    for task in numba.prange((out_features + rows_per_task - 1) // rows_per_task):
+        first = task * rows_per_task
+        _q8_0_rows(x, scale, quants, out, first, min(first + rows_per_task, out_features))
 
 
-def q4_1_linear_v3(x, scale, minimum, packed, rows_per_task=32, dequantise_from=6, tile_rows=None):
-    """:func:`q4_1_linear_v2` with the few-row loop in x's dtype (see the module docstring, version 3)."""
-    if x.ndim != 2 or x.shape[0] < dequantise_from:
-        dtype = _check_q4_1(x, scale, minimum, packed)
-        out = _common.empty((x.shape[0], scale.shape[0]), dtype)
-        c = np.ascontiguousarray
-        _q4_1_linear_v3(c(x), c(scale), c(minimum), c(packed).reshape(packed.shape[0], -1), out, rows_per_task)
-        return out
-    return q4_1_linear_v2(x, scale, minimum, packed, rows_per_task, dequantise_from, tile_rows)
+def _on_one_thread(weights, parallel_from):
+    """Whether a product of ``weights`` weights runs on the calling thread: handing a parallel loop to Numba's
+    threads costs a wake-up of each, which a small product (or a single thread) does not repay."""
+    return numba.get_num_threads() == 1 or weights < parallel_from
 
 
-def q8_0_linear_v3(x, scale, quants, rows_per_task=64, dequantise_from=12, tile_rows=None):
-    """:func:`q8_0_linear_v2` with the few-row loop in x's dtype (see the module docstring, version 3)."""
-    if x.ndim != 2 or x.shape[0] < dequantise_from:
-        dtype = _check_q8_0(x, scale, quants)
-        out = _common.empty((x.shape[0], scale.shape[0]), dtype)
-        _q8_0_linear_v3(np.ascontiguousarray(x), np.ascontiguousarray(scale),
-                        np.ascontiguousarray(quants).reshape(quants.shape[0], -1), out, rows_per_task)
-        return out
-    return q8_0_linear_v2(x, scale, quants, rows_per_task, dequantise_from, tile_rows)
+def q4_1_linear_v3(x, scale, minimum, packed, rows_per_task=32, dequantise_from=6, tile_rows=None,
+                   parallel_from=2 ** 20):
+    """:func:`q4_1_linear_v2` with the few-row loop in x's dtype (see the module docstring, version 3), on the
+    calling thread when W has fewer than ``parallel_from`` weights or Numba has one thread."""
+    if x.ndim == 2 and x.shape[0] >= dequantise_from:
+        return q4_1_linear_v2(x, scale, minimum, packed, rows_per_task, dequantise_from, tile_rows)
+    dtype = _check_q4_1(x, scale, minimum, packed)
+    out = _common.empty((x.shape[0], scale.shape[0]), dtype)
+    c = np.ascontiguousarray
+    x, scale, minimum, packed = c(x), c(scale), c(minimum), c(packed).reshape(packed.shape[0], -1)
+    if _on_one_thread(packed.size * 2, parallel_from):
+        _q4_1_rows(*_split_halves(x), scale, minimum, packed, out, 0, scale.shape[0])
+    else:
+        _q4_1_linear_v3(x, scale, minimum, packed, out, rows_per_task)
+    return out
+
+
+def q8_0_linear_v3(x, scale, quants, rows_per_task=64, dequantise_from=12, tile_rows=None, parallel_from=2 ** 20):
+    """:func:`q8_0_linear_v2` with the few-row loop in x's dtype (see the module docstring, version 3), on the
+    calling thread when W has fewer than ``parallel_from`` weights or Numba has one thread."""
+    if x.ndim == 2 and x.shape[0] >= dequantise_from:
+        return q8_0_linear_v2(x, scale, quants, rows_per_task, dequantise_from, tile_rows)
+    dtype = _check_q8_0(x, scale, quants)
+    out = _common.empty((x.shape[0], scale.shape[0]), dtype)
+    c = np.ascontiguousarray
+    x, scale, quants = c(x), c(scale), c(quants).reshape(quants.shape[0], -1)
+    if _on_one_thread(quants.size, parallel_from):
+        _q8_0_rows(x, scale, quants, out, 0, scale.shape[0])
+    else:
+        _q8_0_linear_v3(x, scale, quants, out, rows_per_task)
+    return out
 
 
 VERSIONS = registry(

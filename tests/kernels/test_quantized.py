@@ -69,17 +69,32 @@ def test_q8_0_linear_equals_dequantised_product(version, dtype, n, out_features,
 
 
 
-@pytest.mark.parametrize("kernel", ["_q4_1_linear_v3", "_q8_0_linear_v3"])
-def test_float32_loops_have_no_float64_arithmetic(kernel):
-    """Version 3's few-row loops compute a float32 product in float32 (versions 1 and 2 in float64: Numba types
-    int32 · float32 as float64). Compiled without the cache (whose code cannot be inspected) and without
-    prange (the same loop body, compiled faster)."""
+
+@pytest.mark.parametrize("parallel_from", [0, 2 ** 20], ids=["numba-threads", "calling-thread"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_v3_few_rows_on_either_road(parallel_from, dtype):
+    """Version 3 hands a product to Numba's threads (prange) from ``parallel_from`` weights, else runs it on
+    the calling thread; both roads agree with the reference."""
+    v3 = families("cpu")["quantized"]["v3"]
+    case = q4_1_args(np.random.default_rng(1), 3, 70, 96, dtype)
+    assert_close("q4_1_linear", v3.q4_1_linear(*case, rows_per_task=8, parallel_from=parallel_from),
+                 reference.q4_1_linear(*case))
+    c = q8_0_case(np.random.default_rng(2), 3, 70, 96, dtype)
+    assert_close("q8_0_linear", v3.q8_0_linear(c["x"], c["scale"], c["quants"], rows_per_task=8,
+                                               parallel_from=parallel_from),
+                 reference.q8_0_linear(c["x"], c["scale"], c["quants"]))
+
+
+@pytest.mark.parametrize("q4", [True, False], ids=["q4_1", "q8_0"])
+def test_float32_loops_have_no_float64_arithmetic(q4):
+    """Version 3's row loops compute a float32 product in float32 (versions 1 and 2 in float64: Numba types
+    int32 · float32 as float64). Compiled afresh: the cache's code cannot be inspected."""
     import numba
-    q4 = kernel.startswith("_q4_1")
     c = (q4_1_case if q4 else q8_0_case)(np.random.default_rng(0), 1, 4, 64, np.float32)
     blocks = (c["scale"], c["minimum"], c["packed"]) if q4 else (c["scale"], c["quants"])
-    compiled = numba.njit(fastmath=_common.FASTMATH)(getattr(quantized, kernel).py_func)
+    rows = numba.njit(fastmath=_common.FASTMATH)((quantized._q4_1_rows if q4 else quantized._q8_0_rows).py_func)
     out = np.full((1, 4), np.nan, np.float32)
-    compiled(c["x"], *blocks[:-1], blocks[-1].reshape(4, -1), out, 2)
-    assert "double" not in "\n".join(compiled.inspect_llvm().values())     # v1's loops: <8 x double> lanes
-    assert_close(kernel, out, (reference.q4_1_linear if q4 else reference.q8_0_linear)(c["x"], *blocks))
+    x = quantized._split_halves(c["x"]) if q4 else (c["x"],)
+    rows(*x, *blocks[:-1], blocks[-1].reshape(4, -1), out, 0, 4)
+    assert "double" not in "\n".join(rows.inspect_llvm().values())     # v1's loops: <8 x double> lanes
+    assert_close("rows", out, (reference.q4_1_linear if q4 else reference.q8_0_linear)(c["x"], *blocks))
