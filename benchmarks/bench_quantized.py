@@ -6,7 +6,8 @@ Shapes (N=1 row of x, the decode step): Q4_1 (O=1536, in=576) (gate / up), (576,
 (q / output) and (192, 576) (k / v); Q8_0 (1536, 576) and (49152, 576) (the tied output layer). Each contender
 is called ``reps`` times per round (about 2·10⁸ weights), the order rotated every round so the load of a
 shared machine reaches all alike; printed: the median weights/s of each and the median of the per-round ratios
-against v1. ``--rows-per-task`` times the newest version once per value given (its default: the version's).
+against v1. ``--rows-per-task R ...`` adds the newest version on Numba's threads whatever the size
+(``parallel_from=0``) with ``rows_per_task=R``, once per value given.
 ``--quick``: tiny shapes, it checks that the script runs.
 """
 import argparse
@@ -49,7 +50,8 @@ def main(argv=None):
         fn = f"{kind}_linear"
         runs = {v.name: (lambda v=v: v.functions[fn](*arrays)) for v in versions.values()}
         for r in args.rows_per_task:
-            runs[f"{newest.name} rows_per_task={r}"] = lambda r=r: newest.functions[fn](*arrays, rows_per_task=r)
+            runs[f"{newest.name} threads, {r} rows/task"] = \
+                lambda r=r: newest.functions[fn](*arrays, rows_per_task=r, parallel_from=0)
         want = getattr(reference, fn)(*arrays)
         for name, run in runs.items():
             err = relative_error(run(), want)                       # also the warm-up (compilation) call
