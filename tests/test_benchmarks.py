@@ -37,6 +37,11 @@ def test_bench_kernels_quick():
     assert "q4_1 x W^T N=1" in out and "q8_0 x W^T N=1" in out and out.count("float32 W") >= 2
 
 
+
+def test_bench_quantized_quick():
+    out = run_benchmark("bench_quantized.py", "--quick", "--rounds", "2", "--rows-per-task", "8")
+    assert "q4_1 O=64 in=64" in out and "q8_0 O=64 in=64" in out and out.count("v3 threads, 8 rows/task") == 2
+
 def test_bench_train_step_quick():
     pytest.importorskip("torch", reason="PyTorch is the reference (pip install 'minitx[test]')")
     out = run_benchmark("bench_train_step.py", "--quick")
