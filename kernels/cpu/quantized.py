@@ -23,7 +23,9 @@ lanes, the bytes widened to int64: 8 lanes per AVX-512 register. Version 3 conve
 int32, so the bytes widen to 32-bit lanes) and each Q8_0 byte to x's dtype first: 16 float32 lanes per
 register, the loop's whole arithmetic in float32 (tests/kernels/test_quantized.py checks the compiled code).
 
-Tasks are chunks of ``rows_per_task`` output rows (prange). Sums run in x's dtype (version 3; in float64
+Tasks are chunks of ``rows_per_task`` output rows (prange); version 3 runs a product on the calling
+thread instead when Numba has one thread or W has fewer than ``parallel_from`` weights, since waking
+Numba's threads costs more than a small product (see ``_on_one_thread``). Sums run in x's dtype (version 3; in float64
 before) with ``reassoc`` allowed;
 the result differs from BLAS's product of the de-quantised matrix by rounding only. Each row of x re-reads
 the packed row, so the kernel is for few rows (generating tokens).
