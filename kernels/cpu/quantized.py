@@ -25,10 +25,10 @@ register, the loop's whole arithmetic in float32 (tests/kernels/test_quantized.p
 
 Tasks are chunks of ``rows_per_task`` output rows (prange); version 3 runs a product on the calling
 thread instead when Numba has one thread or W has fewer than ``parallel_from`` weights, since waking
-Numba's threads costs more than a small product (see ``_on_one_thread``). Sums run in x's dtype (version 3; in float64
-before) with ``reassoc`` allowed;
-the result differs from BLAS's product of the de-quantised matrix by rounding only. Each row of x re-reads
-the packed row, so the kernel is for few rows (generating tokens).
+Numba's threads costs more than a small product (see ``_on_one_thread``). Sums run in x's dtype
+(version 3; in float64 before) with ``reassoc`` allowed; the result differs from BLAS's product of the
+de-quantised matrix by rounding only. Each row of x re-reads the packed row, so the kernel is for few rows
+(generating tokens).
 
 Many rows (a prompt: N >= ``dequantise_from``, about where the two roads take equal time) take version 2's
 other road: a tile of ``tile_rows`` rows of W at a time is de-quantised into a float32 scratch tile
