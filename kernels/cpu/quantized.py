@@ -147,22 +147,24 @@ def _q4_1_dequantise(scale, minimum, packed, start, tile):
     """tile[r] = W[start + r], de-quantised (w = d q + m) for the rows of the tile (R, in); packed (O, nb·16)."""
     n_rows = tile.shape[0]
     n_blocks = scale.shape[1]
+    real = tile.dtype.type                                    # the nibbles in the tile's dtype, not float64
     for r in numba.prange(n_rows):
         q, d, m, w = packed[start + r], scale[start + r], minimum[start + r], tile[r]
         for b in range(n_blocks):
             for j in range(BLOCK // 2):                       # byte j: weights j (low) and j + 16 (high)
-                byte = np.int32(q[b * 16 + j])
-                w[b * 32 + j] = d[b] * (byte & np.int32(15)) + m[b]
-                w[b * 32 + 16 + j] = d[b] * (byte >> np.int32(4)) + m[b]
+                byte = q[b * 16 + j]
+                w[b * 32 + j] = d[b] * real(np.int32(byte & 15)) + m[b]
+                w[b * 32 + 16 + j] = d[b] * real(np.int32(byte >> 4)) + m[b]
 
 
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _q8_0_dequantise(scale, quants, start, tile):
     """tile[r] = W[start + r], de-quantised (w = d q) for the rows of the tile (R, in); quants (O, in)."""
+    real = tile.dtype.type                                    # the bytes in the tile's dtype, not float64
     for r in numba.prange(tile.shape[0]):
         q, d, w = quants[start + r], scale[start + r], tile[r]
         for i in range(tile.shape[1]):
-            w[i] = d[i >> 5] * np.int32(q[i])
+            w[i] = d[i >> 5] * real(q[i])
 
 
 def _tiled_product(x, out_features, dequantise, blocks, tile_rows):

@@ -98,3 +98,20 @@ def test_float32_loops_have_no_float64_arithmetic(q4):
     rows(*x, *blocks[:-1], blocks[-1].reshape(4, -1), out, 0, 4)
     assert "double" not in "\n".join(rows.inspect_llvm().values())     # v1's loops: <8 x double> lanes
     assert_close("rows", out, (reference.q4_1_linear if q4 else reference.q8_0_linear)(c["x"], *blocks))
+
+
+@pytest.mark.parametrize("q4", [True, False], ids=["q4_1", "q8_0"])
+def test_float32_dequantise_has_no_float64_arithmetic(q4):
+    """The tiled route's de-quantisers (a prompt's many rows) write a float32 tile in float32 arithmetic, as the
+    row loops above do. Compiled afresh, serially (prange runs as range)."""
+    import numba
+    c = (q4_1_case if q4 else q8_0_case)(np.random.default_rng(0), 1, 4, 64, np.float32)
+    blocks = (c["scale"], c["minimum"], c["packed"]) if q4 else (c["scale"], c["quants"])
+    dequantise = numba.njit(fastmath=_common.FASTMATH)(
+        (quantized._q4_1_dequantise if q4 else quantized._q8_0_dequantise).py_func)
+    tile = np.full((4, 64), np.nan, np.float32)
+    dequantise(*blocks[:-1], blocks[-1].reshape(4, -1), 0, tile)
+    assert "double" not in "\n".join(dequantise.inspect_llvm().values())
+    eye = np.eye(64, dtype=np.float32)                  # x = I: the reference product is W itself
+    weights = reference.q4_1_linear(eye, *blocks) if q4 else reference.q8_0_linear(eye, *blocks)
+    assert_close("tile", tile, weights.T)
