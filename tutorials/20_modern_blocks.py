@@ -226,7 +226,10 @@ check_swiglu(swiglu)
 # head $\lfloor h / g \rfloor$, $g = H / H_{kv}$: every group of $g$ queries shares one key and value head.
 # $H_{kv} = H$ is ordinary multi-head attention, $H_{kv} = 1$ multi-query attention. The computation is
 # attention with each key/value head repeated $g$ times; what shrinks is $W_k$, $W_v$ and above all the KV
-# cache, which holds $H_{kv}$ heads, not $H$.
+# cache, which holds $H_{kv}$ heads, not $H$. The repeat below is for reading; minitx's fused attention kernels
+# (`kernels/cpu/attention.py`, `kernels/cuda/attention.py`) and its decode step (`minitx/models/llama_decode.py`)
+# never make it: query head $h$ reads key/value head $\lfloor h / g \rfloor$ in place, and in the backward the
+# gradients of the $g$ query heads that shared a key/value head are summed into it.
 
 # %%
 def softmax(s):
