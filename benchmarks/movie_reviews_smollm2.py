@@ -1,8 +1,8 @@
 """SmolLM2-135M on movie-review sentiment: LoRA fine-tuning vs a frozen-feature TaskAdapter baseline.
 
     python benchmarks/movie_reviews_smollm2.py [--layers 30] [--lora-layers 2] [--targets q_proj,...]
-                                               [--rank 8] [--alpha 16] [--steps 300] [--batch-size 16]
-                                               [--lr 5e-4] [--label-words negative,positive] [--cache DIR]
+                                               [--rank 8] [--alpha 16] [--steps 400] [--batch-size 16]
+                                               [--lr 1e-4] [--label-words negative,positive] [--cache DIR]
                                                [--limit N] [--train-limit N] [--quick]
 
 Data: the movie-review sentences of ``minitx.data.movie_reviews()`` (seeded 80/10/10 split), each written into
@@ -192,15 +192,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--layers", type=int, default=30, help="keep only the first L of the 30 blocks")
     parser.add_argument("--lora-layers", type=int, default=2, help="adapters on the top K blocks")
-    parser.add_argument("--targets", default="q_proj,k_proj,v_proj,out_proj",
+    parser.add_argument("--targets", default="q_proj,k_proj,v_proj,out_proj,gate_proj,up_proj,down_proj",
                         help="adapted projections of each block (attention: q_proj, k_proj, v_proj, out_proj; "
                         "feed-forward: gate_proj, up_proj, down_proj)")
     parser.add_argument("--rank", type=int, default=8)
     parser.add_argument("--alpha", type=float, default=16.0)
-    parser.add_argument("--steps", type=int, default=300, help="LoRA training steps")
+    parser.add_argument("--steps", type=int, default=400, help="LoRA training steps")
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--lr", type=float, default=5e-4)
-    parser.add_argument("--eval-every", type=int, default=100)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--eval-every", type=int, default=50)
     parser.add_argument("--adapter-epochs", type=int, default=600, help="full-batch steps of the linear probes")
     parser.add_argument("--adapter-lr", type=float, default=1e-2)
     parser.add_argument("--max-length", type=int, default=64)
