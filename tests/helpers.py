@@ -376,9 +376,9 @@ _along_axis("log_softmax", lambda x, axis: F.log_softmax(x, axis), lambda x, axi
 
 @case("layer_norm", lambda x, *wb, ndim: F.layer_norm(x, x.shape[x.ndim - ndim:], *wb),
       lambda x, *wb, ndim: _tF().layer_norm(x, x.shape[x.ndim - ndim:], *wb))
-def _draw_layer_norm(data):
+def _draw_layer_norm(data, **sides):
     """Normalised over 1 or 2 trailing axes, with or without an affine weight and bias."""
-    shape = data.draw(shapes(min_dims=1, min_side=2))
+    shape = data.draw(shapes(min_dims=1, **(sides or {"min_side": 2})))
     ndim = data.draw(st.integers(1, min(2, len(shape))))
     rng = np.random.default_rng(data.draw(seed()))
     arrays = [normal(rng, shape)]
@@ -393,13 +393,7 @@ def _draw_layer_norm_composed(data):
     """The layer_norm draw on the composed path (``ops.LayerNorm``; the default path of one axis is fused), with
     rows of at least 4 features: a row of 2 normalises to ±1 whatever x, so its gradient is rounding noise
     (~1e-4 of eps terms) that ``ops.LayerNorm`` and PyTorch round differently in float32 by more than atol."""
-    shape = data.draw(shapes(min_dims=1, min_side=4, max_side=5))
-    ndim = data.draw(st.integers(1, min(2, len(shape))))
-    rng = np.random.default_rng(data.draw(seed()))
-    arrays = [normal(rng, shape)]
-    if data.draw(st.booleans()):
-        arrays += [normal(rng, shape[-ndim:]), normal(rng, shape[-ndim:])]
-    return arrays, {"ndim": ndim}
+    return _draw_layer_norm(data, min_side=4, max_side=5)
 
 
 def _add_layer_norm(x, r, *wb, fused=None):

@@ -120,7 +120,7 @@ class FusedCrossEntropy(Function):
 
     def forward(self, logits, target, ignore_index: int, label_smoothing: float = 0.0, reduction: str = "mean"):
         from kernels.cpu import cross_entropy
-        from .nn import _class_targets
+        from .nn import _class_targets, _reduce_counted
 
         self.kernels = cross_entropy
         num_classes = logits.shape[-1]
@@ -129,12 +129,8 @@ class FusedCrossEntropy(Function):
         self.target, self.smoothing, self.reduction = safe_target.reshape(-1), label_smoothing, reduction
         loss, self.lse = cross_entropy.cross_entropy_forward(self.logits, self.target, label_smoothing)  # (N,)
         loss = np.where(self.valid, loss.reshape(self.valid.shape), logits.dtype.type(0))  # (…)
-        if reduction == "none":
-            return loss
-        if reduction == "sum":
-            return loss.sum()
-        self.count = self.valid.sum()
-        return loss.sum() / self.count.astype(logits.dtype)
+        result, self.count = _reduce_counted(loss, self.valid, reduction)
+        return result
 
     def backward(self, grad):
         if self.reduction == "mean":  # 1/n; with n = 0 every position is masked out below anyway

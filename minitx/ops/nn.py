@@ -224,12 +224,8 @@ class CrossEntropy(Function):
         loss = (1 - eps) * nll - eps * logp.mean(axis=-1) if label_smoothing else nll
         loss = xp.where(self.valid, loss, logits.dtype.type(0))
         self.logp, self.target, self.eps, self.reduction = logp, safe_target, eps, reduction
-        if reduction == "none":
-            return loss
-        if reduction == "sum":
-            return loss.sum()
-        self.count = self.valid.sum()
-        return loss.sum() / self.count.astype(logits.dtype)
+        result, self.count = _reduce_counted(loss, self.valid, reduction)
+        return result
 
     def backward(self, grad):
         xp = get_array_module(grad)
@@ -263,12 +259,8 @@ class NLLLoss(Function):
         loss = -xp.take_along_axis(logp, self.target[..., None], axis=-1)[..., 0]  # (…)
         loss = xp.where(self.valid, loss, logp.dtype.type(0))
         self.shape, self.dtype, self.reduction = logp.shape, logp.dtype, reduction
-        if reduction == "none":
-            return loss
-        if reduction == "sum":
-            return loss.sum()
-        self.count = self.valid.sum()
-        return loss.sum() / self.count.astype(logp.dtype)
+        result, self.count = _reduce_counted(loss, self.valid, reduction)
+        return result
 
     def backward(self, grad):
         xp = get_array_module(grad)
@@ -279,6 +271,18 @@ class NLLLoss(Function):
         rows = dlogp.reshape(-1, self.shape[-1])  # a view of the fresh array
         rows[xp.arange(rows.shape[0]), self.target.reshape(-1)] = -weight.reshape(-1)
         return dlogp, None
+
+
+def _reduce_counted(loss, valid, reduction: str):
+    """``(result, n)`` for per-position losses (…) that are 0 where ``valid`` is False: the losses themselves
+    ("none"), their sum ("sum"), or their mean over the n counted positions ("mean": NaN when n = 0, as in
+    PyTorch); n is the count for "mean" (its backward divides by it), None otherwise."""
+    if reduction == "none":
+        return loss, None
+    if reduction == "sum":
+        return loss.sum(), None
+    count = valid.sum()
+    return loss.sum() / count.astype(loss.dtype), count
 
 
 def _class_targets(op: str, target, ignore_index: int, num_classes: int):
