@@ -83,8 +83,13 @@ def minitx_model(name: str, c: dict):
 
 
 def torch_gpt(model, torch):
-    """A PyTorch GPT with minitx ``model``'s weights: pre-norm GELU ``nn.TransformerEncoderLayer``\\ s, causal."""
+    """A PyTorch GPT with minitx ``model``'s weights: pre-norm GELU ``nn.TransformerEncoderLayer``\\ s, causal
+    (GELU exact or tanh-approximated, as the model's config says); forward(ids (B, T)) -> logits (B, T, V).
+    benchmarks/data_parallel_rounding.py uses it too."""
     nn, cfg = torch.nn, model.config
+    if cfg.activation not in ("gelu", "gelu_tanh"):
+        raise ValueError(f"torch_gpt: activation {cfg.activation!r} has no PyTorch twin here")
+    gelu = "gelu" if cfg.activation == "gelu" else lambda x: torch.nn.functional.gelu(x, approximate="tanh")
 
     class TorchGPT(nn.Module):
         def __init__(self):
@@ -92,7 +97,7 @@ def torch_gpt(model, torch):
             self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
             self.wpe = nn.Parameter(torch.zeros(cfg.max_len, cfg.d_model))
             layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.num_heads, cfg.dim_feedforward, dropout=0.0,
-                                               activation="gelu", batch_first=True, norm_first=True)
+                                               activation=gelu, batch_first=True, norm_first=True)
             self.blocks = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
             self.ln_f = nn.LayerNorm(cfg.d_model)
 

@@ -41,6 +41,8 @@ from minitx.tensor import Tensor  # noqa: E402
 from minitx.tokenizers import ByteLevelBPE  # noqa: E402
 from minitx.train import TrainConfig, Trainer  # noqa: E402
 
+from bench_train_step import torch_gpt  # noqa: E402  (the same directory: PyTorch's twin of a minitx GPT)
+
 BETA2, EPS = 0.999, 1e-8  # AdamW's defaults, which adamw_with_schedule uses
 
 
@@ -130,49 +132,12 @@ def max_difference(a: dict, b: dict) -> tuple[float, str]:
 
 
 # ------------------------------------------------------------------------------------------ PyTorch
-def torch_gpt(model, torch):
-    """A PyTorch GPT with minitx ``model``'s weights: pre-norm tanh-GELU ``nn.TransformerEncoderLayer``\\ s."""
-    nn, cfg = torch.nn, model.config
+def torch_loss(model, ids):
+    """Mean cross-entropy of tokens 1…T of ids (B, T + 1) given the ones before, for bench_train_step's PyTorch GPT."""
+    import torch
 
-    class TorchGPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte = nn.Embedding(cfg.vocab_size, cfg.d_model)
-            self.wpe = nn.Parameter(torch.zeros(cfg.max_len, cfg.d_model))
-            gelu = lambda x: torch.nn.functional.gelu(x, approximate="tanh")  # noqa: E731
-            layer = nn.TransformerEncoderLayer(cfg.d_model, cfg.num_heads, cfg.dim_feedforward, dropout=0.0,
-                                               activation=gelu, batch_first=True, norm_first=True)
-            self.blocks = nn.TransformerEncoder(layer, cfg.num_layers, enable_nested_tensor=False)
-            self.ln_f = nn.LayerNorm(cfg.d_model)
-
-        def loss(self, ids):  # ids (B, T + 1): mean cross-entropy of tokens 1…T given the ones before
-            x, targets = ids[:, :-1], ids[:, 1:]
-            steps = x.shape[1]
-            causal = nn.Transformer.generate_square_subsequent_mask(steps)
-            h = self.ln_f(self.blocks(self.wte(x) + self.wpe[:steps], mask=causal, is_causal=True))
-            logits = h @ self.wte.weight.T  # (B, T, V)
-            return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-
-    theirs = TorchGPT()
-    w = lambda p: torch.tensor(p.numpy())  # noqa: E731
-    with torch.no_grad():
-        theirs.wte.weight.copy_(w(model.wte.weight))
-        theirs.wpe.copy_(w(model.wpe.weight))
-        theirs.ln_f.weight.copy_(w(model.ln_f.weight)), theirs.ln_f.bias.copy_(w(model.ln_f.bias))
-        for ours, layer in zip(model.blocks, theirs.blocks.layers):
-            a = ours.attn
-            layer.self_attn.in_proj_weight.copy_(torch.cat([w(a.q_proj.weight), w(a.k_proj.weight),
-                                                            w(a.v_proj.weight)]))
-            layer.self_attn.in_proj_bias.copy_(torch.cat([w(a.q_proj.bias), w(a.k_proj.bias), w(a.v_proj.bias)]))
-            layer.self_attn.out_proj.weight.copy_(w(a.out_proj.weight))
-            layer.self_attn.out_proj.bias.copy_(w(a.out_proj.bias))
-            for name in ("linear1", "linear2"):
-                getattr(layer, name).weight.copy_(w(getattr(ours.mlp, name).weight))
-                getattr(layer, name).bias.copy_(w(getattr(ours.mlp, name).bias))
-            for mine, its in (("ln_1", "norm1"), ("ln_2", "norm2")):
-                getattr(layer, its).weight.copy_(w(getattr(ours, mine).weight))
-                getattr(layer, its).bias.copy_(w(getattr(ours, mine).bias))
-    return theirs
+    logits = model(ids[:, :-1])  # (B, T, V)
+    return torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1))
 
 
 def torch_runs(config, windows, args) -> None:
@@ -187,7 +152,7 @@ def torch_runs(config, windows, args) -> None:
         scheduler.step()
     runs = {}
     for pieces in (1, 2):
-        model = torch_gpt(initial, torch)
+        model = torch_gpt(initial, torch)  # bench_train_step's: the same PyTorch GPT, minitx's weights
         optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, BETA2), eps=EPS, weight_decay=0.01)
         batches = iter(DataLoader(ListDataset(windows), 8, shuffle=True, seed=args.seed, drop_last=True))
         for lr in lrs:
@@ -195,7 +160,7 @@ def torch_runs(config, windows, args) -> None:
             for group in optimizer.param_groups:
                 group["lr"] = lr
             for rows in batch.chunk(pieces):
-                (model.loss(rows) * (1.0 / pieces)).backward()
+                (torch_loss(model, rows) * (1.0 / pieces)).backward()
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             optimizer.zero_grad()
