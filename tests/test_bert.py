@@ -1,6 +1,7 @@
 """BertModel and BertForPretraining: shapes, masking, tied weights, gradients, learning a small batch, and
 equality with Hugging Face's BertModel / BertForPreTraining (same weights: hidden states, logits, loss, grads)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -280,9 +281,11 @@ def test_frozen_inference_runs_the_fused_kernels(monkeypatch):
             return _kernel(*args, **kwargs)
         monkeypatch.setattr(kernels.cpu, name, counted)
     minitx.manual_seed(0)
-    model = BertModel(TINY).eval()
-    batch = pretraining_batch(np.random.default_rng(0))
+    model = BertModel(dataclasses.replace(TINY, max_position_embeddings=64)).eval()
+    # 64 positions: the default attention takes the fused kernel from T·T = F.FUSED_ATTENTION_MIN_SCORES on
+    batch = pretraining_batch(np.random.default_rng(0), length=64)
     ids, mask = batch["input_ids"], batch["attention_mask"]
+    assert ids.shape[1] ** 2 >= F.FUSED_ATTENTION_MIN_SCORES
     with no_grad():
         fused = model(ids, mask).data
         assert sorted(calls) == ["attention_forward"] * 2 + ["ffn_forward"] * 2  # one of each per layer
