@@ -86,6 +86,8 @@ def torch_gpt(model, torch):
     """A PyTorch GPT with minitx ``model``'s weights: pre-norm GELU ``nn.TransformerEncoderLayer``\\ s, causal
     (GELU exact or tanh-approximated, as the model's config says); forward(ids (B, T)) -> logits (B, T, V).
     benchmarks/data_parallel_rounding.py uses it too."""
+    from _common import copy_into_torch_layer  # tutorials/_common.py (on sys.path above)
+
     nn, cfg = torch.nn, model.config
     if cfg.activation not in ("gelu", "gelu_tanh"):
         raise ValueError(f"torch_gpt: activation {cfg.activation!r} has no PyTorch twin here")
@@ -114,17 +116,7 @@ def torch_gpt(model, torch):
         theirs.wpe.copy_(w(model.wpe.weight))
         theirs.ln_f.weight.copy_(w(model.ln_f.weight)), theirs.ln_f.bias.copy_(w(model.ln_f.bias))
         for ours, layer in zip(model.blocks, theirs.blocks.layers):
-            a = ours.attn
-            layer.self_attn.in_proj_weight.copy_(torch.cat([w(a.q_proj.weight), w(a.k_proj.weight), w(a.v_proj.weight)]))
-            layer.self_attn.in_proj_bias.copy_(torch.cat([w(a.q_proj.bias), w(a.k_proj.bias), w(a.v_proj.bias)]))
-            layer.self_attn.out_proj.weight.copy_(w(a.out_proj.weight))
-            layer.self_attn.out_proj.bias.copy_(w(a.out_proj.bias))
-            for name in ("linear1", "linear2"):
-                getattr(layer, name).weight.copy_(w(getattr(ours.mlp, name).weight))
-                getattr(layer, name).bias.copy_(w(getattr(ours.mlp, name).bias))
-            for mine, its in (("ln_1", "norm1"), ("ln_2", "norm2")):
-                getattr(layer, its).weight.copy_(w(getattr(ours, mine).weight))
-                getattr(layer, its).bias.copy_(w(getattr(ours, mine).bias))
+            copy_into_torch_layer(layer, ours.attn, ours.mlp, (ours.ln_1, ours.ln_2), w, torch)
     return theirs
 
 

@@ -748,14 +748,17 @@ def assert_close(actual, expected, dtype, what):
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol, err_msg=what)
 
 
-def import_chapter(tutorials, stem: str, out):
-    """Import tutorials/``stem``.py as a module in quick mode, its figures written under ``out``; returns it."""
+def import_chapter(tutorials, stem: str, out, **environment):
+    """Import tutorials/``stem``.py as a module in quick mode, its figures written under ``out``, with the extra
+    ``environment`` variables set while it runs; returns it."""
     import importlib.util
     import sys
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MINITX_QUICK", "1")
         mp.setenv("MINITX_TUTORIAL_OUT", str(out))
+        for name, value in environment.items():
+            mp.setenv(name, value)
         mp.chdir(out)
         mp.syspath_prepend(str(tutorials))
         sys.modules.pop("_common", None)  # re-read MINITX_QUICK

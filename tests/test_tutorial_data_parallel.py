@@ -4,12 +4,11 @@ shards' gradients, all-reduces that stop half-way or add twice, wrong message co
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import import_chapter
 
 TUTORIALS = Path(__file__).resolve().parent.parent / "tutorials"
 STEM = "19_data_parallel"
@@ -20,17 +19,10 @@ FIGURES = ["ring_allreduce_steps", "alpha_beta_model"]  # measured_scaling: only
 def chapter(tmp_path_factory):
     """The chapter imported as a module in quick mode (all but the measurement), and its figure folder."""
     out = tmp_path_factory.mktemp(STEM)
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("MINITX_QUICK", "1")
-        mp.setenv("MINITX_TUTORIAL_OUT", str(out))
-        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
-            mp.setenv(name, "1")
-        mp.chdir(out)
-        mp.syspath_prepend(str(TUTORIALS))
-        sys.modules.pop("_common", None)  # re-read MINITX_QUICK
-        spec = importlib.util.spec_from_file_location(f"tutorial_{STEM}", TUTORIALS / f"{STEM}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
+    # Not NUMBA_NUM_THREADS: when this module runs first in a process, Numba would start with it set and later
+    # tests that read Numba's configuration again would fail ("cannot set NUMBA_NUM_THREADS ... once launched").
+    one_thread = dict.fromkeys(("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS"), "1")
+    module = import_chapter(TUTORIALS, STEM, out, **one_thread)
     return module, out / STEM
 
 

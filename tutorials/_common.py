@@ -168,18 +168,25 @@ def torch_sequence_encoder(model, torch, dtype=None, max_len: int = 1024):
         seed.output_projection.weight.copy_(w(model.output_projection.weight))
         seed.output_projection.bias.copy_(w(model.output_projection.bias))
         for ours, theirs in zip(model.transformer_stack.layers, seed.transformer_stack.layers):
-            a = ours.self_attn
-            theirs.self_attn.in_proj_weight.copy_(torch.cat([w(a.q_proj.weight), w(a.k_proj.weight), w(a.v_proj.weight)]))
-            theirs.self_attn.in_proj_bias.copy_(torch.cat([w(a.q_proj.bias), w(a.k_proj.bias), w(a.v_proj.bias)]))
-            theirs.self_attn.out_proj.weight.copy_(w(a.out_proj.weight))
-            theirs.self_attn.out_proj.bias.copy_(w(a.out_proj.bias))
-            for name in ("linear1", "linear2"):
-                getattr(theirs, name).weight.copy_(w(getattr(ours.ff, name).weight))
-                getattr(theirs, name).bias.copy_(w(getattr(ours.ff, name).bias))
-            for name in ("norm1", "norm2"):
-                getattr(theirs, name).weight.copy_(w(getattr(ours, name).weight))
-                getattr(theirs, name).bias.copy_(w(getattr(ours, name).bias))
+            copy_into_torch_layer(theirs, ours.self_attn, ours.ff, (ours.norm1, ours.norm2), w, torch)
     return seed
+
+
+def copy_into_torch_layer(layer, attn, ff, norms, w, torch) -> None:
+    """Copy one minitx layer into a torch ``nn.TransformerEncoderLayer`` (under ``torch.no_grad()``): its
+    attention (W_q, W_k, W_v stacked into ``in_proj_weight``, (3D, D)), its feed-forward's linear1 / linear2 and
+    its two LayerNorms ``norms`` (into norm1, norm2); ``w`` turns a minitx parameter into a torch tensor."""
+    layer.self_attn.in_proj_weight.copy_(torch.cat([w(attn.q_proj.weight), w(attn.k_proj.weight),
+                                                    w(attn.v_proj.weight)]))
+    layer.self_attn.in_proj_bias.copy_(torch.cat([w(attn.q_proj.bias), w(attn.k_proj.bias), w(attn.v_proj.bias)]))
+    layer.self_attn.out_proj.weight.copy_(w(attn.out_proj.weight))
+    layer.self_attn.out_proj.bias.copy_(w(attn.out_proj.bias))
+    for name in ("linear1", "linear2"):
+        getattr(layer, name).weight.copy_(w(getattr(ff, name).weight))
+        getattr(layer, name).bias.copy_(w(getattr(ff, name).bias))
+    for norm, theirs in zip(norms, (layer.norm1, layer.norm2)):
+        theirs.weight.copy_(w(norm.weight))
+        theirs.bias.copy_(w(norm.bias))
 
 
 class Timer:

@@ -102,6 +102,18 @@ def last_token_index(real):
     return steps - 1 - real[:, ::-1].argmax(axis=1)
 
 
+def last_token_states(h, attention_mask=None):
+    """h (B, T, D) -> (B, D): each row's state at its last real token (T - 1 without a mask); what a decoder's
+    sequence classifier reads, since only the last token has seen the whole sequence."""
+    batch, steps, _ = h.shape
+    xp = h.xp
+    if attention_mask is None:
+        last = xp.full(batch, steps - 1)
+    else:
+        last = last_token_index(real_token_mask(attention_mask, (batch, steps), h.device))  # (B,)
+    return h[xp.arange(batch), last]
+
+
 # -------------------------------------------------------------------------------- the language model
 class GPT(Module):
     """A GPT language model: ids (B, T) -> next-token logits (B, T, V); see the module docstring.
@@ -310,13 +322,7 @@ class GPTForSequenceClassification(Module):
     def forward(self, input_ids, attention_mask=None) -> Tensor:
         """input_ids (B, T), attention_mask (B, T) with 1 = real token -> logits (B, num_classes)."""
         h = self.gpt.hidden_states(input_ids, attention_mask)  # (B, T, D)
-        batch, steps, _ = h.shape
-        xp = h.xp
-        if attention_mask is None:
-            last = xp.full(batch, steps - 1)
-        else:
-            last = last_token_index(real_token_mask(attention_mask, (batch, steps), h.device))  # (B,)
-        return self.score(h[xp.arange(batch), last])  # (B, D) -> (B, num_classes)
+        return self.score(last_token_states(h, attention_mask))  # (B, D) -> (B, num_classes)
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}"

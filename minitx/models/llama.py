@@ -30,7 +30,7 @@ from .. import backend
 from .. import functional as F
 from ..nn import DecoderBlock, Embedding, Linear, Module, ModuleList, RMSNorm, RotaryEmbedding, init, kv_cache_length
 from ..tensor import Tensor, no_grad
-from .gpt import last_token_index, real_token_mask
+from .gpt import last_token_states, real_token_mask
 from .llama_decode import LlamaDecoder
 from .sampling import check_sampling_arguments, sample_next_token
 
@@ -330,16 +330,7 @@ class LlamaForSequenceClassification(Module):
         h = self.llama.hidden_states(input_ids, attention_mask)  # (B, T, D)
         return self.score(self.last_token_states(h, attention_mask))  # (B, C)
 
-    @staticmethod
-    def last_token_states(h: Tensor, attention_mask=None) -> Tensor:
-        """h (B, T, D) -> (B, D): each row's state at its last real token (T - 1 without a mask)."""
-        batch, steps, _ = h.shape
-        xp = h.xp
-        if attention_mask is None:
-            last = xp.full(batch, steps - 1)
-        else:
-            last = last_token_index(real_token_mask(attention_mask, (batch, steps), h.device))  # (B,)
-        return h[xp.arange(batch), last]
+    last_token_states = staticmethod(last_token_states)  # h (B, T, D) -> (B, D), as GPT's classifier reads it
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, pad_token_id={self.pad_token_id}"
