@@ -151,8 +151,9 @@ check_flash_backward(flash_backward, causal=True)
 # %% [markdown]
 # ## 3. The library's kernels
 #
-# `kernels/cpu/attention.py` runs exactly these loops compiled with Numba (`_attention_forward`,
-# `_attention_backward`: one task per (batch, head, query block), the tile products with BLAS), and
+# `kernels/cpu/attention.py` runs exactly these loops compiled with Numba (version 1, `_attention_forward`,
+# `_attention_backward`: one task per (batch, head, query block), the tile products with BLAS; the default,
+# version 3, also skips padded keys, reads the heads in place and walks its backward by query tiles), and
 # `kernels/cuda/attention.py` runs them on a GPU, one thread block per query tile with the tiles in shared
 # memory (its tests run in Numba's CUDA simulator: `tests/kernels/test_cuda_sim.py`). The CPU kernels,
 # float32, against our NumPy version:

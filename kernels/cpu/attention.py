@@ -18,6 +18,15 @@ Key padding, two versions (see VERSIONS at the end):
       the keys' positions; padded keys get 0. The gathered copies add O(B Hkv Tk D) memory, k's and v's size.
 Either way a sequence with every key padded costs nothing but writing its zeros.
 
+v3 (the default) is v2 with every block product one call of ``_blas.gemm``, straight into NumPy's OpenBLAS
+on the operands where they lie: the heads that the layers split from a (B, T, H*D) array are strided views,
+read in place, not copied to (B, H, T, D) first; outputs and gradients are written laid out (B, T, H, D), so
+the layers merge heads again with a view; the scale rides in the product's alpha, and the sums (acc += P V,
+dK, dV, dQ over key tiles) are made by the product itself (beta = 1), not through a temporary. Its
+backward walks query tiles outermost, each over only the keys it sees, so a causal backward skips the
+tiles above the diagonal as the forward does (v1 and v2 walk key tiles outermost and, with one key tile,
+multiply every query by every key).
+
 Forward: one parallel task per (batch, head, query tile). The task walks over key tiles keeping a running
 max m, running sum l and an unnormalised output acc (the "online softmax"):
 
@@ -36,15 +45,16 @@ D_i of its g query heads).
 
     dV = P^T dO,  dS = P * (dO V^T - D_i),  D_i = sum_d dO_id O_id,  dQ = scale dS K,  dK = scale dS^T Q
 
-Block products are BLAS calls (``np.dot`` inside njit), on the task's own thread
-(``_common.one_blas_thread_per_task``).
+Block products are BLAS calls on the task's own thread: ``np.dot`` inside njit in v1 and v2
+(``_common.one_blas_thread_per_task``), ``_blas.gemm`` in v3 (``blas_threads.one_thread``).
 """
 import math
 
 import numba
 import numpy as np
 
-from kernels.cpu import _common
+from kernels import blas_threads
+from kernels.cpu import _blas, _common
 from kernels.cpu._common import FASTMATH, exp32
 from kernels.versions import Version, registry
 
@@ -439,9 +449,165 @@ def attention_backward_v2(q, k, v, o, lse, do, key_padding_mask=None, causal=Fal
     return dq, dk, dv
 
 
+# ------------------------------------------- v3: products straight into OpenBLAS, on the heads in place
+
+
+def _heads_interleaved(batch, heads, t, d, dtype):
+    """An empty (B, H, T, D) array laid out (B, T, H, D) in memory: the view of a contiguous (B, T, H, D).
+
+    The layers split heads as x.reshape(B, T, H, D).permute(0, 2, 1, 3) and merge them back the same way, so
+    an output (or gradient) in this layout turns into (B, T, H*D) as a view, with no copy."""
+    return _common.empty((batch, t, heads, d), dtype).transpose(0, 2, 1, 3)
+
+
+def _rows_in_place(x):
+    """x itself when ``_blas.gemm`` can read its (T, D) slices in place (contiguous rows of D that do not
+    overlap, whatever the strides of the batch and head axes), else a contiguous copy."""
+    fits = x.strides[-1] == x.itemsize and x.strides[-2] >= x.shape[-1] * x.itemsize
+    return x if fits else np.ascontiguousarray(x)
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _forward_in_place(q, kc, vc, keys, n_real, causal, scale, block_q, block_k, o, lse):
+    """Flash-style forward over the real keys, as ``_forward_compacted``, with each product one ``gemm`` on
+    the operands in place (q, kc, vc, o of any row strides): S = scale Q Kᵀ straight from q's rows, and
+    acc += P V accumulated by the product itself. Writes o, lse."""
+    n_batch, n_head, tq, d = q.shape
+    n_kv_head, tk = kc.shape[1], kc.shape[2]
+    group = n_head // n_kv_head                       # query heads per key/value head
+    shift = tk - tq                                   # causal: key position p visible to query i iff p <= i + shift
+    n_qtiles = (tq + block_q - 1) // block_q
+    for task in numba.prange(n_batch * n_head * n_qtiles):
+        b = task // (n_head * n_qtiles)
+        h = (task // n_qtiles) % n_head
+        hk = h // group                               # the key/value head query head h reads
+        i0 = (task % n_qtiles) * block_q
+        i1 = min(i0 + block_q, tq)
+        nq = i1 - i0
+        visible = _visible_counts(keys[b, :n_real[b]], i0 + shift, nq, causal)   # real keys each row sees (nq,)
+        m = np.full(nq, -np.inf, dtype=q.dtype)       # running max      (nq,)
+        l = np.zeros(nq, dtype=q.dtype)               # running sum      (nq,)
+        acc = np.zeros((nq, d), dtype=q.dtype)        # unnormalised O   (nq, D)
+        k_end = visible[nq - 1]                       # the last row sees the most
+        for j0 in range(0, k_end, block_k):
+            j1 = min(j0 + block_k, k_end)
+            s = np.empty((nq, j1 - j0), dtype=q.dtype)
+            _blas.gemm(q[b, h, i0:i1], kc[b, hk, j0:j1], s, scale, 0.0, False, True)   # S = scale Q Kᵀ (nq, nk)
+            for i in range(nq):
+                row = s[i]
+                n_visible = min(j1, visible[i]) - j0
+                m_new = _max_visible(row, n_visible, m[i])
+                if m_new == -np.inf:                  # no key visible yet: P = 0
+                    row[:] = 0.0
+                else:
+                    alpha = np.exp(m[i] - m_new)      # exp(-inf) = 0 on the first visible tile
+                    l[i] = alpha * l[i] + _exp_sum(row, m_new, n_visible)
+                    acc[i] *= alpha
+                    m[i] = m_new
+            _blas.gemm(s, vc[b, hk, j0:j1], acc, 1.0, 1.0, False, False)       # acc += P V   (nq, D)
+        for i in range(nq):
+            if l[i] == 0.0:                           # fully masked row
+                o[b, h, i0 + i] = 0.0
+                lse[b, h, i0 + i] = -np.inf
+            else:
+                o[b, h, i0 + i] = acc[i] / l[i]
+                lse[b, h, i0 + i] = m[i] + np.log(l[i])
+
+
+@numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
+def _backward_in_place(q, kc, vc, o, lse, do, keys, n_real, causal, scale, block_q, block_k, dq, dk, dv):
+    """Flash-style backward over the real keys, one task per (batch, key/value head): the group's query tiles
+    outermost, each multiplied by only the key tiles it sees (a causal tile skips the keys after it); every
+    product is one ``gemm`` on the operands in place, dQ written and dK, dV (n_real x D per task) summed by
+    the products themselves. q, o, do, dq, dk, dv may have any row strides."""
+    n_batch, n_head, tq, d = q.shape
+    n_kv_head = kc.shape[1]
+    group = n_head // n_kv_head
+    shift = kc.shape[2] - tq
+    for task in numba.prange(n_batch * n_kv_head):
+        b = task // n_kv_head
+        hk = task % n_kv_head
+        n = n_real[b]
+        visible = _visible_counts(keys[b, :n], shift, tq, causal)  # real keys each query sees  (Tq,)
+        dk_acc = np.zeros((n, d), dtype=q.dtype)                   # summed over the group's heads  (n, D)
+        dv_acc = np.zeros((n, d), dtype=q.dtype)                   # (n, D)
+        for h in range(hk * group, (hk + 1) * group):
+            for i0 in range(0, tq, block_q):
+                i1 = min(i0 + block_q, tq)
+                nq = i1 - i0
+                qt, dot, dqt = q[b, h, i0:i1], do[b, h, i0:i1], dq[b, h, i0:i1]   # (nq, D) views
+                di = np.zeros(nq, dtype=q.dtype)                   # D_i = sum_d dO_id O_id  (nq,)
+                for i in range(nq):
+                    for c in range(d):
+                        di[i] += dot[i, c] * o[b, h, i0 + i, c]
+                dqt[:] = 0.0
+                for j0 in range(0, visible[i1 - 1], block_k):      # the tile's last query sees the most keys
+                    j1 = min(j0 + block_k, visible[i1 - 1])
+                    kt, vt = kc[b, hk, j0:j1], vc[b, hk, j0:j1]    # (nk, D)
+                    p = np.empty((nq, j1 - j0), dtype=q.dtype)
+                    _blas.gemm(qt, kt, p, scale, 0.0, False, True)              # S   (nq, nk)
+                    for i in range(nq):                            # P = exp(S - lse), 0 on hidden keys
+                        _exp_sum(p[i], lse[b, h, i0 + i], min(j1, visible[i0 + i]) - j0)
+                    _blas.gemm(p, dot, dv_acc[j0:j1], 1.0, 1.0, True, False)    # dV += Pᵀ dO   (nk, D)
+                    ds = np.empty((nq, j1 - j0), dtype=q.dtype)
+                    _blas.gemm(dot, vt, ds, 1.0, 0.0, False, True)              # dP = dO Vᵀ  (nq, nk)
+                    for i in range(nq):
+                        for j in range(j1 - j0):
+                            ds[i, j] = p[i, j] * (ds[i, j] - di[i])             # dS
+                    _blas.gemm(ds, kt, dqt, scale, 1.0, False, False)           # dQ += scale dS K   (nq, D)
+                    _blas.gemm(ds, qt, dk_acc[j0:j1], scale, 1.0, True, False)  # dK += scale dSᵀ Q  (nk, D)
+        for j in range(n):                                         # back to the keys' positions
+            dk[b, hk, keys[b, j]] = dk_acc[j]
+            dv[b, hk, keys[b, j]] = dv_acc[j]
+        for j in range(n, keys.shape[1]):                          # padded keys: zero gradients
+            dk[b, hk, keys[b, j]] = 0.0
+            dv[b, hk, keys[b, j]] = 0.0
+
+
+def attention_forward_v3(q, k, v, key_padding_mask=None, causal=False, scale=None, block_q=64, block_k=256):
+    """As ``attention_forward_v2``, with the products straight into NumPy's OpenBLAS (``_blas.gemm``) on q, k
+    and v in place, whatever their strides (the heads split from a (B, T, H*D) array are a strided view), and
+    o returned laid out (B, T, H, D) in memory (``_heads_interleaved``). Returns (o, lse)."""
+    dtype = _common.check_float(q, k, v)
+    _check_shapes(q, k, v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    batch, heads, tq, d = q.shape
+    o = _heads_interleaved(batch, heads, tq, d, dtype)
+    lse = _common.empty((batch, heads, tq), dtype)
+    kc, vc, keys, n_real = _compact_keys(_rows_in_place(k), _rows_in_place(v), key_padding_mask)
+    with blas_threads.one_thread():
+        _forward_in_place(_rows_in_place(q), kc, vc, keys, n_real, bool(causal), dtype.type(scale), block_q,
+                          block_k, o, lse)
+    return o, lse
+
+
+def attention_backward_v3(q, k, v, o, lse, do, key_padding_mask=None, causal=False, scale=None,
+                          block_q=64, block_k=256):
+    """As ``attention_backward_v2``, with the products straight into NumPy's OpenBLAS on q, k, v, o and dO in
+    place, query tiles outermost (a causal tile multiplies only the keys it sees), and dq, dk, dv returned
+    laid out (B, T, H, D) in memory. Returns (dq, dk, dv)."""
+    dtype = _common.check_float(q, k, v, o, lse, do)
+    _check_shapes(q, k, v)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    dq = _heads_interleaved(*q.shape, dtype)
+    dk = _heads_interleaved(*k.shape, dtype)
+    dv = _heads_interleaved(*v.shape, dtype)
+    kc, vc, keys, n_real = _compact_keys(_rows_in_place(k), _rows_in_place(v), key_padding_mask)
+    r = _rows_in_place
+    with blas_threads.one_thread():
+        _backward_in_place(r(q), kc, vc, r(o), np.ascontiguousarray(lse), r(do), keys, n_real, bool(causal),
+                           dtype.type(scale), block_q, block_k, dq, dk, dv)
+    return dq, dk, dv
+
+
 VERSIONS = registry(
     Version("v1", "flash-style tiles with an online softmax; block products through BLAS, one task per tile",
             None, attention_forward=attention_forward, attention_backward=attention_backward),
     Version("v2", "v1 over each sequence's real keys only: k, v compacted first, no padded key multiplied or masked",
             "v1", attention_forward=attention_forward_v2, attention_backward=attention_backward_v2),
+    Version("v3", "v2 with each product one OpenBLAS call on the heads in place (no copies, sums by the product); "
+            "backward by query tiles", "v2", attention_forward=attention_forward_v3,
+            attention_backward=attention_backward_v3),
 )

@@ -175,28 +175,42 @@ def test_bad_inputs_are_rejected():
         cpu.softmax(np.arange(4))
 
 
-@pytest.mark.skipif(_common.SCIPY_OPENBLAS is None, reason="SciPy is not using its bundled OpenBLAS")
-def test_blas_inside_the_attention_kernels_runs_on_one_thread_per_task(monkeypatch):
-    """np.dot in njit code goes through SciPy's OpenBLAS; during a kernel it is limited to the calling thread
-    (nested thread pools fight over the cores), and the user's setting comes back afterwards."""
-    lib = _common.SCIPY_OPENBLAS
-    before = lib.scipy_openblas_get_num_threads()
+@pytest.mark.parametrize("name,kernels", [("v1", ("_attention_forward", "_attention_backward")),
+                                          ("v2", ("_forward_compacted", "_backward_compacted")),
+                                          ("v3", ("_forward_in_place", "_backward_in_place"))])
+def test_blas_inside_the_attention_kernels_runs_on_one_thread_per_task(monkeypatch, name, kernels):
+    """The attention kernels call BLAS from every parallel task (v1, v2: np.dot, through SciPy's OpenBLAS;
+    v3: _blas.gemm, through NumPy's); during a kernel that library is limited to the calling thread (nested
+    thread pools fight over the cores), and the user's setting comes back afterwards."""
+    from kernels import blas_threads
+
+    if name == "v3":
+        if blas_threads._CONTROL is None:
+            pytest.skip("NumPy is not using its bundled OpenBLAS")
+        get, put = blas_threads._CONTROL
+    else:
+        if _common.SCIPY_OPENBLAS is None:
+            pytest.skip("SciPy is not using its bundled OpenBLAS")
+        get, put = _common.SCIPY_OPENBLAS.scipy_openblas_get_num_threads, \
+            _common.SCIPY_OPENBLAS.scipy_openblas_set_num_threads
+    before = get()
     seen = []
 
     def spy(*args):
-        seen.append(lib.scipy_openblas_get_num_threads())
+        seen.append(get())
 
-    for kernel in ("_attention_forward", "_attention_backward", "_forward_compacted", "_backward_compacted"):
+    for kernel in kernels:
         monkeypatch.setattr(attention, kernel, spy)
+    version = VERSIONS["attention"][name]
     c = attention_case(np.random.default_rng(0), 1, 1, 4, 4, 2, np.float32)
-    lib.scipy_openblas_set_num_threads(2)
+    put(2)
     try:
-        cpu.attention_forward(c["q"], c["k"], c["v"])
-        cpu.attention_backward(c["q"], c["k"], c["v"], c["q"], c["q"][..., 0], c["do"])
+        version.attention_forward(c["q"], c["k"], c["v"])
+        version.attention_backward(c["q"], c["k"], c["v"], c["q"], c["q"][..., 0], c["do"])
         assert seen == [1, 1]
-        assert lib.scipy_openblas_get_num_threads() == 2
+        assert get() == 2
     finally:
-        lib.scipy_openblas_set_num_threads(before)
+        put(before)
 
 
 # ------------------------------------------- layer norm (+ residual) and cross-entropy (CPU only, no registry)
@@ -262,3 +276,58 @@ def test_add_rows_is_bitwise_numpy_add_at_with_repeated_rows(dtype):
     np.add.at(want, rows, values)
     add_rows(got, rows, values)
     np.testing.assert_array_equal(got, want)
+
+
+# ------------------------------------------------ products into NumPy's OpenBLAS from njit code (attention v3)
+@numba.njit
+def _call_gemm(product, a, b, c, alpha, beta, trans_a, trans_b):
+    product(a, b, c, alpha, beta, trans_a, trans_b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("trans_a,trans_b", [(False, False), (True, False), (False, True), (True, True)])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+def test_gemm_on_strided_operands(dtype, trans_a, trans_b, beta):
+    """C = alpha op(A) op(B) + beta C with A, B, C rows of wider arrays (row stride > width), against NumPy;
+    and the np.dot stand-in, used where NumPy has no OpenBLAS of its own, agrees."""
+    from kernels.cpu import _blas
+
+    rng = np.random.default_rng(int(trans_a) * 2 + int(trans_b))
+    m, k, n = 5, 7, 3
+    a_full = rng.standard_normal((k, m + 4) if trans_a else (m, k + 4)).astype(dtype)
+    b_full = rng.standard_normal((n, k + 2) if trans_b else (k, n + 2)).astype(dtype)
+    a = a_full[:, 1:m + 1] if trans_a else a_full[:, 1:k + 1]     # strided views: the rows are not adjacent
+    b = b_full[:, :k] if trans_b else b_full[:, :n]
+    want_c = rng.standard_normal((m, n + 3)).astype(dtype)
+    want = 0.5 * (a.T if trans_a else a) @ (b.T if trans_b else b) + beta * want_c[:, :n]
+    assert _blas.AVAILABLE  # the wheels of NumPy on PyPI bundle OpenBLAS; elsewhere only the stand-in is tested
+    for product in (_blas.gemm, _blas.gemm_numpy):
+        c = want_c.copy()
+        _call_gemm(product, a, b, c[:, :n], 0.5, beta, trans_a, trans_b)
+        np.testing.assert_allclose(c[:, :n], want, rtol=1e-5 if dtype == np.float32 else 1e-12, atol=1e-5)
+        np.testing.assert_array_equal(c[:, n:], want_c[:, n:])  # the columns past the view are untouched
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("causal", [False, True])
+def test_attention_v3_reads_split_heads_in_place_and_returns_them_ready_to_merge(dtype, causal):
+    """The heads as the layers split them, x.reshape(B, T, H, D).transpose(0, 2, 1, 3) (a strided view), give
+    the reference's results; o and the gradients come back laid out (B, T, H, D), so merging the heads
+    again is a view. With padding, and grouped-query heads."""
+    rng = np.random.default_rng(7)
+    b, h, hkv, t, d = 2, 4, 2, 11, 5
+    split = lambda x, heads: x.reshape(b, t, heads, d).transpose(0, 2, 1, 3)  # noqa: E731
+    q, do = (split(rng.standard_normal((b, t, h * d)).astype(dtype), h) for _ in range(2))
+    k, v = (split(rng.standard_normal((b, t, hkv * d)).astype(dtype), hkv) for _ in range(2))
+    mask = rng.random((b, t)) < 0.3
+    v3 = VERSIONS["attention"]["v3"]
+    o, lse = _tiles(v3.attention_forward, 4, 3)(q, k, v, mask, causal)
+    want_o, want_lse = reference.attention_forward(q, k, v, mask, causal)
+    assert_close("o", o, want_o)
+    assert_close("lse", lse, want_lse)
+    got = _tiles(v3.attention_backward, 4, 3)(q, k, v, o, lse, do, mask, causal)
+    want = reference.attention_backward(q, k, v, want_o, want_lse, do, mask, causal)
+    for name, g, w in zip(["dq", "dk", "dv"], got, want):
+        assert_close(name, g, w)
+    for name, x in zip(["o", "dq", "dk", "dv"], (o,) + tuple(got)):
+        assert x.transpose(0, 2, 1, 3).flags.c_contiguous, name
