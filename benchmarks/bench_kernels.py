@@ -100,6 +100,9 @@ def main():
     parser.add_argument("--one-thread", action="store_true", help="one thread each for BLAS and Numba; CPU time")
     quick = parser.parse_args().quick
     rng = np.random.default_rng(0)
+    from _machine import machine
+
+    print(machine())
     print("one thread each for BLAS and Numba, process CPU time" if ONE_THREAD else "wall-clock time, default threads")
     b, h, t, d = (2, 2, 64, 16) if quick else (8, 4, 512, 32)
     n, dm, ff = (256, 32, 128) if quick else (4096, 256, 1024)

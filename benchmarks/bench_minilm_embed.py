@@ -76,6 +76,9 @@ def main() -> None:
         return out
 
     ours, theirs = run_minitx(), run_transformers()  # untimed: Numba compiles, both warm up
+    from _machine import machine
+
+    print(machine())
     print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), transformers "
           f"{transformers.__version__}, minitx {getattr(minitx, '__version__', '?')}; {len(texts)} sentences, "
           f"batches of {args.batch_size}, max length {args.max_length}, {args.repeats} rounds")

@@ -151,10 +151,9 @@ def main(argv=None) -> None:
     import torch
     torch.set_num_threads(args.threads)
 
-    import platform
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    print(f"{cpu}; {args.threads} thread(s); numpy {np.__version__}, torch {torch.__version__}; "
+    from _machine import machine
+
+    print(f"{machine()}; {args.threads} thread(s); numpy {np.__version__}, torch {torch.__version__}; "
           f"load average {os.getloadavg()[0]:.1f}")
     steps = {name: load(name, f)[1] for name in MODELS}
     texts, times = {}, {name: {"prompt": [], "decode": []} for name in MODELS}

@@ -345,6 +345,9 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
+    from _machine import machine
+
+    print(machine())
     print(f"numpy {np.__version__}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
           f"minitx {getattr(minitx, '__version__', '?')}, {args.import_first} imported first, "
           f"OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']}, "

@@ -205,8 +205,9 @@ def main() -> None:
     if args.fused != "default":
         F.set_fused_kernels(args.fused == "on")
     ceiling = gemm_ceiling("")
-    import platform
-    print(f"numpy {np.__version__}, {platform.processor() or platform.machine()}; GEMM ceiling (1024³ float32 "
+    from _machine import machine
+
+    print(f"{machine()}\nnumpy {np.__version__}; GEMM ceiling (1024³ float32 "
           f"product, same BLAS and threads): {ceiling:.0f} GFLOP/s")
     for name, c in configs.items():
         profile_config(name, c, args.steps, args.warmup, ceiling)

@@ -12,6 +12,10 @@ reading memory, which a second thread barely speeds up.
 
 The thread count is NumPy's bundled OpenBLAS's (``scipy_openblas_set_num_threads64_``), set around the
 call and restored after it; where NumPy uses another BLAS (no such symbol) nothing changes.
+
+``kernel_set`` says which of OpenBLAS's per-CPU kernel sets that library runs: OpenBLAS picks one for the
+processor at start-up unless ``OPENBLAS_CORETYPE`` names one. On an AVX-512 machine "SkylakeX" runs matrix
+products up to twice as fast as "Haswell" (AVX2), so every speed figure should say which one it had.
 """
 import contextlib
 import ctypes
@@ -25,19 +29,33 @@ SKINNY = 16               # ... or a side (m, n or k) shorter than this
 
 
 def _numpy_openblas():
-    """(get, set) of NumPy's bundled OpenBLAS thread count, or None."""
+    """(library, symbol suffix) of NumPy's bundled OpenBLAS, or None."""
     folder = os.path.join(os.path.dirname(np.__file__), os.pardir, "numpy.libs")
     for path in glob.glob(os.path.join(folder, "libscipy_openblas*")):
         lib = ctypes.CDLL(path)  # already loaded by NumPy: the same handle
         for suffix in ("64_", ""):
-            get = getattr(lib, f"scipy_openblas_get_num_threads{suffix}", None)
-            put = getattr(lib, f"scipy_openblas_set_num_threads{suffix}", None)
-            if get is not None and put is not None:
-                return get, put
+            if hasattr(lib, f"scipy_openblas_get_num_threads{suffix}"):
+                return lib, suffix
     return None
 
 
-_CONTROL = _numpy_openblas()
+_LIBRARY = _numpy_openblas()
+_CONTROL = None if _LIBRARY is None else (getattr(_LIBRARY[0], f"scipy_openblas_get_num_threads{_LIBRARY[1]}"),
+                                          getattr(_LIBRARY[0], f"scipy_openblas_set_num_threads{_LIBRARY[1]}"))
+
+
+def kernel_set() -> str:
+    """e.g. "OpenBLAS 0.3.31, Haswell kernels (OPENBLAS_CORETYPE=Haswell in the environment)": NumPy's OpenBLAS,
+    the kernel set it runs and who chose it; "NumPy's BLAS is not its bundled OpenBLAS" otherwise."""
+    if _LIBRARY is None:
+        return "NumPy's BLAS is not its bundled OpenBLAS"
+    lib, suffix = _LIBRARY
+    core, config = getattr(lib, f"scipy_openblas_get_corename{suffix}"), getattr(lib, f"scipy_openblas_get_config{suffix}")
+    core.restype = config.restype = ctypes.c_char_p
+    version = config().decode().split()[1]
+    forced = os.environ.get("OPENBLAS_CORETYPE")
+    why = f"OPENBLAS_CORETYPE={forced} in the environment" if forced else "chosen by OpenBLAS for this CPU"
+    return f"OpenBLAS {version}, {core().decode()} kernels ({why})"
 
 
 @contextlib.contextmanager

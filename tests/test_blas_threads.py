@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -35,3 +37,14 @@ def test_linear_and_matmul_ask_for_threads_by_size(monkeypatch):
     w = minitx.Tensor(rng.standard_normal((5, 4)).astype(np.float32), requires_grad=True)
     (F.linear(x, w).sum() + (x @ x.transpose(-2, -1)).sum()).backward()
     assert len(calls) == 1 + 1 + 1 + 2  # linear forward and backward, matmul forward and its two gradients
+
+
+@needs_control
+def test_kernel_set_names_the_openblas_kernels_and_who_chose_them(monkeypatch):
+    """Speed figures carry the kernel set NumPy's OpenBLAS runs: chosen for the CPU, or forced through
+    OPENBLAS_CORETYPE (read at start-up, so the name the library reports does not change here)."""
+    monkeypatch.delenv("OPENBLAS_CORETYPE", raising=False)
+    chosen = blas_threads.kernel_set()
+    assert re.fullmatch(r"OpenBLAS [\d.]+, \w+ kernels \(chosen by OpenBLAS for this CPU\)", chosen), chosen
+    monkeypatch.setenv("OPENBLAS_CORETYPE", "Haswell")
+    assert blas_threads.kernel_set().endswith("kernels (OPENBLAS_CORETYPE=Haswell in the environment)")
