@@ -96,6 +96,17 @@ def _exp_sum(row, shift, n_visible):
     return total
 
 
+@numba.njit
+def _query_tile(task, n_head, n_qtiles, group, block_q, tq):
+    """(b, h, hk, i0, i1) of forward task number ``task`` (tasks run over batch, head, query tile): its batch
+    b, query head h, the key/value head hk that h reads (grouped-query attention: h // group) and its query
+    rows [i0, i1)."""
+    b = task // (n_head * n_qtiles)
+    h = (task // n_qtiles) % n_head
+    i0 = (task % n_qtiles) * block_q
+    return b, h, h // group, i0, min(i0 + block_q, tq)
+
+
 @numba.njit(fastmath=FASTMATH)
 def _keys_in_use(pad_row):
     """1 + the index of the last real (unpadded) key, 0 if every key is padded: the tiles past it are skipped."""
@@ -114,11 +125,7 @@ def _attention_forward(q, k, v, pad, causal, scale, block_q, block_k, o, lse):
     shift = tk - tq                                   # causal: key j visible to query i iff j <= i + shift
     n_qtiles = (tq + block_q - 1) // block_q
     for task in numba.prange(n_batch * n_head * n_qtiles):
-        b = task // (n_head * n_qtiles)
-        h = (task // n_qtiles) % n_head
-        hk = h // group                               # the key/value head query head h reads
-        i0 = (task % n_qtiles) * block_q
-        i1 = min(i0 + block_q, tq)
+        b, h, hk, i0, i1 = _query_tile(task, n_head, n_qtiles, group, block_q, tq)
         nq = i1 - i0
         qs = q[b, h, i0:i1] * scale                   # (nq, D)
         key_bias = np.where(pad[b], -np.inf, 0.0).astype(q.dtype)  # -inf on padded keys   (Tk,)
@@ -317,6 +324,52 @@ def _max_visible(row, n_visible, m):
     return m
 
 
+@numba.njit(fastmath=FASTMATH)
+def _online_softmax_step(s, visible, j0, j1, m, l, acc):
+    """One key tile [j0, j1) of the online softmax (v2, v3), for each row i of the tile's scores s (nq, nk):
+    s becomes P = exp(S - m') in place (0 on the keys past visible[i]), and the row's running max m, sum l
+    and unnormalised output acc move to the new max m'. A row that sees no key yet keeps P = 0."""
+    for i in range(s.shape[0]):
+        row = s[i]
+        n_visible = min(j1, visible[i]) - j0
+        m_new = _max_visible(row, n_visible, m[i])
+        if m_new == -np.inf:                          # no key visible yet: P = 0
+            row[:] = 0.0
+        else:
+            alpha = np.exp(m[i] - m_new)              # exp(-inf) = 0 on the first visible tile
+            l[i] = alpha * l[i] + _exp_sum(row, m_new, n_visible)
+            acc[i] *= alpha
+            m[i] = m_new
+
+
+@numba.njit(fastmath=FASTMATH)
+def _finish_rows(acc, m, l, o, lse):
+    """O = acc / l and lse = m + log l for each row (o, lse: the tile's rows of the outputs); a row that saw
+    no key gets O = 0, lse = -inf."""
+    for i in range(acc.shape[0]):
+        if l[i] == 0.0:                               # fully masked row
+            o[i] = 0.0
+            lse[i] = -np.inf
+        else:
+            o[i] = acc[i] / l[i]
+            lse[i] = m[i] + np.log(l[i])
+
+
+@numba.njit(fastmath=FASTMATH)
+def _probabilities(p, lse, visible, j0, j1):
+    """P = exp(S - lse) in place of a key tile [j0, j1) of scores p (nq, nk), 0 on the keys past visible[i]."""
+    for i in range(p.shape[0]):
+        _exp_sum(p[i], lse[i], min(j1, visible[i]) - j0)
+
+
+@numba.njit(fastmath=FASTMATH)
+def _score_gradient(ds, p, di):
+    """dS = P * (dP - D_i) in place of dP (nq, nk)."""
+    for i in range(ds.shape[0]):
+        for j in range(ds.shape[1]):
+            ds[i, j] = p[i, j] * (ds[i, j] - di[i])
+
+
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
 def _forward_compacted(q, kc, vc, keys, n_real, causal, scale, block_q, block_k, o, lse):
     """Flash-style forward over the real keys only. q (B, H, Tq, D), kc/vc (B, Hkv, Tk, D) and keys (B, Tk),
@@ -327,11 +380,7 @@ def _forward_compacted(q, kc, vc, keys, n_real, causal, scale, block_q, block_k,
     shift = tk - tq                                   # causal: key position p visible to query i iff p <= i + shift
     n_qtiles = (tq + block_q - 1) // block_q
     for task in numba.prange(n_batch * n_head * n_qtiles):
-        b = task // (n_head * n_qtiles)
-        h = (task // n_qtiles) % n_head
-        hk = h // group                               # the key/value head query head h reads
-        i0 = (task % n_qtiles) * block_q
-        i1 = min(i0 + block_q, tq)
+        b, h, hk, i0, i1 = _query_tile(task, n_head, n_qtiles, group, block_q, tq)
         nq = i1 - i0
         qs = q[b, h, i0:i1] * scale                   # (nq, D)
         visible = _visible_counts(keys[b, :n_real[b]], i0 + shift, nq, causal)   # real keys each row sees (nq,)
@@ -342,25 +391,9 @@ def _forward_compacted(q, kc, vc, keys, n_real, causal, scale, block_q, block_k,
         for j0 in range(0, k_end, block_k):
             j1 = min(j0 + block_k, k_end)
             s = np.dot(qs, kc[b, hk, j0:j1].T)        # (nq, nk)
-            for i in range(nq):
-                row = s[i]
-                n_visible = min(j1, visible[i]) - j0
-                m_new = _max_visible(row, n_visible, m[i])
-                if m_new == -np.inf:                  # no key visible yet: P = 0
-                    row[:] = 0.0
-                else:
-                    alpha = np.exp(m[i] - m_new)      # exp(-inf) = 0 on the first visible tile
-                    l[i] = alpha * l[i] + _exp_sum(row, m_new, n_visible)
-                    acc[i] *= alpha
-                    m[i] = m_new
+            _online_softmax_step(s, visible, j0, j1, m, l, acc)
             acc += np.dot(s, vc[b, hk, j0:j1])        # (nq, D)
-        for i in range(nq):
-            if l[i] == 0.0:                           # fully masked row
-                o[b, h, i0 + i] = 0.0
-                lse[b, h, i0 + i] = -np.inf
-            else:
-                o[b, h, i0 + i] = acc[i] / l[i]
-                lse[b, h, i0 + i] = m[i] + np.log(l[i])
+        _finish_rows(acc, m, l, o[b, h, i0:i1], lse[b, h, i0:i1])
 
 
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -398,13 +431,10 @@ def _backward_compacted(q, kc, vc, o, lse, do, keys, n_real, causal, scale, bloc
                 for i0 in range(i_start, tq, block_q):
                     i1 = min(i0 + block_q, tq)
                     p = np.dot(qs[g, i0:i1], kt.T)                 # S, then P   (nq, nk)
-                    for i in range(i1 - i0):                       # P = exp(S - lse), 0 on hidden keys
-                        _exp_sum(p[i], lse[b, h, i0 + i], min(j1, visible[i0 + i]) - j0)
+                    _probabilities(p, lse[b, h, i0:i1], visible[i0:i1], j0, j1)
                     dv_t += np.dot(p.T, do[b, h, i0:i1])           # (nk, D)
                     ds = np.dot(do[b, h, i0:i1], vt.T)             # dP, then dS (nq, nk)
-                    for i in range(i1 - i0):
-                        for j in range(j1 - j0):
-                            ds[i, j] = p[i, j] * (ds[i, j] - di[g, i0 + i])
+                    _score_gradient(ds, p, di[g, i0:i1])
                     dq[b, h, i0:i1] += np.dot(ds, kt)              # (nq, D), scaled below
                     dk_t += np.dot(ds.T, qs[g, i0:i1])             # (nk, D), scale is inside qs
             for j in range(j1 - j0):                               # back to the keys' positions
@@ -478,11 +508,7 @@ def _forward_in_place(q, kc, vc, keys, n_real, causal, scale, block_q, block_k, 
     shift = tk - tq                                   # causal: key position p visible to query i iff p <= i + shift
     n_qtiles = (tq + block_q - 1) // block_q
     for task in numba.prange(n_batch * n_head * n_qtiles):
-        b = task // (n_head * n_qtiles)
-        h = (task // n_qtiles) % n_head
-        hk = h // group                               # the key/value head query head h reads
-        i0 = (task % n_qtiles) * block_q
-        i1 = min(i0 + block_q, tq)
+        b, h, hk, i0, i1 = _query_tile(task, n_head, n_qtiles, group, block_q, tq)
         nq = i1 - i0
         visible = _visible_counts(keys[b, :n_real[b]], i0 + shift, nq, causal)   # real keys each row sees (nq,)
         m = np.full(nq, -np.inf, dtype=q.dtype)       # running max      (nq,)
@@ -493,25 +519,9 @@ def _forward_in_place(q, kc, vc, keys, n_real, causal, scale, block_q, block_k, 
             j1 = min(j0 + block_k, k_end)
             s = np.empty((nq, j1 - j0), dtype=q.dtype)
             _blas.gemm(q[b, h, i0:i1], kc[b, hk, j0:j1], s, scale, 0.0, False, True)   # S = scale Q Kᵀ (nq, nk)
-            for i in range(nq):
-                row = s[i]
-                n_visible = min(j1, visible[i]) - j0
-                m_new = _max_visible(row, n_visible, m[i])
-                if m_new == -np.inf:                  # no key visible yet: P = 0
-                    row[:] = 0.0
-                else:
-                    alpha = np.exp(m[i] - m_new)      # exp(-inf) = 0 on the first visible tile
-                    l[i] = alpha * l[i] + _exp_sum(row, m_new, n_visible)
-                    acc[i] *= alpha
-                    m[i] = m_new
+            _online_softmax_step(s, visible, j0, j1, m, l, acc)
             _blas.gemm(s, vc[b, hk, j0:j1], acc, 1.0, 1.0, False, False)       # acc += P V   (nq, D)
-        for i in range(nq):
-            if l[i] == 0.0:                           # fully masked row
-                o[b, h, i0 + i] = 0.0
-                lse[b, h, i0 + i] = -np.inf
-            else:
-                o[b, h, i0 + i] = acc[i] / l[i]
-                lse[b, h, i0 + i] = m[i] + np.log(l[i])
+        _finish_rows(acc, m, l, o[b, h, i0:i1], lse[b, h, i0:i1])
 
 
 @numba.njit(parallel=True, fastmath=FASTMATH, cache=True)
@@ -546,14 +556,11 @@ def _backward_in_place(q, kc, vc, o, lse, do, keys, n_real, causal, scale, block
                     kt, vt = kc[b, hk, j0:j1], vc[b, hk, j0:j1]    # (nk, D)
                     p = np.empty((nq, j1 - j0), dtype=q.dtype)
                     _blas.gemm(qt, kt, p, scale, 0.0, False, True)              # S   (nq, nk)
-                    for i in range(nq):                            # P = exp(S - lse), 0 on hidden keys
-                        _exp_sum(p[i], lse[b, h, i0 + i], min(j1, visible[i0 + i]) - j0)
+                    _probabilities(p, lse[b, h, i0:i1], visible[i0:i1], j0, j1)
                     _blas.gemm(p, dot, dv_acc[j0:j1], 1.0, 1.0, True, False)    # dV += Pᵀ dO   (nk, D)
                     ds = np.empty((nq, j1 - j0), dtype=q.dtype)
                     _blas.gemm(dot, vt, ds, 1.0, 0.0, False, True)              # dP = dO Vᵀ  (nq, nk)
-                    for i in range(nq):
-                        for j in range(j1 - j0):
-                            ds[i, j] = p[i, j] * (ds[i, j] - di[i])             # dS
+                    _score_gradient(ds, p, di)                                  # dS
                     _blas.gemm(ds, kt, dqt, scale, 1.0, False, False)           # dQ += scale dS K   (nq, D)
                     _blas.gemm(ds, qt, dk_acc[j0:j1], scale, 1.0, True, False)  # dK += scale dSᵀ Q  (nk, D)
         for j in range(n):                                         # back to the keys' positions
