@@ -19,13 +19,20 @@ so the heap is told to keep freed blocks of up to 256 MiB for reuse, as PyTorch'
 its peak instead of shrinking. Skipped when ``GLIBC_TUNABLES``, ``MALLOC_TRIM_THRESHOLD_`` or
 ``MALLOC_MMAP_THRESHOLD_`` is set, and where the C library is not glibc.
 
-Numba's threads. The kernels' parallel loops run on Numba's own work queue (``NUMBA_THREADING_LAYER=workqueue``),
-whose idle workers sleep, rather than on GNU OpenMP: OpenMP is one runtime per process, shared with PyTorch,
-and when torch is imported before minitx it has already started with spinning workers that
-``OMP_WAIT_POLICY`` can no longer change; the fused kernels then ran slower than the composed ops.
-Measured on two busy cores, the work queue was also faster with minitx imported first (see
-benchmarks/RESULTS.md). The work queue cannot run parallel kernels from two Python threads at once; a
-program that does sets ``NUMBA_THREADING_LAYER=omp`` (or ``tbb``) itself, and then that choice is kept.
+Numba's threads. The kernels' parallel loops run on GNU OpenMP, whose idle workers sleep once
+``OMP_WAIT_POLICY=passive`` is set (above) before the runtime starts, and which hands a loop to them in about
+10 µs; Numba's own work queue took 60-160 µs a call, and a training step makes dozens of such calls (on
+two quiet cores the reference encoder's step ran 0.74-0.81x PyTorch's time on OpenMP against 0.81-0.97x on
+the work queue, benchmarks/RESULTS.md). But OpenMP is one runtime per process, shared with PyTorch: when
+torch is imported before minitx the runtime has already started, and unless ``OMP_WAIT_POLICY=passive`` was
+in the environment then, its idle workers spin and steal the cores from whatever runs next (the fused
+kernels ran slower than the composed ops). So when an OpenMP runtime is already loaded without that
+setting, the loops run on the work queue (``NUMBA_THREADING_LAYER=workqueue``) instead; otherwise Numba
+tries OpenMP first and falls back to the work queue where OpenMP is missing
+(``NUMBA_THREADING_LAYER_PRIORITY="omp workqueue tbb"``). The work queue cannot run parallel kernels from two
+Python threads at once, and GNU OpenMP cannot be used again in a child process forked after it ran (use
+multiprocessing's "spawn"); a program that needs either sets ``NUMBA_THREADING_LAYER`` itself, and that
+choice is kept.
 
 ``MINITX_TUNE=0`` in the environment: ``apply()`` changes nothing (threads spin and memory is returned to
 the system, as the libraries do by default). Any other value, or none, applies all three.
@@ -55,14 +62,33 @@ def _make_idle_threads_sleep():
             applied.append(f"{name}={value}")
 
 
-def _numba_threads_that_sleep(layer="workqueue"):
-    """Numba's parallel loops on its own work queue, unless the user chose a threading layer."""
+def _openmp_runtime_loaded():
+    """True when an OpenMP runtime (GNU, Intel or LLVM) is already loaded into the process, as torch loads one."""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:  # not Linux: the one runtime-loading library we know of
+        return "torch" in sys.modules
+    return any(name in maps for name in ("libgomp", "libiomp", "libomp"))
+
+
+def _numba_threads_that_sleep(policy_before):
+    """Numba's parallel loops on OpenMP, or on its work queue when an OpenMP runtime was started before minitx
+    without ``OMP_WAIT_POLICY=passive`` (``policy_before``: the variable as the user's environment had it);
+    nothing when the user chose a threading layer."""
     if "NUMBA_THREADING_LAYER" in os.environ:
         return
-    os.environ["NUMBA_THREADING_LAYER"] = layer
-    if "numba" in sys.modules:  # imported before minitx: its config has read the environment already
-        sys.modules["numba"].config.THREADING_LAYER = layer
-    applied.append(f"NUMBA_THREADING_LAYER={layer}")
+    numba = sys.modules.get("numba")  # imported before minitx: its config has read the environment already
+    if _openmp_runtime_loaded() and (policy_before or "").strip().lower() != "passive":
+        os.environ["NUMBA_THREADING_LAYER"] = "workqueue"
+        if numba is not None:
+            numba.config.THREADING_LAYER = "workqueue"
+        applied.append("NUMBA_THREADING_LAYER=workqueue (an OpenMP runtime with spinning threads was loaded first)")
+        return
+    os.environ["NUMBA_THREADING_LAYER_PRIORITY"] = "omp workqueue tbb"  # Numba wants all three named
+    if numba is not None:
+        numba.config.THREADING_LAYER_PRIORITY = ["omp", "workqueue", "tbb"]
+    applied.append("NUMBA_THREADING_LAYER_PRIORITY=omp workqueue tbb")
 
 
 def _keep_freed_memory(largest=KEEP_FREED_BYTES):
@@ -83,7 +109,8 @@ def apply():
     """Apply the settings once per process, unless MINITX_TUNE=0. Returns ``applied``."""
     if enabled() and not getattr(apply, "done", False):
         apply.done = True
+        policy_before = os.environ.get("OMP_WAIT_POLICY")
         _make_idle_threads_sleep()
-        _numba_threads_that_sleep()
+        _numba_threads_that_sleep(policy_before)
         _keep_freed_memory()
     return applied

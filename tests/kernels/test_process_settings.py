@@ -3,6 +3,7 @@
 Each case runs in a fresh interpreter: the settings only take effect before NumPy starts, and they change the
 whole process.
 """
+import ctypes
 import os
 import subprocess
 import sys
@@ -10,7 +11,8 @@ import sys
 import pytest
 
 USER_VARIABLES = ("MINITX_TUNE", "OPENBLAS_THREAD_TIMEOUT", "OMP_WAIT_POLICY", "GLIBC_TUNABLES",
-                  "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "NUMBA_THREADING_LAYER")
+                  "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "NUMBA_THREADING_LAYER",
+                  "NUMBA_THREADING_LAYER_PRIORITY")
 
 
 def run_python(code, **env_vars):
@@ -79,12 +81,14 @@ def test_importing_kernels_alone_changes_nothing():
     assert run_python(code) == ["unset", "0", "passive", "4"]
 
 
-# Which threading layer Numba's parallel loops run on after ``import minitx`` (numba imported first, as torch
-# or a user's own code may do, or not).
+# Which threading layer Numba's parallel loops run on after ``import minitx``: numba imported first (as a user's
+# own code may do), or an OpenMP runtime already loaded (as torch loads one), or neither.
 THREADING_LAYER = """
-import sys
+import ctypes, sys
 if sys.argv[1] == "numba-first":
     import numba
+if sys.argv[1] == "openmp-first":
+    ctypes.CDLL("libgomp.so.1")
 import minitx, numba, numpy as np
 @numba.njit(parallel=True)
 def fill(x):
@@ -95,12 +99,24 @@ print(numba.threading_layer())
 """
 
 
-@pytest.mark.parametrize("order, env, layer", [("minitx-first", {}, "workqueue"), ("numba-first", {}, "workqueue"),
-                                               ("numba-first", {"NUMBA_THREADING_LAYER": "omp"}, "omp"),
-                                               ("minitx-first", {"MINITX_TUNE": "0"}, None)])
-def test_numba_runs_on_its_work_queue_unless_the_user_chose(order, env, layer):
-    """Numba's parallel loops sleep when idle (its work queue), whichever was imported first; a layer the user
-    chose, or MINITX_TUNE=0, is left alone (Numba's default then picks one, OpenMP where it can)."""
+def _gnu_openmp():
+    try:
+        ctypes.CDLL("libgomp.so.1")
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _gnu_openmp(), reason="no GNU OpenMP runtime (libgomp) on this machine")
+@pytest.mark.parametrize("order, env, layer", [("minitx-first", {}, "omp"), ("numba-first", {}, "omp"),
+                                               ("openmp-first", {}, "workqueue"),
+                                               ("openmp-first", {"OMP_WAIT_POLICY": "passive"}, "omp"),
+                                               ("numba-first", {"NUMBA_THREADING_LAYER": "workqueue"}, "workqueue"),
+                                               ("openmp-first", {"MINITX_TUNE": "0"}, "omp")])
+def test_numba_runs_on_openmp_unless_a_spinning_runtime_came_first_or_the_user_chose(order, env, layer):
+    """Numba's parallel loops run on OpenMP (its idle workers sleep: minitx sets OMP_WAIT_POLICY=passive before
+    the runtime starts), whether or not numba was imported first; when an OpenMP runtime was loaded before
+    minitx without that setting, its workers spin, so the loops go to Numba's work queue. A layer the user
+    chose, or MINITX_TUNE=0 (Numba's own default then), is left alone."""
     code = THREADING_LAYER.replace("sys.argv[1]", repr(order))
-    got = run_python(code, **env)[0]
-    assert got == layer if layer else got != "workqueue"
+    assert run_python(code, **env)[0] == layer
