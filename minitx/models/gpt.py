@@ -96,8 +96,11 @@ def last_token_index(real):
     It is the position of the last True, T - 1 - argmax(real reversed along T), which is right for right
     padding (``1 1 1 0 0`` -> 2) and for left padding (``0 0 1 1 1`` -> 4) alike.
     """
-    if not real.any(axis=1).all():
-        raise ValueError("GPTForSequenceClassification: a row of attention_mask has no real token (all zeros)")
+    empty = ~real.any(axis=1)
+    if empty.any():
+        rows = [int(i) for i in empty.nonzero()[0]]
+        raise ValueError(f"attention_mask: row(s) {rows} have no real token (all zeros); a sequence classifier "
+                         "reads each row's last real token")
     steps = real.shape[1]
     return steps - 1 - real[:, ::-1].argmax(axis=1)
 
