@@ -30,10 +30,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "benchmarks")]
 
+import minitx.functional as F  # noqa: E402  (minitx first: its process settings come before NumPy's OpenBLAS)
 import numpy as np  # noqa: E402
-
-import minitx  # noqa: E402
-import minitx.functional as F  # noqa: E402
 from minitx import optim  # noqa: E402
 from minitx.tensor import Function  # noqa: E402
 from bench_train_step import CONFIGS  # noqa: E402  (the same two configurations, built the same way)
@@ -170,7 +168,7 @@ def profile_config(name: str, c: dict, steps: int, warmup: int, ceiling: float) 
           f"AdamW step + zero_grad {parts[2] * 1e3:.1f}")
     ops = sorted({op for op, _ in profile.seconds}, key=lambda op: -(profile.seconds[op, "forward"]
                                                                       + profile.seconds[op, "backward"]))
-    print(f"| op | forward ms | backward ms | calls/step | share of step | GFLOP/s |")
+    print("| op | forward ms | backward ms | calls/step | share of step | GFLOP/s |")
     print("|---|---|---|---|---|---|")
     for op in ops:
         fwd, bwd = profile.seconds[op, "forward"], profile.seconds[op, "backward"]
