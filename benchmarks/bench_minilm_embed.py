@@ -41,9 +41,8 @@ def main() -> None:
     for var in ("OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
         os.environ.setdefault(var, str(args.threads))
 
+    import minitx  # before NumPy: its process settings must reach OpenBLAS when it starts
     import numpy as np
-
-    import minitx
     from minitx.data.fetch import minilm_path, movie_reviews
     from minitx.embed import embed
     from minitx.hub import load_pretrained

@@ -59,10 +59,9 @@ def set_threads(threads: int) -> None:
 
 def load(name: str, f):
     """The model called ``name``: a callable ``step(ids, cache) -> (next-token logits (V,), cache)``."""
-    import numpy as np
-
     from minitx.hub import load_gguf_llama
     from minitx.models.llama_decode import LlamaDecoder
+    import numpy as np
 
     if name.startswith("minitx"):
         model = load_gguf_llama(f, q4_1=name.endswith("Q4_1"))[0]
@@ -132,9 +131,8 @@ def memory_of(name: str, args) -> float:
 def main(argv=None) -> None:
     args = parse_args(argv)
     set_threads(args.threads)
+    from minitx.data.fetch import smollm2_path  # before NumPy: minitx's process settings reach OpenBLAS
     import numpy as np
-
-    from minitx.data.fetch import smollm2_path
     from minitx.gguf import read_gguf
     from minitx.hub import tokenizer_from_gguf
 

@@ -30,9 +30,8 @@ import os
 for _name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "NUMBA_NUM_THREADS"):
     os.environ.setdefault(_name, "1")  # as the MPI tests run each rank; before numpy is imported
 
+from minitx import backend, io  # noqa: E402  (before NumPy: minitx's process settings reach OpenBLAS)
 import numpy as np  # noqa: E402
-
-from minitx import backend, io  # noqa: E402
 from minitx.data import DataLoader, ListDataset, corpus_text  # noqa: E402
 from minitx.models import GPT, GPTConfig  # noqa: E402
 from minitx.optim import clip_grad_norm_  # noqa: E402

@@ -22,10 +22,9 @@ import argparse
 import platform
 import time
 
-import numpy as np
-
-import minitx
+import minitx  # before NumPy: its process settings must reach OpenBLAS when it starts
 import minitx.functional as F
+import numpy as np
 from minitx import Tensor, no_grad, nn
 from minitx.data import DataLoader, ListDataset, movie_reviews
 from minitx.models import GPTConfig

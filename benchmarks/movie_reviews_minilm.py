@@ -14,10 +14,9 @@ import argparse
 import platform
 import time
 
-import numpy as np
-
-import minitx
+import minitx  # before NumPy: its process settings must reach OpenBLAS when it starts
 import minitx.functional as F
+import numpy as np
 from minitx import Tensor, no_grad
 from minitx.data.fetch import minilm_path, movie_reviews
 from minitx.hub import load_pretrained

@@ -41,11 +41,10 @@ import platform
 import tempfile
 import time
 
+import minitx  # before NumPy: its process settings must reach OpenBLAS when it starts
+import minitx.functional as F
 import numpy as np
 from tqdm.auto import tqdm
-
-import minitx
-import minitx.functional as F
 from minitx import Tensor, nn, no_grad
 from minitx.data.fetch import FetchError, cache_dir, movie_reviews, smollm2_path
 from minitx.gguf import read_gguf

@@ -32,9 +32,8 @@ def main(argv=None) -> None:
     args = p.parse_args(argv)
     for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(args.threads)
+    from minitx import no_grad  # before NumPy: minitx's process settings must reach OpenBLAS when it starts
     import numpy as np
-
-    from minitx import no_grad
     from minitx.data.fetch import smollm2_path
     from minitx.gguf import read_gguf
     from minitx.hub import load_gguf_llama

@@ -7,6 +7,7 @@ benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,24 @@ from helpers import fetched_or_skip
 from minitx.data.fetch import minilm_path, movie_reviews
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+LOADS_OPENBLAS = re.compile(r"\s*(import|from) (numpy|torch|transformers)\b")  # torch and transformers load NumPy
+IMPORTS_MINITX = re.compile(r"\s*(import|from) (minitx|kernels)\b")
+
+
+@pytest.mark.parametrize("script", sorted(p.name for p in (ROOT / "benchmarks").glob("*.py")))
+def test_benchmarks_import_minitx_before_numpy(script):
+    """minitx's process settings (idle OpenBLAS threads that sleep, kernels/process_settings.py) reach OpenBLAS
+    only if minitx is imported before NumPy starts it: a benchmark that imports NumPy, or torch, first times a
+    process the library never tuned. Checked on the script's text: its first import of minitx (or kernels)
+    comes before its first import of numpy, torch or transformers."""
+    lines = (ROOT / "benchmarks" / script).read_text().splitlines()
+    first = lambda pattern: next((i for i, line in enumerate(lines) if pattern.match(line)), None)  # noqa: E731
+    numpy_at, minitx_at = first(LOADS_OPENBLAS), first(IMPORTS_MINITX)
+    if numpy_at is not None and minitx_at is not None:
+        assert minitx_at < numpy_at, f"{script}: line {numpy_at + 1} imports NumPy's loader before minitx " \
+                                     f"(line {minitx_at + 1})"
 
 
 def run_benchmark(script: str, *args: str) -> str:
