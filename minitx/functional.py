@@ -26,9 +26,10 @@ IGNORE_INDEX = -100  # a target that takes no part in cross_entropy (padding, un
 
 # ------------------------------------------------------------------------------------ fused-kernel switch
 _use_fused = True  # the fused kernels compute the composed path's function within float32 rounding, faster
-# Below Tq·Tk = 64² scores per head the fused attention kernel's parallel launch and tiling cost more than they
-# save, so the default (fused=None) takes the composed ops there (measured on square T: benchmarks/RESULTS.md).
-FUSED_ATTENTION_MIN_SCORES = 64 * 64
+# Below Tq·Tk = 16² scores per head the fused attention kernel's parallel launch and tiling cost more than they
+# save, so the default (fused=None) takes the composed ops there (training steps at T = 4 and 8 were 4-8% slower
+# fused, at T = 16-48 as fast or up to 8% faster; measured on square T: benchmarks/RESULTS.md).
+FUSED_ATTENTION_MIN_SCORES = 16 * 16
 
 
 def set_fused_kernels(enabled: bool) -> None:

@@ -16,7 +16,7 @@ from minitx.models import GPT, GPTConfig, SequenceEncoder
 from minitx.ops import fused
 from minitx.tensor import _reverse_topological_order
 
-V, D, H, FF, L, T, B = 40, 16, 2, 32, 2, 64, 3  # T * T = F.FUSED_ATTENTION_MIN_SCORES: the fused kernel's smallest size
+V, D, H, FF, L, T, B = 40, 16, 2, 32, 2, 64, 3  # T * T >= F.FUSED_ATTENTION_MIN_SCORES: the fused kernel's sizes
 LR = 1e-2
 
 
