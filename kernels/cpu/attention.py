@@ -218,12 +218,16 @@ def _padding(key_padding_mask, batch, tk):
     return np.ascontiguousarray(key_padding_mask, dtype=bool).reshape(batch, tk)
 
 
-def _check_shapes(q, k, v):
-    """q (B, H, Tq, D), k and v (B, Hkv, Tk, D) with H a multiple of Hkv; a clear error otherwise."""
+def _checked(scale, q, k, v, *more):
+    """(dtype, scale in that dtype) for the operands of a kernel call, after checking them: one float dtype
+    for all, q (B, H, Tq, D) and k, v (B, Hkv, Tk, D) with H a multiple of Hkv (a clear error otherwise);
+    scale None means 1 / sqrt(D)."""
+    dtype = _common.check_float(q, k, v, *more)
     if q.ndim != 4 or k.shape != v.shape or k.ndim != 4 or k.shape[::3] != q.shape[::3] or k.shape[1] < 1 \
             or q.shape[1] % k.shape[1]:
         raise ValueError(f"attention: expected q (B, H, Tq, D) and k, v (B, Hkv, Tk, D) with H a multiple of Hkv, "
                          f"got q {q.shape}, k {k.shape}, v {v.shape}")
+    return dtype, dtype.type(1.0 / math.sqrt(q.shape[-1]) if scale is None else scale)
 
 
 def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, block_q=128, block_k=256):
@@ -236,16 +240,13 @@ def attention_forward(q, k, v, key_padding_mask=None, causal=False, scale=None, 
     lse (B, H, Tq). A fully masked row gives o = 0, lse = -inf. Extra memory: O(block_q * (block_k + D)) per
     task, i.e. O(B * H * T) in total, never O(T^2).
     """
-    dtype = _common.check_float(q, k, v)
-    _check_shapes(q, k, v)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+    dtype, scale = _checked(scale, q, k, v)
     batch, heads, tq, d = q.shape
     o = _common.empty((batch, heads, tq, d), dtype)
     lse = _common.empty((batch, heads, tq), dtype)
     with _common.one_blas_thread_per_task():
         _attention_forward(np.ascontiguousarray(q), np.ascontiguousarray(k), np.ascontiguousarray(v),
-                           _padding(key_padding_mask, batch, k.shape[2]), bool(causal), dtype.type(scale),
+                           _padding(key_padding_mask, batch, k.shape[2]), bool(causal), scale,
                            block_q, block_k, o, lse)
     return o, lse
 
@@ -260,10 +261,7 @@ def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False,
     Returns (dq, dk, dv) shaped like (q, k, v); with grouped-query attention dK and dV of a key/value head
     are summed over its group of query heads. Fully masked rows get zero gradients.
     """
-    dtype = _common.check_float(q, k, v, o, lse, do)
-    _check_shapes(q, k, v)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+    dtype, scale = _checked(scale, q, k, v, o, lse, do)
     batch = q.shape[0]
     dq = _common.empty(q.shape, dtype)
     dk = _common.empty(k.shape, dtype)
@@ -271,7 +269,7 @@ def attention_backward(q, k, v, o, lse, do, key_padding_mask=None, causal=False,
     c = np.ascontiguousarray
     with _common.one_blas_thread_per_task():
         _attention_backward(c(q), c(k), c(v), c(o), c(lse), c(do), _padding(key_padding_mask, batch, k.shape[2]),
-                            bool(causal), dtype.type(scale), block_q, block_k, dq, dk, dv)
+                            bool(causal), scale, block_q, block_k, dq, dk, dv)
     return dq, dk, dv
 
 
@@ -446,17 +444,14 @@ def _backward_compacted(q, kc, vc, o, lse, do, keys, n_real, causal, scale, bloc
 def attention_forward_v2(q, k, v, key_padding_mask=None, causal=False, scale=None, block_q=128, block_k=256):
     """As ``attention_forward`` (v1), over each sequence's real keys only: k and v are first compacted so
     that the padded keys are neither multiplied nor masked. Returns (o, lse)."""
-    dtype = _common.check_float(q, k, v)
-    _check_shapes(q, k, v)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+    dtype, scale = _checked(scale, q, k, v)
     batch, heads, tq, d = q.shape
     o = _common.empty((batch, heads, tq, d), dtype)
     lse = _common.empty((batch, heads, tq), dtype)
     c = np.ascontiguousarray
     kc, vc, keys, n_real = _compact_keys(c(k), c(v), key_padding_mask)
     with _common.one_blas_thread_per_task():
-        _forward_compacted(c(q), kc, vc, keys, n_real, bool(causal), dtype.type(scale), block_q, block_k, o, lse)
+        _forward_compacted(c(q), kc, vc, keys, n_real, bool(causal), scale, block_q, block_k, o, lse)
     return o, lse
 
 
@@ -464,17 +459,14 @@ def attention_backward_v2(q, k, v, o, lse, do, key_padding_mask=None, causal=Fal
                           block_q=128, block_k=256):
     """As ``attention_backward`` (v1), over each sequence's real keys only (padded keys get dK = dV = 0).
     Returns (dq, dk, dv)."""
-    dtype = _common.check_float(q, k, v, o, lse, do)
-    _check_shapes(q, k, v)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+    dtype, scale = _checked(scale, q, k, v, o, lse, do)
     dq = _common.empty(q.shape, dtype)
     dk = _common.empty(k.shape, dtype)
     dv = _common.empty(v.shape, dtype)
     c = np.ascontiguousarray
     kc, vc, keys, n_real = _compact_keys(c(k), c(v), key_padding_mask)
     with _common.one_blas_thread_per_task():
-        _backward_compacted(c(q), kc, vc, c(o), c(lse), c(do), keys, n_real, bool(causal), dtype.type(scale),
+        _backward_compacted(c(q), kc, vc, c(o), c(lse), c(do), keys, n_real, bool(causal), scale,
                             block_q, block_k, dq, dk, dv)
     return dq, dk, dv
 
@@ -575,16 +567,13 @@ def attention_forward_v3(q, k, v, key_padding_mask=None, causal=False, scale=Non
     """As ``attention_forward_v2``, with the products straight into NumPy's OpenBLAS (``_blas.gemm``) on q, k
     and v in place, whatever their strides (the heads split from a (B, T, H*D) array are a strided view), and
     o returned laid out (B, T, H, D) in memory (``_heads_interleaved``). Returns (o, lse)."""
-    dtype = _common.check_float(q, k, v)
-    _check_shapes(q, k, v)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+    dtype, scale = _checked(scale, q, k, v)
     batch, heads, tq, d = q.shape
     o = _heads_interleaved(batch, heads, tq, d, dtype)
     lse = _common.empty((batch, heads, tq), dtype)
     kc, vc, keys, n_real = _compact_keys(_rows_in_place(k), _rows_in_place(v), key_padding_mask)
     with blas_threads.one_thread():
-        _forward_in_place(_rows_in_place(q), kc, vc, keys, n_real, bool(causal), dtype.type(scale), block_q,
+        _forward_in_place(_rows_in_place(q), kc, vc, keys, n_real, bool(causal), scale, block_q,
                           block_k, o, lse)
     return o, lse
 
@@ -594,10 +583,7 @@ def attention_backward_v3(q, k, v, o, lse, do, key_padding_mask=None, causal=Fal
     """As ``attention_backward_v2``, with the products straight into NumPy's OpenBLAS on q, k, v, o and dO in
     place, query tiles outermost (a causal tile multiplies only the keys it sees), and dq, dk, dv returned
     laid out (B, T, H, D) in memory. Returns (dq, dk, dv)."""
-    dtype = _common.check_float(q, k, v, o, lse, do)
-    _check_shapes(q, k, v)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
+    dtype, scale = _checked(scale, q, k, v, o, lse, do)
     dq = _heads_interleaved(*q.shape, dtype)
     dk = _heads_interleaved(*k.shape, dtype)
     dv = _heads_interleaved(*v.shape, dtype)
@@ -605,7 +591,7 @@ def attention_backward_v3(q, k, v, o, lse, do, key_padding_mask=None, causal=Fal
     r = _rows_in_place
     with blas_threads.one_thread():
         _backward_in_place(r(q), kc, vc, r(o), np.ascontiguousarray(lse), r(do), keys, n_real, bool(causal),
-                           dtype.type(scale), block_q, block_k, dq, dk, dv)
+                           scale, block_q, block_k, dq, dk, dv)
     return dq, dk, dv
 
 
